@@ -1,0 +1,42 @@
+# DCD Studio. On a fresh machine: `make run` (install, build the demo workspace, start the app)
+# and `make test` (install, run all tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKSPACE ?= workspaces/demo
+ASSETS ?= ../shared/assets
+PORT ?= 8501
+
+.PHONY: install run demo-workspace test browser bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]' > $(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
+	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum"
+	touch $@
+
+# The first demo workspace is small so that `make run` is quick; `python -m jobs.demo` builds the full one.
+demo-workspace: install
+	@test -f $(WORKSPACE)/workspace.duckdb || $(PY) -m jobs.demo --workspace $(WORKSPACE) --size small
+
+run: demo-workspace
+	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE)
+
+# Debian's Chromium for the browser test (Playwright's own download cannot work offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the browser test will be skipped"; \
+	  else echo "warning: chromium missing and not root; the browser test will be skipped"; fi; }
+
+test: install browser
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench.run --assets $(ASSETS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-output

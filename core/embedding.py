@@ -1,0 +1,115 @@
+"""Embedding the workspace's images with a frozen embedder, streamed so any pool size fits.
+
+An :class:`EmbedderSpec` names the feature space: a timm architecture (with a local weights file or the
+hub), a CIFAR ResNet, or ``classifier`` (the penultimate layer of the current classifier). Images are
+decoded in threads ahead of the forward pass, embedded in batches (bf16 when it matches fp32 on a
+sample), staged to Parquet chunk files, then written to the workspace in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from core.embeddings import arrow_to_vectors, store_embeddings, vectors_to_arrow
+from core.images import iter_decoded
+from core.inference import choose_precision, embed as embed_pixels, run_model
+from core.models import create_model, default_data_config, feature_dim, features
+from core.progress import Progress, as_progress
+from core.registry import (classifier_embedder_id, current_classifier, get_model, load_classifier,
+                           register_model)
+from core.splits import images_df
+from core.workspace import Workspace
+
+DEFAULT_EMBED_SPLITS = ("error_sample", "pool", "error_heldout", "test", "train")
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Which feature space to embed in. ``arch='classifier'`` means the current classifier's own."""
+
+    arch: str = "classifier"
+    weights: str | None = None
+    hub: bool = False
+    image_size: int | None = None
+    classifier_id: str | None = None
+
+    def embedder_id(self, ws: Workspace) -> str:
+        if self.arch == "classifier":
+            model_id = self.classifier_id or current_classifier(ws)
+            if not model_id:
+                raise ValueError("embedder 'classifier' needs a trained classifier; run jobs.train first")
+            return classifier_embedder_id(model_id)
+        tag = "hub" if self.hub else (Path(self.weights).stem if self.weights else "random")
+        if self.weights:
+            tag += "-" + hashlib.sha1(str(Path(self.weights).resolve()).encode()).hexdigest()[:6]
+        size = f"@{self.image_size}" if self.image_size else ""
+        return f"{self.arch}:{tag}{size}"
+
+
+def build_embedder(ws: Workspace, spec: EmbedderSpec):
+    """(model, data config, embedder id), registering non-classifier embedders in the model registry."""
+    embedder_id = spec.embedder_id(ws)
+    if spec.arch == "classifier":
+        model, cfg = load_classifier(ws, embedder_id.split(":", 1)[1])
+        return model, cfg, embedder_id
+    if spec.weights is None and not spec.hub:
+        print(f"warning: embedder {spec.arch} has no weights (random init); give --embedder-weights PATH "
+              f"for a meaningful feature space", flush=True)
+    model = create_model(spec.arch, num_classes=0, weights=spec.weights, hub=spec.hub).eval()
+    cfg = default_data_config(model, spec.image_size)
+    register_model(ws, model_id=embedder_id, role="embedder", arch=spec.arch, embed_dim=feature_dim(model),
+                   config={"weights": spec.weights, "hub": spec.hub, "data_config": cfg.to_dict()})
+    return model, cfg, embedder_id
+
+
+def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[str] = DEFAULT_EMBED_SPLITS,
+                       only_missing: bool = False, batch_size: int = 128, allow_bf16: bool = True,
+                       progress: Progress | None = None) -> dict:
+    """Embed the images of ``splits`` and store the vectors; returns a summary dict."""
+    progress = as_progress(progress)
+    model, cfg, embedder_id = build_embedder(ws, spec)
+    df = images_df(ws, list(splits))
+    if only_missing:
+        from core.embeddings import embedding_table
+
+        found = embedding_table(ws, embedder_id)
+        if found:
+            have = set(ws.df(f"SELECT image_id FROM {found[0]}").image_id)
+            df = df[~df.image_id.isin(have)]
+    if df.empty:
+        return {"embedder_id": embedder_id, "n_embedded": 0}
+    paths = df.path.tolist()
+    sample = next(iter_decoded(paths[:128], cfg.image_size, chunk=128))
+    check = choose_precision(model, sample, cfg, embedding=True, allow_bf16=allow_bf16)
+    print(f"embedder {embedder_id}: {'bf16' if check.bf16 else 'fp32'} ({check.reason})", flush=True)
+
+    staging = ws.artifact_dir("staging", hashlib.sha1(embedder_id.encode()).hexdigest()[:10])
+    ids = df.image_id.to_numpy(np.int64)
+    try:
+        chunk_rows = 8192
+        parts = []
+        for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
+            sub = paths[start:start + chunk_rows]
+            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + len(sub)) / len(paths)) * 0.95)
+            vecs = run_model(lambda x: features(model, x), iter_decoded(sub, cfg.image_size, chunk=batch_size),
+                             len(sub), cfg, bf16=check.bf16, progress=span, desc="embed")
+            part = staging / f"part-{n_chunk:05d}.parquet"
+            pq.write_table(vectors_to_arrow(ids[start:start + len(sub)], vecs), part)
+            parts.append(part)
+        table = pq.read_table(parts)
+        store_embeddings(ws, embedder_id, table.column("image_id").to_numpy(), arrow_to_vectors(table))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress.report(1.0, f"embedded {len(ids)} images", force=True)
+    return {"embedder_id": embedder_id, "n_embedded": int(len(ids)), "precision": "bf16" if check.bf16 else
+            "fp32", "precision_check": check.reason, "dim": feature_dim(model)}
+
+
+__all__ = ["EmbedderSpec", "build_embedder", "embed_split_images", "embed_pixels"]

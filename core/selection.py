@@ -1,0 +1,199 @@
+"""Debug-train selections: DCD nearest-neighbour retrieval from the pool, and the baselines.
+
+A selection is a named set of images with the label each will be trained with, stored in
+``selections`` / ``selection_items``. Methods:
+
+- ``dcd``: for each ``error_sample`` image, its ``k`` nearest pool images (L2 in the embedder's space);
+  merged round-robin by neighbour rank (every error image gets its nearest first), de-duplicated
+  (an image found for several error images keeps its closest), cut to ``budget``.
+- ``random``: ``n`` pool images drawn uniformly (same count as a DCD selection for a fair baseline).
+- ``all_pool``: every pool image.
+- ``error_sample_only``: the error sample itself, with its labels.
+
+Label policies for pool images: ``weak`` (the pool's weak label) or ``source`` (the label of the error
+image the candidate was retrieved for; only for ``dcd``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from core.embeddings import load_embeddings
+from core.progress import Progress
+from core.retrieval import IndexInfo, pool_index, search
+from core.workspace import Workspace
+
+LabelPolicy = Literal["weak", "source"]
+LABEL_POLICIES = ("weak", "source")
+METHODS = ("dcd", "random", "all_pool", "error_sample_only")
+
+
+@dataclass
+class Selection:
+    selection_id: str
+    name: str
+    method: str
+    items: pd.DataFrame  # image_id, rank, distance, source_image_id, label, status
+    index_info: IndexInfo | None = None
+
+
+def neighbours(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *, k: int,
+               queries: np.ndarray | None = None, progress: Progress | None = None) -> pd.DataFrame:
+    """Every (source, neighbour) pair: source_image_id, image_id, neighbour_rank, distance.
+
+    Sources are ``source_ids`` (default: the whole error sample) looked up in the embedder's vectors,
+    or raw ``queries`` vectors (e.g. an uploaded image), which get source ids -1, -2, ...
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    index, _ = pool_index(ws, embedder_id, progress=progress)
+    if queries is None:
+        if source_ids is None:
+            src, queries = load_embeddings(ws, embedder_id, splits=["error_sample"])
+        else:
+            src, queries = load_embeddings(ws, embedder_id, image_ids=list(source_ids))
+        if len(src) == 0:
+            raise ValueError(f"no embedded error-sample images for {embedder_id!r}: embed the error_sample "
+                             f"split (or pick images that have embeddings)")
+    else:
+        src = -np.arange(1, len(queries) + 1)
+    dist, ids = search(index, queries, k)
+    rows = pd.DataFrame({
+        "source_image_id": np.repeat(src, ids.shape[1]),
+        "image_id": ids.reshape(-1),
+        "neighbour_rank": np.tile(np.arange(ids.shape[1]), len(src)),
+        "distance": dist.reshape(-1),
+    })
+    return rows[rows.image_id >= 0].reset_index(drop=True)
+
+
+def merge_candidates(pairs: pd.DataFrame, budget: int | None) -> pd.DataFrame:
+    """Round-robin over neighbour rank, de-duplicated (closest source kept), cut to ``budget``."""
+    best = pairs.sort_values(["distance"]).drop_duplicates("image_id", keep="first")
+    ordered = best.sort_values(["neighbour_rank", "distance"]).reset_index(drop=True)
+    if budget is not None:
+        ordered = ordered.head(budget)
+    ordered["rank"] = np.arange(len(ordered))
+    return ordered
+
+
+def _labels_for(ws: Workspace, image_ids: np.ndarray, column: str) -> pd.Series:
+    df = ws.df(f"SELECT image_id, {column} AS label FROM images WHERE image_id IN "
+               f"(SELECT unnest(?::BIGINT[]))", [list(map(int, image_ids))])
+    return df.set_index("image_id")["label"].reindex(image_ids)
+
+
+def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
+               label_policy: LabelPolicy = "weak", name: str | None = None,
+               source_ids: Sequence[int] | None = None, progress: Progress | None = None) -> Selection:
+    """Retrieve the debug-train set for the error sample and store it as a selection."""
+    if label_policy not in LABEL_POLICIES:
+        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+    pairs = neighbours(ws, embedder_id, source_ids, k=k, progress=progress)
+    items = merge_candidates(pairs, budget)
+    if label_policy == "weak":
+        items["label"] = _labels_for(ws, items.image_id.values, "weak_label").values
+    else:
+        items["label"] = _labels_for(ws, items.source_image_id.values, "label").values
+    _, info = pool_index(ws, embedder_id)
+    params = {"k": k, "budget": budget, "label_policy": label_policy, "embedder_id": embedder_id}
+    return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)
+
+
+def select_random(ws: Workspace, *, n: int, seed: int = 0, name: str | None = None) -> Selection:
+    """``n`` pool images drawn uniformly, with their weak labels."""
+    pool = ws.df("SELECT image_id, weak_label AS label FROM images WHERE split = 'pool' ORDER BY image_id")
+    rng = np.random.default_rng(seed)
+    take = pool.iloc[np.sort(rng.choice(len(pool), min(n, len(pool)), replace=False))].copy()
+    take["rank"] = np.arange(len(take))
+    return save_selection(ws, name or f"random-{len(take)}", "random", take, params={"n": n, "seed": seed})
+
+
+def select_all_pool(ws: Workspace, *, name: str | None = None) -> Selection:
+    pool = ws.df("SELECT image_id, weak_label AS label FROM images WHERE split = 'pool' ORDER BY image_id")
+    pool["rank"] = np.arange(len(pool))
+    return save_selection(ws, name or "all-pool", "all_pool", pool, params={})
+
+
+def select_error_sample(ws: Workspace, *, name: str | None = None) -> Selection:
+    es = ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id")
+    es["rank"] = np.arange(len(es))
+    return save_selection(ws, name or "error-sample-only", "error_sample_only", es, params={})
+
+
+def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *,
+                   params: dict | None = None, index_info: IndexInfo | None = None,
+                   status: str = "proposed") -> Selection:
+    """Store a selection (items: image_id, label, [rank, distance, source_image_id, status])."""
+    if items["label"].isna().any():
+        missing = items.loc[items["label"].isna(), "image_id"].head(5).tolist()
+        raise ValueError(f"selection {name!r}: images without a label to train with, e.g. {missing}")
+    selection_id = f"{method}-{uuid.uuid4().hex[:8]}"
+    out = pd.DataFrame({
+        "selection_id": selection_id,
+        "image_id": items["image_id"].astype("int64").values,
+        "rank": items.get("rank", pd.Series(np.arange(len(items)))).astype("int32").values,
+        "distance": items["distance"].astype("float32").values if "distance" in items else np.nan,
+        "source_image_id": (items["source_image_id"].astype("Int64").values
+                            if "source_image_id" in items else pd.array([None] * len(items), "Int64")),
+        "label": items["label"].astype("int32").values,
+        "status": items["status"].values if "status" in items else status,
+    })
+    p = dict(params or {})
+    with ws.write() as con:
+        con.execute(
+            "INSERT INTO selections (selection_id, name, method, embedder_id, k, budget, label_policy, "
+            "index_type, recall, params) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [selection_id, name, method, p.get("embedder_id"), p.get("k"), p.get("budget"),
+             p.get("label_policy"), index_info.index_type if index_info else None,
+             index_info.recall_at_k if index_info else None, json.dumps(p)])
+        con.register("staging_items", out)
+        con.execute("INSERT INTO selection_items SELECT selection_id, image_id, rank, distance, "
+                    "source_image_id, label, status FROM staging_items")
+        con.unregister("staging_items")
+    return Selection(selection_id, name, method, out, index_info)
+
+
+def selection_items(ws: Workspace, selection_id: str, *, include_rejected: bool = False) -> pd.DataFrame:
+    """A selection's items with their image paths (rejected items left out unless asked)."""
+    where = "" if include_rejected else "AND s.status <> 'rejected'"
+    return ws.df(
+        f"SELECT s.*, i.path, i.split, i.weak_label, i.true_label, i.group_name FROM selection_items s "
+        f"JOIN images i USING (image_id) WHERE s.selection_id = ? {where} ORDER BY s.rank", [selection_id])
+
+
+def set_status(ws: Workspace, selection_id: str, image_ids: Sequence[int], status: str) -> int:
+    """Accept, reject or re-propose items; returns how many changed."""
+    if status not in ("proposed", "accepted", "rejected"):
+        raise ValueError(f"status must be proposed, accepted or rejected, not {status!r}")
+    with ws.write() as con:
+        before = con.execute("SELECT count(*) FROM selection_items WHERE selection_id = ? AND status = ?",
+                             [selection_id, status]).fetchone()[0]
+        con.execute("UPDATE selection_items SET status = ? WHERE selection_id = ? AND image_id IN "
+                    "(SELECT unnest(?::BIGINT[]))", [status, selection_id, [int(i) for i in image_ids]])
+        after = con.execute("SELECT count(*) FROM selection_items WHERE selection_id = ? AND status = ?",
+                            [selection_id, status]).fetchone()[0]
+    return int(after - before)
+
+
+def relabel(ws: Workspace, selection_id: str, image_ids: Sequence[int], label: int) -> None:
+    with ws.write() as con:
+        con.execute("UPDATE selection_items SET label = ? WHERE selection_id = ? AND image_id IN "
+                    "(SELECT unnest(?::BIGINT[]))", [int(label), selection_id, [int(i) for i in image_ids]])
+
+
+def list_selections(ws: Workspace) -> pd.DataFrame:
+    return ws.df(
+        "SELECT s.selection_id, s.name, s.method, s.embedder_id, s.k, s.budget, s.label_policy, "
+        "s.index_type, s.recall, s.created_at, count(i.image_id) AS n_items, "
+        "count(*) FILTER (WHERE i.status = 'accepted') AS n_accepted, "
+        "count(*) FILTER (WHERE i.status = 'rejected') AS n_rejected "
+        "FROM selections s LEFT JOIN selection_items i USING (selection_id) "
+        "GROUP BY ALL ORDER BY s.created_at DESC")

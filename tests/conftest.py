@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny planted dataset (made at test time) and a workspace built from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+ASSETS = Path(os.environ.get("DCD_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+TINY_ARCH = "test_resnet"
+
+
+def make_tiny_dataset(root: Path, *, seed: int = 0, size: int = 24) -> Path:
+    """Two classes (a bright square vs a bright disc) on two backgrounds (dark vs light), with planted
+    minority groups in error_sample/error_heldout and 30% weak-label noise in the pool."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    rows = []
+    plan = {"train": (120, 0.9), "test": (40, 0.5), "error_sample": (8, 0.0), "error_heldout": (24, 0.0),
+            "pool": (200, 0.8)}
+    for split, (n, p_major) in plan.items():
+        for i in range(n):
+            cls = int(rng.integers(2))
+            major = rng.random() < p_major
+            bg = cls if major else 1 - cls
+            img = np.full((size, size, 3), 40 if bg == 0 else 200, np.float32)
+            img += rng.normal(0, 10, img.shape)
+            cy, cx = rng.integers(6, size - 6, 2)
+            if cls == 0:
+                mask = (abs(yy - cy) < 4) & (abs(xx - cx) < 4)
+            else:
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 16
+            img[mask] = [220, 60, 60] if cls == 0 else [60, 60, 220]
+            path = root / split / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+            names = ["square", "disc"]
+            weak = names[cls if rng.random() > 0.3 else 1 - cls] if split == "pool" else ""
+            rows.append({"path": f"{split}/{i:04d}.png", "label": "" if split == "pool" else names[cls],
+                         "split": split, "weak_label": weak, "group": f"{names[cls]}_on_{'dark light'.split()[bg]}",
+                         "true_label": names[cls]})
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_workspace(tmp_path_factory, tiny_manifest):
+    """A workspace with the tiny dataset ingested and the whole DCD loop run on it (shared, read-only)."""
+    from jobs import ingest, pipeline
+
+    ws_dir = tmp_path_factory.mktemp("tiny-ws") / "ws"
+    out = ws_dir.parent / "report.json"
+    assert ingest.main(["--workspace", str(ws_dir), "--manifest", str(tiny_manifest)]) == 0
+    code = pipeline.main(["--workspace", str(ws_dir), "--json", str(out), "--classifier", TINY_ARCH,
+                          "--image-size", "24", "--epochs", "3", "--finetune-epochs", "2", "--batch-size", "32"])
+    assert code == 0
+    return ws_dir, out
