@@ -54,17 +54,18 @@ def store_embeddings(ws: Workspace, embedder_id: str, image_ids: np.ndarray, vec
     dim = int(vectors.shape[1])
     staging = vectors_to_arrow(image_ids, vectors)
     with ws.write() as con:
-        row = con.execute("SELECT table_name, dim FROM embedding_sets WHERE embedder_id = ?",
-                          [embedder_id]).fetchone()
+        found = con.execute("SELECT table_name, dim FROM embedding_sets WHERE embedder_id = ?",
+                            [embedder_id]).fetchall()
+        row = found[0] if found else None
         if row and int(row[1]) != dim:
             con.execute(f"DROP TABLE IF EXISTS {row[0]}")
             con.execute("DELETE FROM embedding_sets WHERE embedder_id = ?", [embedder_id])
             row = None
         if row is None:
-            n_tables = con.execute("SELECT count(*) FROM embedding_sets").fetchone()[0]
+            n_tables = con.execute("SELECT count(*) FROM embedding_sets").fetchall()[0][0]
             table = f"embeddings_{n_tables + 1}"
             while con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                              [table]).fetchone()[0]:
+                              [table]).fetchall()[0][0]:
                 table += "_"
             con.execute(f"CREATE TABLE {table} (image_id BIGINT PRIMARY KEY, vector FLOAT[{dim}] NOT NULL)")
             con.execute("INSERT INTO embedding_sets (embedder_id, table_name, dim, n) VALUES (?, ?, ?, 0)",

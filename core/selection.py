@@ -175,11 +175,11 @@ def set_status(ws: Workspace, selection_id: str, image_ids: Sequence[int], statu
         raise ValueError(f"status must be proposed, accepted or rejected, not {status!r}")
     with ws.write() as con:
         before = con.execute("SELECT count(*) FROM selection_items WHERE selection_id = ? AND status = ?",
-                             [selection_id, status]).fetchone()[0]
+                             [selection_id, status]).fetchall()[0][0]
         con.execute("UPDATE selection_items SET status = ? WHERE selection_id = ? AND image_id IN "
                     "(SELECT unnest(?::BIGINT[]))", [status, selection_id, [int(i) for i in image_ids]])
         after = con.execute("SELECT count(*) FROM selection_items WHERE selection_id = ? AND status = ?",
-                            [selection_id, status]).fetchone()[0]
+                            [selection_id, status]).fetchall()[0][0]
     return int(after - before)
 
 

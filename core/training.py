@@ -97,7 +97,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
             opt.step()
             sched.step()
             step += 1
-            running += float(loss)
+            running += loss.item()
             progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
         print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
     model.eval()

@@ -72,6 +72,9 @@ class Workspace:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def db_path(self) -> Path:
         return self.root / DB_FILE

@@ -1,0 +1,103 @@
+"""The workspace: schema, versioning, short connections across processes, the job store."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import duckdb
+import pytest
+
+from core.jobstore import JobStore
+from core.schema import SCHEMA_VERSION
+from core.workspace import NotAWorkspaceError, SchemaVersionError, Workspace, WorkspaceError
+
+
+def test_create_makes_every_table_and_records_the_version(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    tables = set(ws.df("SELECT table_name FROM information_schema.tables").table_name)
+    assert {"meta", "classes", "images", "models", "embedding_sets", "predictions", "selections",
+            "selection_items", "metrics", "attributions", "slice_runs", "slices", "slice_members",
+            "annotations"} <= tables
+    assert ws.schema_version() == SCHEMA_VERSION
+    assert (tmp_path / "ws" / "artifacts").is_dir()
+    assert ws.jobs().list() == []
+
+
+def test_schema_rejects_bad_values(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(duckdb.ConstraintException):
+        with ws.write() as con:
+            con.execute("INSERT INTO images (image_id, path, split) VALUES (1, 'a.png', 'validation')")
+    with pytest.raises(duckdb.ConstraintException):
+        with ws.write() as con:
+            con.execute("INSERT INTO selection_items VALUES ('s', 1, 0, 0.1, NULL, 0, 'maybe')")
+
+
+def test_failed_write_is_rolled_back(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(RuntimeError):
+        with ws.write() as con:
+            con.execute("INSERT INTO classes VALUES (0, 'cat')")
+            raise RuntimeError("boom")
+    assert ws.class_names() == []
+
+
+def test_open_explains_what_is_wrong(tmp_path):
+    with pytest.raises(NotAWorkspaceError, match="does not exist"):
+        Workspace.open(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotAWorkspaceError, match="not a DCD Studio workspace"):
+        Workspace.open(tmp_path / "empty")
+    ws = Workspace.create(tmp_path / "old")
+    with ws.write() as con:
+        con.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaVersionError, match="version 0"):
+        Workspace.open(tmp_path / "old")
+    with pytest.raises(WorkspaceError, match="already holds"):
+        Workspace.create(tmp_path / "old")
+
+
+def _writer(root: str, n: int) -> None:
+    ws = Workspace(root)
+    for i in range(n):
+        with ws.write() as con:
+            con.execute("INSERT INTO meta VALUES (?, ?)", [f"k{i}", "v"])
+        time.sleep(0.01)
+
+
+def test_reads_and_writes_from_two_processes_all_succeed(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    proc = mp.get_context("spawn").Process(target=_writer, args=(str(ws.root), 60))
+    proc.start()
+    reads = 0
+    while proc.is_alive():
+        ws.scalar("SELECT count(*) FROM meta")  # must never raise a lock error
+        reads += 1
+    proc.join()
+    assert proc.exitcode == 0
+    assert reads > 0
+    assert ws.scalar("SELECT count(*) FROM meta WHERE key LIKE 'k%'") == 60
+
+
+def test_job_store_lifecycle_and_dead_process_is_failed(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    store.init()
+    job = store.create("embed", ["--k", "3"])
+    assert store.get(job).state == "queued"
+    store.start(job, pid=2 ** 22 + 12345)  # no such process
+    store.update(job, progress=0.5, message="half")
+    assert (store.get(job).progress, store.get(job).message) == (0.5, "half")
+    assert store.reconcile() == [job]
+    failed = store.get(job)
+    assert failed.state == "failed" and "died" in failed.error
+
+    ok = store.create("select", [])
+    import os
+    store.start(ok, os.getpid())
+    assert store.reconcile() == []
+    store.finish(ok, "succeeded", result={"n": 3})
+    done = store.get(ok)
+    assert done.state == "succeeded" and done.progress == 1.0 and done.result == {"n": 3}
+    store.update(ok, progress=0.2)  # a finished job no longer moves
+    assert store.get(ok).progress == 1.0
