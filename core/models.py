@@ -134,9 +134,23 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, info
 
 
-def head_matches(model: nn.Module, num_classes: int) -> bool:
-    """True if the model already outputs ``num_classes`` logits (it is a classifier for these classes)."""
-    return int(getattr(model, "num_classes", -1)) == num_classes
+def weights_include_head(model: nn.Module, weights: str | Path, num_classes: int) -> bool:
+    """True if ``weights`` hold a trained classifier head with ``num_classes`` outputs for ``model``.
+
+    A DCD Studio checkpoint always does; a timm/ImageNet backbone file whose head has another class count
+    does not (its head was dropped, the model must be trained on this workspace's classes).
+    """
+    obj = torch.load(Path(weights), map_location="cpu", weights_only=False)
+    if _is_our_checkpoint(obj):
+        return True
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "linear"
+    heads = head if isinstance(head, (list, tuple)) else [head]
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if any(key == f"{h}.weight" for h in heads) and hasattr(value, "shape"):
+            return int(value.shape[0]) == num_classes
+    return False
 
 
 def last_conv_block(model: nn.Module) -> nn.Module:

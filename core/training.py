@@ -22,12 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.images import augment, to_tensor
-from core.models import DataConfig, create_model, default_data_config, head_matches, save_checkpoint
+from core.models import DataConfig, create_model, default_data_config, save_checkpoint, weights_include_head
 from core.progress import Progress, as_progress
 from core.registry import get_model, load_classifier, new_model_id, register_model, set_current_classifier
 from core.selection import selection_items
 from core.splits import images_df, pixels, require_split
 from core.workspace import Workspace
+
+# Fine-tuning visits at most this many times the train set's size per epoch, whatever was added.
+FINETUNE_EPOCH_CAP = 2
 
 # loss_fn(model, x, y, index) -> scalar loss; ``index`` are the rows of the batch in the training arrays.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -56,8 +59,13 @@ def _set_threads() -> None:
 
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig,
-        config: TrainConfig, *, loss_fn: LossFn | None = None, progress: Progress | None = None) -> nn.Module:
-    """Train ``model`` in place on uint8 ``images`` (N x H x W x 3) with integer ``labels``."""
+        config: TrainConfig, *, loss_fn: LossFn | None = None, samples_per_epoch: int | None = None,
+        progress: Progress | None = None) -> nn.Module:
+    """Train ``model`` in place on uint8 ``images`` (N x H x W x 3) with integer ``labels``.
+
+    ``samples_per_epoch`` caps how many images an epoch visits (a fresh random subset each epoch), so that
+    a huge added set (e.g. the whole pool) costs no more than a fixed compute budget.
+    """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
@@ -66,7 +74,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
     progress = as_progress(progress)
     gen = torch.Generator().manual_seed(config.seed)
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    steps_per_epoch = math.ceil(len(images) / config.batch_size)
+    per_epoch = min(len(images), samples_per_epoch or len(images))
+    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -82,7 +91,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
     model.train()
     step = 0
     for epoch in range(config.epochs):
-        order = torch.randperm(len(images), generator=gen)
+        order = torch.randperm(len(images), generator=gen)[:per_epoch]
         running = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
@@ -124,7 +133,7 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
     num_classes = class_index(ws)
     model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
     data_config = default_data_config(model, image_size)
-    trained_already = weights is not None and head_matches(model, num_classes) and _looks_trained(weights)
+    trained_already = weights is not None and weights_include_head(model, weights, num_classes)
     model_id = model_id or new_model_id("baseline")
     if not trained_already:
         train = images_df(ws, ["train"])
@@ -142,11 +151,6 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
                            "train": asdict(config), "trained_here": not trained_already})
     set_current_classifier(ws, model_id)
     return model_id
-
-
-def _looks_trained(weights: str) -> bool:
-    """A user's checkpoint counts as a trained classifier (not a backbone to fine-tune)."""
-    return True
 
 
 def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] | None = None,
@@ -179,7 +183,9 @@ def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, meth
     px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
     cfg = config.finetune(epochs)
     loss_fn = loss_fn_factory(df, px) if loss_fn_factory else None
-    fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn, progress=progress.span(0.1, 1.0))
+    n_train = int((df.source == "train").sum())
+    fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
+        samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, progress=progress.span(0.1, 1.0))
     model_id = new_model_id(method)
     ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=base.arch,
                            num_classes=int(base.num_classes or 0), data_config=data_config,
