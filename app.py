@@ -1,29 +1,37 @@
-"""DCD Studio: the Streamlit entry point (`streamlit run app.py -- --workspace DIR`)."""
+"""DCD Studio: the Streamlit entry point.
+
+    streamlit run app.py -- --workspace DIR        (or DCD_WORKSPACE=DIR streamlit run app.py)
+
+The router: the sidebar opens a workspace (pages/_shared.py) and st.navigation shows the pages, each a thin
+view over core/. A "Slices" page appears when pages/slices.py exists.
+"""
 
 from __future__ import annotations
 
-import argparse
-import sys
+from pathlib import Path
 
 import streamlit as st
 
-from core.splits import split_counts
-from core.workspace import Workspace, WorkspaceError, workspace_from_env
+from pages import _shared
 
+HERE = Path(__file__).resolve().parent
 
-def _cli_workspace() -> str | None:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--workspace", default=None)
-    args, _ = p.parse_known_args(sys.argv[1:])
-    return args.workspace
+st.set_page_config(page_title="DCD Studio", page_icon=":material/troubleshoot:", layout="wide")
 
+pages = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/errors.py", title="Errors", icon=":material/error:"),
+]
+if (HERE / "pages" / "slices.py").exists():
+    pages.append(st.Page("pages/slices.py", title="Slices", icon=":material/category:"))
+pages += [
+    st.Page("pages/retrieval.py", title="Retrieval (DCD)", icon=":material/image_search:"),
+    st.Page("pages/jobs.py", title="Jobs", icon=":material/play_circle:"),
+    st.Page("pages/compare.py", title="Before / after", icon=":material/compare_arrows:"),
+]
 
-st.set_page_config(page_title="DCD Studio", layout="wide")
-path = st.sidebar.text_input("Workspace", value=str(workspace_from_env(_cli_workspace()) or ""))
-try:
-    ws = Workspace.open(path)
-except WorkspaceError as exc:
-    st.error(str(exc))
+page = st.navigation(pages)
+st.sidebar.markdown("### :material/troubleshoot: DCD Studio")
+if _shared.sidebar() is None:
     st.stop()
-st.title("DCD Studio")
-st.write(split_counts(ws))
+page.run()

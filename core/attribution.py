@@ -342,10 +342,9 @@ def load_attributions(ws: Workspace, model_id: str, *, image_ids: Sequence[int] 
         where += f" AND i.split IN ({', '.join('?' * len(splits))})"
         params.extend(splits)
     with ws.read() as con:
-        t = con.execute(f"SELECT a.image_id, a.method, a.heatmap_size, a.heatmap, a.vector FROM attributions a "
-                        f"JOIN images i USING (image_id) WHERE {where} ORDER BY a.image_id", params).arrow()
-    if hasattr(t, "read_all"):
-        t = t.read_all()
+        t = con.sql(f"SELECT a.image_id, a.method, a.heatmap_size, a.heatmap, a.vector FROM attributions a "
+                    f"JOIN images i USING (image_id) WHERE {where} ORDER BY a.image_id",
+                    params=params).to_arrow_table()
     if t.num_rows == 0:
         raise LookupError(f"no attributions of {model_id!r} for these images; run "
                           f"`python -m jobs.attribute --workspace {ws.root}` first")

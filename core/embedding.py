@@ -3,21 +3,24 @@
 An :class:`EmbedderSpec` names the feature space: a timm architecture (with a local weights file or the
 hub), a CIFAR ResNet, or ``classifier`` (the penultimate layer of the current classifier). Images are
 decoded in threads ahead of the forward pass, embedded in batches (bf16 when it matches fp32 on a
-sample), staged to Parquet chunk files, then written to the workspace in one transaction.
+sample), staged to Parquet part files, then inserted from those files into the workspace in one
+transaction (the vectors of the whole pool are never held in memory at once).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from core.embeddings import arrow_to_vectors, store_embeddings, vectors_to_arrow
+from core.embeddings import store_embedding_files, vectors_to_arrow
 from core.images import iter_decoded
 from core.inference import choose_precision, embed as embed_pixels, run_model
 from core.models import create_model, default_data_config, feature_dim, features
@@ -28,6 +31,7 @@ from core.splits import images_df
 from core.workspace import Workspace
 
 DEFAULT_EMBED_SPLITS = ("error_sample", "pool", "error_heldout", "test", "train")
+PART_ROWS = 8192  # images per staged Parquet part
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
                        progress: Progress | None = None) -> dict:
     """Embed the images of ``splits`` and store the vectors; returns a summary dict."""
     progress = as_progress(progress)
+    t0, c0 = time.perf_counter(), time.process_time()
     model, cfg, embedder_id = build_embedder(ws, spec)
     df = images_df(ws, list(splits))
     if only_missing:
@@ -88,28 +93,41 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     paths = df.path.tolist()
     sample = next(iter_decoded(paths[:128], cfg.image_size, chunk=128))
     check = choose_precision(model, sample, cfg, embedding=True, allow_bf16=allow_bf16)
+    del sample
     print(f"embedder {embedder_id}: {'bf16' if check.bf16 else 'fp32'} ({check.reason})", flush=True)
+    t_embed, c_embed = time.perf_counter(), time.process_time()
 
     staging = ws.artifact_dir("staging", hashlib.sha1(embedder_id.encode()).hexdigest()[:10])
     ids = df.image_id.to_numpy(np.int64)
+    del df
     try:
-        chunk_rows = 8192
+        # One decode stream for all images (it decodes ahead across part boundaries); a Parquet part per
+        # ``chunk_rows`` images, so memory holds one part of vectors, never the whole pool's.
+        batches_per_part = max(1, PART_ROWS // batch_size)
+        chunk_rows = batches_per_part * batch_size
+        decoded = iter_decoded(paths, cfg.image_size, chunk=batch_size)
         parts = []
         for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
-            sub = paths[start:start + chunk_rows]
-            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + len(sub)) / len(paths)) * 0.95)
-            vecs = run_model(lambda x: features(model, x), iter_decoded(sub, cfg.image_size, chunk=batch_size),
-                             len(sub), cfg, bf16=check.bf16, progress=span, desc="embed")
+            n_sub = min(chunk_rows, len(paths) - start)
+            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
+            vecs = run_model(lambda x: features(model, x), islice(decoded, batches_per_part), n_sub, cfg,
+                             bf16=check.bf16, progress=span, desc="embed")
             part = staging / f"part-{n_chunk:05d}.parquet"
-            pq.write_table(vectors_to_arrow(ids[start:start + len(sub)], vecs), part)
+            pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
             parts.append(part)
-        table = pq.read_table(parts)
-        store_embeddings(ws, embedder_id, table.column("image_id").to_numpy(), arrow_to_vectors(table))
+        decoded.close()
+        t_store, c_store = time.perf_counter(), time.process_time()
+        store_embedding_files(ws, embedder_id, parts, dim=feature_dim(model))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    t_end, c_end = time.perf_counter(), time.process_time()
     progress.report(1.0, f"embedded {len(ids)} images", force=True)
     return {"embedder_id": embedder_id, "n_embedded": int(len(ids)), "precision": "bf16" if check.bf16 else
-            "fp32", "precision_check": check.reason, "dim": feature_dim(model)}
+            "fp32", "precision_check": check.reason, "dim": feature_dim(model),
+            "seconds": {"setup": round(t_embed - t0, 3), "embed": round(t_store - t_embed, 3),
+                        "store": round(t_end - t_store, 3)},
+            "cpu_seconds": {"setup": round(c_embed - c0, 3), "embed": round(c_store - c_embed, 3),
+                            "store": round(c_end - c_store, 3)}}
 
 
 __all__ = ["EmbedderSpec", "build_embedder", "embed_split_images", "embed_pixels"]

@@ -1,8 +1,9 @@
 """Decoding images into model-ready tensors, fast, and thumbnails for the app.
 
 Images are decoded once to ``uint8`` arrays at the model's resolution (square resize) with a thread pool
-(PIL releases the GIL while decoding) and, for repeated use by training and evaluation, cached as a
-``.npy`` file in the workspace's artifacts. Normalisation happens on the fly in float.
+(PIL and torch release the GIL) that works ahead of the consumer (the next chunk decodes during the
+current chunk's forward pass) and, for repeated use by training and evaluation, cached as a ``.npy`` file
+in the workspace's artifacts. Normalisation happens on the fly in float.
 """
 
 from __future__ import annotations
@@ -22,29 +23,68 @@ from core.progress import Progress, as_progress
 DECODE_THREADS = 4
 
 
+def resize_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize an H x W x 3 uint8 array to ``size`` x ``size`` (antialiased bilinear, as PIL's BILINEAR).
+
+    torch's uint8 kernel is vectorised (AVX2) and about 3x faster than Pillow's; it matches Pillow's
+    BILINEAR resize to within one grey level.
+    """
+    if not pixels.flags.writeable or not pixels.flags.c_contiguous:
+        pixels = np.array(pixels, dtype=np.uint8, order="C")  # torch wants a writable buffer
+    t = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    with torch.inference_mode():
+        out = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)
+    return out[0].permute(1, 2, 0).contiguous().numpy()
+
+
 def load_rgb(path: str | Path, size: int) -> np.ndarray:
     """Decode ``path`` to an RGB ``size`` x ``size`` x 3 uint8 array (JPEG draft mode for big photos)."""
     with Image.open(path) as img:
         if img.format == "JPEG":
             img.draft("RGB", (size * 2, size * 2))
         img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(img, dtype=np.uint8)
+        pixels = np.asarray(img, dtype=np.uint8)
+    return pixels if pixels.shape[:2] == (size, size) else resize_rgb(pixels, size)
 
 
-def iter_decoded(paths: Sequence[str], size: int, *, chunk: int = 256,
-                 threads: int = DECODE_THREADS) -> Iterator[np.ndarray]:
-    """Yield N x size x size x 3 uint8 chunks of ``paths`` in order, decoding ahead in threads."""
-    with ThreadPoolExecutor(threads) as pool:
-        pending = None
-        for start in range(0, len(paths), chunk):
-            batch = list(pool.map(lambda p: load_rgb(p, size), paths[start:start + chunk]))
-            if pending is not None:
-                yield pending
-            pending = np.stack(batch) if batch else np.zeros((0, size, size, 3), np.uint8)
-        if pending is not None:
-            yield pending
+def iter_decoded(paths: Sequence[str], size: int, *, chunk: int = 256, threads: int = DECODE_THREADS,
+                 ahead: int = 1) -> Iterator[np.ndarray]:
+    """Yield N x size x size x 3 uint8 chunks of ``paths`` in order.
+
+    Decoding runs in ``threads`` threads (PIL and torch release the GIL) and stays ``ahead`` chunks ahead
+    of the caller: while the caller works on chunk i (e.g. a forward pass), chunks i+1..i+ahead decode.
+    At most ``ahead + 1`` chunks are held in memory.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    starts = list(range(0, len(paths), chunk))
+    if not starts:
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+    def submit(start: int):
+        sub = paths[start:start + chunk]
+        out = np.empty((len(sub), size, size, 3), np.uint8)
+
+        def fill(i: int, p: str) -> None:
+            out[i] = load_rgb(p, size)
+
+        return out, [pool.submit(fill, i, p) for i, p in enumerate(sub)]
+
+    try:
+        queue = [submit(s) for s in starts[:ahead + 1]]
+        next_start = ahead + 1
+        while queue:
+            out, futures = queue.pop(0)
+            for f in futures:
+                f.result()
+            if next_start < len(starts):
+                queue.append(submit(starts[next_start]))
+                next_start += 1
+            yield out
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def decode_all(paths: Sequence[str], size: int, *, progress: Progress | None = None,
@@ -73,10 +113,11 @@ def decode_all(paths: Sequence[str], size: int, *, progress: Progress | None = N
 
 def to_tensor(pixels: np.ndarray | torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """uint8 N x H x W x 3 -> normalised float N x 3 x H x W."""
-    x = torch.as_tensor(pixels).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    x = torch.as_tensor(pixels).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(cfg.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float64).view(1, 3, 1, 1)
+    # (x / 255 - mean) / std in two passes over the batch instead of three
+    return x.mul_((1.0 / (255.0 * std)).float()).add_((-mean / std).float())
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

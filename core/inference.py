@@ -21,6 +21,7 @@ from core.progress import Progress, as_progress
 
 MIN_PRED_AGREEMENT = 0.99
 MIN_KNN_OVERLAP = 0.95
+CHECK_BATCH = 32  # images per forward pass of the precision check
 
 
 @lru_cache(maxsize=1)
@@ -106,9 +107,10 @@ def choose_precision(model: nn.Module, sample: np.ndarray, cfg: DataConfig, *, e
         return PrecisionCheck(False, "too few images to check bf16 against fp32")
     model.eval()
     fn = (lambda x: features(model, x)) if embedding else model
-    x = to_tensor(sample, cfg)
-    ref = _forward(fn, x, False).numpy()
-    low = _forward(fn, x, True).numpy()
+    # In batches: one 128-image fp32 batch of a ResNet holds ~1 GB of activations at 224 px.
+    chunks = _chunks(sample, CHECK_BATCH)
+    ref = np.concatenate([_forward(fn, to_tensor(c, cfg), False).numpy() for c in chunks])
+    low = np.concatenate([_forward(fn, to_tensor(c, cfg), True).numpy() for c in chunks])
     if embedding:
         overlap = knn_overlap(ref, low)
         ok = overlap >= MIN_KNN_OVERLAP

@@ -151,6 +151,10 @@ class JobStore:
             con.execute("UPDATE jobs SET state='running', pid=?, started_at=?, heartbeat_at=? WHERE job_id=?",
                         (pid, now, now, job_id))
 
+    def set_log_path(self, job_id: str, log_path: str) -> None:
+        with self._con(write=True) as con:
+            con.execute("UPDATE jobs SET log_path=? WHERE job_id=?", (log_path, job_id))
+
     def set_pid(self, job_id: str, pid: int) -> None:
         with self._con(write=True) as con:
             con.execute("UPDATE jobs SET pid=? WHERE job_id=?", (pid, job_id))

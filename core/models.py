@@ -106,7 +106,8 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def feature_dim(model: nn.Module) -> int:
-    return int(getattr(model, "num_features"))
+    """Width of :func:`features` (timm's ``head_hidden_size`` when a pre-logits layer widens it)."""
+    return int(getattr(model, "head_hidden_size", None) or getattr(model, "num_features"))
 
 
 def save_checkpoint(model: nn.Module, path: Path, *, arch: str, num_classes: int,

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.images import augment, to_tensor
-from core.models import DataConfig, create_model, default_data_config, save_checkpoint, weights_include_head
+from core.models import (DataConfig, create_model, default_data_config, feature_dim, save_checkpoint,
+                         weights_include_head)
 from core.progress import Progress, as_progress
 from core.registry import get_model, load_classifier, new_model_id, register_model, set_current_classifier
 from core.selection import selection_items
@@ -73,7 +74,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
     _set_threads()
     progress = as_progress(progress)
     gen = torch.Generator().manual_seed(config.seed)
-    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    y_all = torch.tensor(np.asarray(labels, dtype=np.int64))
     per_epoch = min(len(images), samples_per_epoch or len(images))
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -146,7 +147,7 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
     ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=arch,
                            num_classes=num_classes, data_config=data_config, class_names=ws.class_names())
     register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
-                   checkpoint=str(ckpt), num_classes=num_classes, embed_dim=int(model.num_features),
+                   checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),
                    config={"weights": weights, "hub": hub, "data_config": data_config.to_dict(),
                            "train": asdict(config), "trained_here": not trained_already})
     set_current_classifier(ws, model_id)

@@ -206,7 +206,9 @@ class Workspace:
     def data_version(self) -> str:
         """Changes whenever the workspace's data or job states change: a key for caches."""
         parts = []
-        for p in (self.db_path, self.db_path.with_suffix(".duckdb.wal"), self.jobs_path):
+        # The job store's WAL file too: job progress lands there before any checkpoint of jobs.sqlite.
+        for p in (self.db_path, self.db_path.with_suffix(".duckdb.wal"), self.jobs_path,
+                  self.jobs_path.with_name(self.jobs_path.name + "-wal")):
             try:
                 st = p.stat()
                 parts.append(f"{st.st_mtime_ns}:{st.st_size}")

@@ -25,8 +25,8 @@ DEFAULT_ASSETS = os.environ.get("DCD_ASSETS", str(Path(__file__).resolve().paren
 # Per dataset and size: the pipeline flags a user did not give. Paths are relative to --assets.
 DEMO_DEFAULTS: dict[str, dict[str, dict]] = {
     "waterbirds": {
-        "full": {"classifier": "resnet18", "image_size": 64, "epochs": 12},
-        "small": {"classifier": "resnet18", "image_size": 64, "epochs": 8},
+        "full": {"classifier": "resnet18", "image_size": 32, "epochs": 12},
+        "small": {"classifier": "resnet18", "image_size": 32, "epochs": 8},
     },
     "cifar10": {
         "full": {"classifier": "cifar_resnet20", "classifier_weights": "weights/cifar10-resnets/resnet20-12fca82f.th",

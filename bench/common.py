@@ -1,0 +1,121 @@
+"""What the benchmarks share: timing, peak memory of subprocesses, machine facts, a JSON result channel."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
+
+
+def best_of(fn: Callable[[], Any], repeat: int) -> float:
+    """The shortest wall time of ``repeat`` calls of ``fn`` (the least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def median_of(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (VmHWM)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_child(module: str, args: list[str], *, timeout: float = 1800, env: dict[str, str] | None = None,
+              quiet: bool = False) -> dict[str, Any]:
+    """Run ``python -m module args --result FILE`` and return the JSON it wrote, plus its peak RSS.
+
+    Children measure their own peak (VmHWM) and write it with their result; the parent adds
+    ``wall_seconds``. A failing child raises with its stderr tail.
+    """
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"dcd-bench-{os.getpid()}-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", module, *args, "--result", str(out)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout,
+                          stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    out.unlink(missing_ok=True)
+    result["wall_seconds"] = wall
+    return result
+
+
+def write_result(path: str | Path | None, result: dict[str, Any]) -> None:
+    result = {**result, "peak_rss_bytes": peak_rss_bytes()}
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2, default=float))
+    else:
+        print(json.dumps(result, indent=2, default=float))
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import duckdb
+    import faiss
+    import numpy
+    import torch
+
+    flags = ""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / GIB, 1),
+            "bf16_native": "avx512_bf16" in flags or "amx_bf16" in flags,
+            "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
+            "duckdb": duckdb.__version__, "numpy": numpy.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

@@ -1,0 +1,139 @@
+"""Run the whole benchmark suite and write bench/results.json and bench/RESULTS.md.
+
+    python -m bench.run [--assets ../shared/assets] [--work /tmp/dcd-bench] [--only embed,retrieval,...]
+                        [--fresh] [--n-pool 1000000]
+
+Each benchmark runs in its own child process (isolated peak memory; one failing does not stop the rest).
+The synthetic 1M workspace is kept in ``--work`` between runs (``--fresh`` rebuilds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.common import ROOT, machine, run_child
+from bench.report import write_report
+
+BENCHES = ("lpips", "embed", "scale", "retrieval", "memory", "pages")
+SCALE_VERSION = "2"
+
+
+def _scale_workspace(work: Path, n_pool: int, fresh: bool, log: dict) -> Path:
+    """The synthetic scale workspace, built in three child processes (the store step's peak RSS is the
+    embed job's write phase at full scale), or reused from an earlier run."""
+    root = work / f"ws-{n_pool}"
+    stamp = root / "bench-scale.json"
+    if fresh or not stamp.exists() or json.loads(stamp.read_text()).get("version") != SCALE_VERSION:
+        shutil.rmtree(root, ignore_errors=True)
+        rows = run_child("bench.scale", ["rows", "--root", str(root), "--n-pool", str(n_pool)])
+        store = run_child("bench.scale", ["store", "--root", str(root), "--dim", str(rows["dim"])])
+        extras = run_child("bench.scale", ["extras", "--root", str(root)])
+        info = {"version": SCALE_VERSION, **rows, **{k: v for k, v in extras.items() if k != "peak_rss_bytes"},
+                "store": store, "seconds_total": rows["wall_seconds"] + store["wall_seconds"] + extras["wall_seconds"]}
+        stamp.write_text(json.dumps(info, indent=2))
+        log["built_now"] = True
+    else:
+        log["built_now"] = False
+    log.update(json.loads(stamp.read_text()))
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", type=Path, default=ROOT.parent / "shared" / "assets")
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("DCD_BENCH_WORK", "/tmp/dcd-bench")))
+    p.add_argument("--only", default=",".join(BENCHES))
+    p.add_argument("--fresh", action="store_true", help="rebuild the synthetic scale workspace")
+    p.add_argument("--n-pool", type=int, default=1_000_000)
+    p.add_argument("--embed-images", type=int, default=256)
+    p.add_argument("--embed-rounds", type=int, default=1, help="real embed runs per model (each between two bare)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench")
+    args = p.parse_args(argv)
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    raw: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv or sys.argv[1:])]),
+                 "n_pool": args.n_pool, "errors": {}, "seconds": {}}
+
+    def step(name: str, fn):
+        t = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            raw[name] = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            raw["errors"][name] = f"{type(exc).__name__}: {exc}"[-2000:]
+        raw["seconds"][name] = time.perf_counter() - t
+
+    assets = args.assets.resolve() if args.assets.exists() else None
+    if "lpips" in only:
+        step("lpips", lambda: run_child("bench.lpips", []))
+    if "embed" in only:
+        step("embed", lambda: run_child("bench.embed", ["--n-images", str(args.embed_images),
+                                                        "--rounds", str(args.embed_rounds)]
+                                        + (["--assets", str(assets)] if assets else [])))
+    root = None
+    if any(b in only for b in ("retrieval", "memory", "pages")):
+        scale_log: dict = {}
+        step("scale", lambda: (_scale_workspace(args.work, args.n_pool, args.fresh, scale_log), scale_log)[1])
+        root = Path(raw["scale"]["root"]) if "scale" in raw else None
+    if root and "retrieval" in only:
+        def retrieval():
+            out = {"build": run_child("bench.retrieval", ["build", "--root", str(root)])}
+            out["select"] = run_child("bench.retrieval", ["select", "--root", str(root)])
+            return out
+        step("retrieval", retrieval)
+    if root and "memory" in only:
+        step("memory", lambda: _memory(root, args.work, assets, raw.get("scale") or {}))
+    if root and "pages" in only:
+        step("pages", lambda: run_child("bench.pages", ["--root", str(root)]))
+    raw["total_seconds"] = time.perf_counter() - t_start
+    results = write_report(raw, args.out)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _memory(root: Path, work: Path, assets: Path | None, scale: dict) -> dict:
+    """Benchmark 5: peak RSS of the real job CLIs, each in its own process (``bench._rss``).
+
+    - select: ``jobs.select --method dcd`` on the 1M workspace (its index built by benchmark 2);
+    - embed at 1M: the write phase (``store_embedding_files`` of 1M staged vectors, the scale build's store
+      step): the only part of the embed job whose memory could grow with the pool, the rest streams one
+      8,192-image part at a time; plus the whole ``jobs.embed`` CLI on a small JPEG workspace (fixed cost);
+    - slices: ``jobs.slices`` on the 10,000 attributed test images (slices never read the pool).
+    """
+    from bench.scale import EMBEDDER_ID
+
+    out: dict = {"embed_store_1m": scale.get("store")}
+    out["select_job"] = run_child("bench._rss", ["jobs.select", "--workspace", str(root), "--method", "dcd",
+                                                 "--embedder-id", EMBEDDER_ID, "--k", "50", "--budget", "5000",
+                                                 "--name", "bench-memory"])
+    out["slices_job"] = run_child("bench._rss", ["jobs.slices", "--workspace", str(root), "--splits", "test",
+                                                 "--k", "8", "--no-mosaics"])
+    out["slices_job"]["n_images"] = 10_000
+    # The whole embed job on a small JPEG workspace: its fixed memory (torch, model, decode-ahead buffers).
+    import tempfile
+
+    from bench.embed import make_jpegs, make_workspace
+
+    with tempfile.TemporaryDirectory(prefix="dcd-bench-embedjob-") as tmp:
+        paths = make_jpegs(Path(tmp) / "jpg", 256, assets=assets)
+        ws = make_workspace(Path(tmp), paths)
+        out["embed_job_small"] = run_child("bench._rss", ["jobs.embed", "--workspace", str(ws.root),
+                                                          "--embedder", "resnet18", "--splits", "pool",
+                                                          "--batch-size", "64"])
+        out["embed_job_small"]["n_images"] = len(paths)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Slices: metadata-free error slices (AttributionScanner): ranked list, Attribution Mosaic, members,
+numbers, annotation, and spuriousness propagation."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import annotations as ann
+from core import slices as sl
+from core.schema import ANNOTATION_KINDS
+from core.workspace import Workspace
+from pages._shared import data_version, gallery, launch_button, pct, refresh, workspace
+
+ws = workspace()
+st.title("Slices")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _q(name: str, root: str, version: str, *args):
+    """Cached reads of core.slices / core.annotations, refreshed when the workspace changes."""
+    w = Workspace(Path(root))
+    fn = {"runs": sl.list_runs, "slices": sl.get_slices, "members": sl.slice_members,
+          "annotations": ann.list_annotations, "current": ann.current_annotations,
+          "suggestions": ann.propagation_suggestions}[name]
+    return fn(w, *args)
+
+
+@st.cache_data(show_spinner="Drawing the mosaic…", max_entries=32)
+def _mosaic_png(root: str, version: str, run_id: str, slice_id: int, layout: str, mode: str) -> bytes:
+    from core.mosaic import render_slice_mosaic
+
+    img = render_slice_mosaic(Workspace(Path(root)), run_id, slice_id, layout=layout, mode=mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def q(name: str, *args):
+    return _q(name, str(ws.root), data_version(ws), *args)
+
+
+runs = q("runs")
+if runs.empty:
+    st.info("No slices yet. Slices come from the classifier's attributions: run the **slices** job "
+            "(`python -m jobs.slices --workspace DIR`), which computes them first if needed.")
+    launch_button(ws, "Find slices (attributions + clustering)", "slices", [], key="slices_launch")
+    st.stop()
+
+class_names = ws.class_names()
+name_of = dict(enumerate(class_names))
+run_labels = {r.run_id: f"{r.run_id} · {r.model_id} · {r.n_slices} slices" for r in runs.itertuples()}
+run_id = st.selectbox("Slice run", runs.run_id.tolist(), format_func=run_labels.get, key="slices_run")
+params = json.loads(runs.loc[runs.run_id == run_id, "params"].iloc[0] or "{}")
+st.caption(f"k = {params.get('k')} ({params.get('k_chosen', '?')}), {params.get('n_images', '?')} images of "
+           f"{', '.join(params.get('splits', []))}, attributions: {params.get('attribution_method', '?')}. "
+           "Ranked by score = errors × error rate: large, low-accuracy slices first.")
+
+slices = q("slices", run_id)
+current = q("current", run_id)
+kind_of = dict(zip(current.slice_id.astype(int), current.kind))
+slices = slices.assign(annotation=[kind_of.get(int(i), "") for i in slices.slice_id])
+
+# -- ranked list and chart ----------------------------------------------------------------------------
+ids = slices.slice_id.astype(int).tolist()
+if st.session_state.get("slices_slice") not in ids:
+    st.session_state["slices_slice"] = ids[0]
+left, right = st.columns([3, 2])
+with right:
+    event = st.altair_chart(sl.slices_chart(slices, selected=st.session_state["slices_slice"]),
+                            on_select="rerun", key="slices_chart", width="stretch")
+    picked = (event or {}).get("selection", {}).get("slice") or []
+    if picked and int(picked[0]["slice_id"]) in ids and picked != st.session_state.get("slices_last_pick"):
+        st.session_state["slices_last_pick"] = picked
+        st.session_state["slices_slice"] = int(picked[0]["slice_id"])
+with left:
+    table = pd.DataFrame({
+        "rank": slices["rank"], "slice": slices.slice_id, "size": slices["size"],
+        "accuracy": slices.accuracy, "score": slices.score.round(2),
+        "predicted": slices.dominant_pred.map(name_of), "labelled": slices.dominant_label.map(name_of),
+        "annotation": slices.annotation,
+    })
+    st.dataframe(table, hide_index=True, height=320, width="stretch",
+                 column_config={"accuracy": st.column_config.ProgressColumn("accuracy", format="percent",
+                                                                            min_value=0, max_value=1)})
+
+rank_of = dict(zip(slices.slice_id.astype(int), slices["rank"].astype(int)))
+row_of = {int(r.slice_id): r for r in slices.itertuples()}
+slice_id = st.selectbox(
+    "Slice (click the chart, or choose)", ids, key="slices_slice",
+    format_func=lambda s: f"#{rank_of[s]} · slice {s} · {int(row_of[s].size)} images · "
+                          f"accuracy {pct(row_of[s].accuracy)}" + (f" · {kind_of[s]}" if s in kind_of else ""))
+s = row_of[slice_id]
+
+# -- the selected slice ---------------------------------------------------------------------------------
+st.subheader(f"Slice {slice_id} (rank {s.rank})")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Images", f"{int(s.size):,}")
+m2.metric("Accuracy", pct(s.accuracy))
+m3.metric("Errors", f"{int(round(s.size * (s.error_rate or 0))):,}")
+m4.metric("Score", f"{s.score:.2f}")
+
+c_mosaic, c_numbers = st.columns([3, 2])
+with c_mosaic:
+    st.markdown("**Attribution Mosaic**: each tile is a member's high-attribution region; red border: an error.")
+    o1, o2 = st.columns(2)
+    layout = o1.radio("Layout", ["grid", "confusion"], horizontal=True, key="slices_layout",
+                      format_func=lambda v: "grid" if v == "grid" else "by TP / FP / FN / TN")
+    mode = o2.radio("Tiles", ["crop", "overlay"], horizontal=True, key="slices_mode",
+                    format_func=lambda v: "crop to attribution" if v == "crop" else "heatmap overlay")
+    stored = s.mosaic_path if isinstance(s.mosaic_path, str) and Path(s.mosaic_path).exists() else None
+    if layout == "grid" and mode == "crop" and stored:
+        png = Path(stored).read_bytes()
+    else:
+        png = _mosaic_png(str(ws.root), data_version(ws), run_id, slice_id, layout, mode)
+    st.image(png, caption=f"slice {slice_id}: {layout}, {mode}")
+    st.download_button("Export mosaic (PNG)", png, file_name=f"{run_id}-slice-{slice_id}-{layout}-{mode}.png",
+                       mime="image/png", key="slices_download")
+with c_numbers:
+    st.markdown("**Confusion matrix** (rows: label, columns: prediction)")
+    conf = json.loads(s.confusion) if isinstance(s.confusion, str) else []
+    if conf:
+        st.dataframe(pd.DataFrame(conf, index=[f"label {n}" for n in class_names],
+                                  columns=[f"pred {n}" for n in class_names]), width="stretch")
+    st.caption(f"Mostly predicted **{name_of.get(s.dominant_pred, '?')}**, mostly labelled "
+               f"**{name_of.get(s.dominant_label, '?')}**.")
+
+members = q("members", run_id, slice_id)
+with st.expander(f"Members ({len(members):,}): errors first", expanded=False):
+    show = members.assign(_err=~members.correct.fillna(True).astype(bool)) \
+        .sort_values(["_err", "distance"], ascending=[False, True]).head(48)
+    gallery(ws, show, lambda r: f"{r.split} · {name_of.get(int(r.label), '?') if pd.notna(r.label) else '–'}"
+                                f" → {name_of.get(int(r.pred), '?') if pd.notna(r.pred) else '–'}")
+    by_split = members.groupby("split").agg(images=("image_id", "size"), accuracy=("correct", "mean"))
+    st.dataframe(by_split, width="stretch")
+
+# -- annotation -----------------------------------------------------------------------------------------
+st.subheader("Annotate this slice")
+with st.form("slices_annotate", clear_on_submit=True):
+    kind = st.radio("What does the model rely on here?", list(ANNOTATION_KINDS), horizontal=True,
+                    key="ann_kind", format_func={"core": "core feature", "spurious": "spurious correlation",
+                                                 "mislabeled": "mislabeled", "other": "other"}.get)
+    note = st.text_area("Note", key="ann_note", placeholder="e.g. the model looks at the water, not the bird")
+    who = st.text_input("Your name", key="ann_annotator")
+    relabel_to = st.selectbox("Relabel to (mislabeled only; default: the model's prediction)",
+                              [None, *range(len(class_names))], key="ann_relabel",
+                              format_func=lambda c: "model's prediction" if c is None else class_names[c])
+    if st.form_submit_button("Save annotation"):
+        try:
+            ann.annotate(ws, run_id, slice_id, kind, note=note, annotator=who,
+                         relabel_to=relabel_to if kind == "mislabeled" else None)
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            refresh()
+            _q.clear()
+            st.session_state["slices_flash"] = f"Saved: slice {slice_id} annotated {kind}."
+            st.rerun()
+if st.session_state.get("slices_flash"):
+    st.success(st.session_state.pop("slices_flash"))
+
+st.subheader("Annotations")
+listed = q("annotations", run_id)
+if listed.empty:
+    st.caption("No annotations in this run yet.")
+else:
+    st.dataframe(listed.drop(columns=["run_id"]), hide_index=True, width="stretch")
+
+st.subheader("Propagation suggestions")
+sugg = q("suggestions", run_id)
+if sugg.empty:
+    st.caption("No unannotated slice is close to an annotated one.")
+for r in sugg.itertuples():
+    c1, c2, c3 = st.columns([4, 1, 1])
+    c1.write(f"Slice {r.slice_id} (rank {r.rank}) looks like slice {r.source_slice_id} (rank {r.source_rank}, "
+             f"**{r.kind}**): centroid similarity {r.similarity:.2f}")
+    if c2.button("Confirm", key=f"sugg_ok_{r.slice_id}_{r.source_slice_id}"):
+        ann.confirm_suggestion(ws, run_id, r.slice_id, r.source_slice_id,
+                               annotator=st.session_state.get("ann_annotator") or None)
+        _q.clear()
+        st.rerun()
+    if c3.button("Dismiss", key=f"sugg_no_{r.slice_id}_{r.source_slice_id}"):
+        ann.dismiss_suggestion(ws, run_id, r.slice_id, r.source_slice_id)
+        _q.clear()
+        st.rerun()
+
+if kind_of:
+    st.info("Mitigate from these annotations: `python -m jobs.retrain --workspace DIR --mitigate corm` "
+            "(or the retrain job on the Jobs page with mitigate = corm); the new model appears on Before / after.")

@@ -1,0 +1,94 @@
+"""core.launcher: jobs start as background processes, report into the job table, can be cancelled, and a job
+whose process died is reported failed, never running forever."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core import launcher
+from core.workspace import Workspace
+
+
+@pytest.fixture()
+def ws(tiny_pipeline_workspace, tmp_path) -> Workspace:
+    shutil.copytree(tiny_pipeline_workspace[0], tmp_path / "ws")
+    return Workspace.open(tmp_path / "ws")
+
+
+def test_job_kinds_and_options_come_from_the_job_parsers():
+    kinds = launcher.job_kinds()
+    assert {"embed", "predict", "select", "retrain", "evaluate", "demo", "pipeline"} <= set(kinds)
+    retrain = {o.dest: o for o in launcher.job_options("retrain")}
+    assert "workspace" not in retrain and "job_id" not in retrain and "json" not in retrain
+    assert retrain["finetune_epochs"].widget == "int" and retrain["lr"].widget == "float"
+    select = {o.dest: o for o in launcher.job_options("select")}
+    assert select["method"].widget == "choice" and "dcd" in select["method"].choices
+    assert {o.dest: o for o in launcher.job_options("embed")}["only_missing"].widget == "flag"
+    assert {o.dest: o for o in launcher.job_options("evaluate")}["model_id"].widget == "list"
+
+
+def test_build_args_keeps_only_what_differs_from_the_defaults():
+    assert launcher.build_args("retrain", {"finetune_epochs": "1", "lr": "0.05", "selection_id": "", "method": None}) \
+        == ["--finetune-epochs", "1"]
+    assert launcher.build_args("evaluate", {"model_id": ["a", "b"]}) == ["--model-id", "a", "b"]
+    assert launcher.build_args("embed", {"only_missing": True, "no_bf16": False}) == ["--only-missing"]
+    with pytest.raises(ValueError, match="no option"):
+        launcher.build_args("retrain", {"colour": "red"})
+    with pytest.raises(SystemExit):  # argparse rejects it here, not in the background
+        launcher.build_args("select", {"k": "many"})
+    with pytest.raises(ValueError, match="unknown job kind"):
+        launcher.launch(Workspace("/nonexistent"), "rm", [])
+
+
+def test_launch_runs_the_job_in_the_background_and_records_it(ws):
+    t0 = time.monotonic()
+    job_id = launcher.launch(ws, "predict", ["--splits", "error_sample"])
+    assert time.monotonic() - t0 < 5  # returns at once; the job runs on its own
+    job = ws.jobs().get(job_id)
+    assert job.kind == "predict" and job.pid and job.log_path.endswith(f"{job_id}.log")
+    job = launcher.wait(ws, job_id, timeout=120)
+    assert job.state == "succeeded", job.error
+    assert job.result["n_predicted"] == 8 and job.progress == 1.0
+    assert job.elapsed and job.elapsed > 0
+    assert "predict" in launcher.log_tail(job)
+
+
+def test_cancel_stops_a_running_job(ws):
+    job_id = launcher.launch(ws, "train", ["--classifier", "test_resnet", "--image-size", "24", "--epochs", "500",
+                                           "--batch-size", "16"])
+    store = ws.jobs()
+    deadline = time.monotonic() + 90
+    while store.get(job_id).state != "running" or store.get(job_id).progress <= 0:
+        assert time.monotonic() < deadline, "the job never started"
+        assert store.get(job_id).is_active, store.get(job_id).error
+        time.sleep(0.2)
+    assert launcher.cancel(ws, job_id)
+    job = launcher.wait(ws, job_id, timeout=60)
+    assert job.state == "cancelled"
+    assert not launcher.cancel(ws, job_id)  # nothing left to cancel
+
+
+def test_a_job_whose_process_died_is_shown_failed(ws):
+    store = ws.jobs()
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    job_id = store.create("embed", [])
+    store.start(job_id, victim.pid)
+    assert store.get(job_id).state == "running"
+    victim.kill()
+    victim.wait()
+    # What the Jobs page does on every render, e.g. after an app restart:
+    assert store.reconcile() == [job_id]
+    job = store.get(job_id)
+    assert job.state == "failed" and "died" in job.error
+
+
+def test_a_job_that_cannot_start_is_failed_with_its_error(ws):
+    job_id = launcher.launch(ws, "select", ["--method", "nope"])
+    job = launcher.wait(ws, job_id, timeout=60)
+    assert job.state == "failed"
+    assert "invalid choice" in job.error or "invalid choice" in launcher.log_tail(job)

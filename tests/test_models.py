@@ -1,0 +1,71 @@
+"""Models: timm by name with local weights, feature widths, checkpoints, bf16 checked against fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from core.inference import choose_precision, cpu_has_bf16, embed, predict_probs
+from core.models import (DataConfig, ModelError, create_model, default_data_config, feature_dim, features,
+                         load_checkpoint, save_checkpoint, weights_include_head)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "mobilenetv3_small_050", "test_vit"])
+def test_feature_dim_is_the_width_of_the_embedding(arch):
+    model = create_model(arch, num_classes=3).eval()
+    size = default_data_config(model).image_size if "vit" in arch else 32
+    with torch.no_grad():
+        out = features(model, torch.randn(2, 3, size, size))
+    assert out.shape == (2, feature_dim(model))
+
+
+def test_local_backbone_weights_load_and_are_not_mistaken_for_a_classifier(tmp_path):
+    donor = timm.create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "backbone.pth"
+    torch.save(donor.state_dict(), path)
+    model = create_model("test_resnet", num_classes=3, weights=path)
+    first = next(iter(donor.state_dict()))
+    assert torch.equal(model.state_dict()[first], donor.state_dict()[first])  # weights really loaded
+    assert model.num_classes == 3
+    assert not weights_include_head(model, path, 3)
+    assert weights_include_head(create_model("test_resnet", num_classes=1000, weights=path), path, 1000)
+
+
+def test_checkpoint_round_trip_keeps_weights_and_preprocessing(tmp_path):
+    model = create_model("test_resnet", num_classes=2).eval()
+    cfg = DataConfig(24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    path = save_checkpoint(model, tmp_path / "m.pt", arch="test_resnet", num_classes=2, data_config=cfg,
+                           class_names=["a", "b"])
+    loaded, info = load_checkpoint(path)
+    assert info["data_config"] == cfg and info["class_names"] == ["a", "b"]
+    x = torch.randn(3, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+    assert weights_include_head(loaded, path, 2)
+    assert create_model("whatever", num_classes=2, weights=path).num_classes == 2  # our checkpoint wins
+
+
+def test_clear_errors_for_bad_model_requests(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        create_model("resnet18", num_classes=2, weights=tmp_path / "missing.pth")
+    with pytest.raises(ModelError):
+        create_model("no_such_architecture_xyz", num_classes=2)
+
+
+def test_bf16_is_used_only_where_it_matches_fp32():
+    model = create_model("test_resnet", num_classes=2).eval()
+    cfg = DataConfig(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+    check = choose_precision(model, px, cfg, embedding=True)
+    if not cpu_has_bf16():
+        assert not check.bf16 and "no native bf16" in check.reason
+    else:
+        assert check.knn_overlap is not None and check.bf16 == (check.knn_overlap >= 0.95)
+    assert not choose_precision(model, px, cfg, embedding=True, allow_bf16=False).bf16
+    fp32 = embed(model, px, cfg, batch_size=16)
+    assert fp32.shape == (64, feature_dim(model))
+    probs = predict_probs(model, px, cfg, batch_size=16)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -1,0 +1,100 @@
+"""The Slices page: AppTest (select a slice, see its mosaic, annotate it, see the annotation listed) and a
+real-browser run of the same flow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, _wait_idle, app_server  # noqa: F401 (a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def sliced_copy(tiny_pipeline_workspace, tmp_path):
+    from jobs import slices
+
+    src, _ = tiny_pipeline_workspace
+    ws_dir = tmp_path / "ws"
+    shutil.copytree(src, ws_dir)
+    assert slices.main(["--workspace", str(ws_dir), "--k", "4"]) == 0
+    return ws_dir
+
+
+def _clear_caches() -> None:
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from core.slices import get_slices, latest_run
+    from core.workspace import Workspace
+
+    _clear_caches()
+    monkeypatch.setenv("DCD_WORKSPACE", str(sliced_copy))
+    ws = Workspace.open(sliced_copy)
+    slices = get_slices(ws, latest_run(ws))
+    target = int(slices.slice_id.iloc[-1])
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/slices.py").run()
+    assert not at.exception and at.title[0].value == "Slices"
+    at.selectbox(key="slices_slice").set_value(target).run()
+    assert not at.exception
+    assert at.subheader[0].value.startswith(f"Slice {target} ")
+    images = at.get("image")
+    assert images, "the selected slice's mosaic is shown"
+    assert any(f"slice {target}" in str(getattr(img, "proto", "")) for img in images)
+
+    at.radio(key="ann_kind").set_value("spurious")
+    at.text_area(key="ann_note").input("looks at the background")
+    at.text_input(key="ann_annotator").input("page tester")
+    next(b for b in at.button if b.label == "Save annotation").click().run()
+    assert not at.exception
+    assert any("annotated spurious" in s.value for s in at.success)
+    listed = at.dataframe[-1].value
+    row = listed[listed.slice_id == target].iloc[0]
+    assert (row.kind, row.annotator, row.note) == ("spurious", "page tester", "looks at the background")
+    # the chart builder, since AppTest cannot read charts
+    from core.slices import slices_chart
+
+    spec = slices_chart(slices.assign(annotation="spurious"), selected=target).to_dict()
+    assert spec["encoding"]["x"]["field"] == "size" and spec["encoding"]["y"]["field"] == "accuracy"
+    _clear_caches()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`")
+def test_slices_page_in_a_browser(app_server):
+    """The same flow in headless Chromium, on the app server of tests/test_browser.py."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from jobs import slices
+
+    url, ws_dir = app_server
+    assert slices.main(["--workspace", str(ws_dir), "--k", "4"]) == 0
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{url}/slices")
+            _wait_idle(page, "Slices")
+            assert page.get_by_test_id("stException").count() == 0
+            expect(page.get_by_text("Attribution Mosaic").first).to_be_visible()
+            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            page.get_by_text("spurious correlation").first.click()
+            page.get_by_label("Note").fill("browser: background")
+            page.get_by_label("Your name").fill("browser tester")
+            page.get_by_role("button", name="Save annotation").click()
+            expect(page.get_by_text("annotated spurious").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("browser tester").first).to_be_attached(timeout=30_000)
+            page.screenshot(path=str(SHOTS / "slices.png"), full_page=True)
+        finally:
+            browser.close()
