@@ -11,7 +11,6 @@ query against a pool without recomputing, the pool must keep those activations: 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch

@@ -44,7 +44,7 @@ from core.models import DataConfig, last_conv_block
 from core.progress import Progress, as_progress
 from core.registry import current_classifier, load_classifier
 from core.splits import images_df, pixels
-from core.workspace import Workspace
+from core.workspace import Workspace, replace_model_rows
 
 METHODS = ("gradcam", "integrated_gradients")
 TARGETS = ("label", "pred")
@@ -311,11 +311,7 @@ def attribute(ws: Workspace, model_id: str | None = None, *, splits: Sequence[st
         "vector": pa.array(list(res.vectors), type=pa.list_(pa.float32())),
     })
     with ws.write() as con:
-        con.register("staging_attr", table)
-        con.execute("DELETE FROM attributions WHERE model_id = ? AND image_id IN "
-                    "(SELECT image_id FROM staging_attr)", [model_id])
-        con.execute("INSERT INTO attributions SELECT * FROM staging_attr")
-        con.unregister("staging_attr")
+        replace_model_rows(con, "attributions", table, model_id=model_id, key="image_id")
     summary = {"model_id": model_id, "n": int(len(df)), "splits": list(splits), **asdict(config),
                "dim": int(res.vectors.shape[1]), "precision": "bf16" if res.bf16 else "fp32",
                "precision_reason": res.precision_reason, "seconds": round(time.perf_counter() - t0, 1)}

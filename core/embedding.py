@@ -25,7 +25,7 @@ from core.images import iter_decoded
 from core.inference import choose_precision, embed as embed_pixels, run_model
 from core.models import create_model, default_data_config, feature_dim, features
 from core.progress import Progress, as_progress
-from core.registry import (classifier_embedder_id, current_classifier, get_model, load_classifier,
+from core.registry import (classifier_embedder_id, current_classifier, load_classifier,
                            register_model)
 from core.splits import images_df
 from core.workspace import Workspace

@@ -17,7 +17,7 @@ from core.inference import choose_precision, predict_probs
 from core.progress import Progress, as_progress
 from core.registry import load_classifier
 from core.splits import images_df, pixels
-from core.workspace import Workspace
+from core.workspace import Workspace, replace_model_rows
 
 EVAL_SPLITS = ("test", "error_heldout", "error_sample", "train")
 
@@ -51,11 +51,7 @@ def predict(ws: Workspace, model_id: str, *, splits: Sequence[str] = ("train", "
         "correct": pa.array(pred == t, mask=~known),
     })
     with ws.write() as con:
-        con.register("staging_preds", table)
-        con.execute("DELETE FROM predictions WHERE model_id = ? AND image_id IN "
-                    "(SELECT image_id FROM staging_preds)", [model_id])
-        con.execute("INSERT INTO predictions SELECT * FROM staging_preds")
-        con.unregister("staging_preds")
+        replace_model_rows(con, "predictions", table, model_id=model_id, key="image_id")
     progress.report(1.0, f"predicted {len(df)} images ({check.reason})", force=True)
     return df.assign(pred=pred, confidence=probs.max(1))
 
@@ -82,12 +78,8 @@ def compute_metrics(ws: Workspace, model_id: str) -> dict[str, dict[str, float]]
                 rows.append((split, "worst_group_acc", float(groups["mean"].min()), len(part)))
     out = pd.DataFrame(rows, columns=["eval_set", "metric", "value", "n"]).assign(model_id=model_id)
     with ws.write() as con:
-        con.register("staging_metrics", out)
-        con.execute("DELETE FROM metrics WHERE model_id = ? AND eval_set IN "
-                    "(SELECT eval_set FROM staging_metrics)", [model_id])
-        con.execute("INSERT INTO metrics (model_id, eval_set, metric, value, n) "
-                    "SELECT model_id, eval_set, metric, value, n FROM staging_metrics")
-        con.unregister("staging_metrics")
+        replace_model_rows(con, "metrics", out, model_id=model_id, key="eval_set",
+                           columns=("model_id", "eval_set", "metric", "value", "n"))
     result: dict[str, dict[str, float]] = {}
     for r in out.itertuples(index=False):
         result.setdefault(r.eval_set, {})[r.metric] = r.value

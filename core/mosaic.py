@@ -74,17 +74,23 @@ def _heat_rgb(heatmap: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 def make_tile(path: str | Path, heatmap: np.ndarray, *, tile: int = 64, mode: str = "crop",
               crop_frac: float = 0.5, error: bool = False) -> Image.Image:
-    """One member's tile (``tile`` x ``tile`` RGB)."""
+    """One member's tile (``tile`` x ``tile`` RGB); a crossed grey tile when the image cannot be read."""
     if mode not in MODES:
         raise ValueError(f"mosaic mode must be one of {MODES}, got {mode!r}")
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if mode == "crop":
-            img = img.crop(attribution_box(heatmap, img.width, img.height, crop_frac))
-            img = img.resize((tile, tile), Image.Resampling.BILINEAR)
-        else:
-            img = img.resize((tile, tile), Image.Resampling.BILINEAR)
-            img = Image.blend(img, _heat_rgb(heatmap, (tile, tile)), 0.45)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if mode == "crop":
+                img = img.crop(attribution_box(heatmap, img.width, img.height, crop_frac))
+                img = img.resize((tile, tile), Image.Resampling.BILINEAR)
+            else:
+                img = img.resize((tile, tile), Image.Resampling.BILINEAR)
+                img = Image.blend(img, _heat_rgb(heatmap, (tile, tile)), 0.45)
+    except OSError:  # moved, deleted or unreadable since ingest: keep the mosaic, mark the gap
+        img = Image.new("RGB", (tile, tile), (200, 200, 200))
+        draw = ImageDraw.Draw(img)
+        draw.line([0, 0, tile - 1, tile - 1], fill=(150, 150, 150), width=2)
+        draw.line([0, tile - 1, tile - 1, 0], fill=(150, 150, 150), width=2)
     if error:
         ImageDraw.Draw(img).rectangle([0, 0, tile - 1, tile - 1], outline=ERROR_COLOUR, width=BORDER)
     return img

@@ -65,11 +65,17 @@ def neighbours(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None
     else:
         src = -np.arange(1, len(queries) + 1)
     dist, ids = search(index, queries, k)
+    return pairs_from_search(src, dist, ids)
+
+
+def pairs_from_search(source_ids: Sequence[int], distances: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
+    """faiss search output as (source_image_id, image_id, neighbour_rank, distance) rows, -1 pads dropped."""
+    src = np.asarray(source_ids, np.int64)
     rows = pd.DataFrame({
         "source_image_id": np.repeat(src, ids.shape[1]),
         "image_id": ids.reshape(-1),
         "neighbour_rank": np.tile(np.arange(ids.shape[1]), len(src)),
-        "distance": dist.reshape(-1),
+        "distance": distances.reshape(-1),
     })
     return rows[rows.image_id >= 0].reset_index(drop=True)
 

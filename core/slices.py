@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np

@@ -197,18 +197,6 @@ def images_info(ws: Workspace, image_ids: Sequence[int]) -> pd.DataFrame:
         [_ids(image_ids)])
 
 
-def pairs_from_search(source_ids: Sequence[int], distances: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
-    """faiss search output as (source_image_id, image_id, neighbour_rank, distance) rows, -1 pads dropped."""
-    src = np.asarray(source_ids, np.int64)
-    rows = pd.DataFrame({
-        "source_image_id": np.repeat(src, ids.shape[1]),
-        "image_id": ids.reshape(-1),
-        "neighbour_rank": np.tile(np.arange(ids.shape[1]), len(src)),
-        "distance": distances.reshape(-1),
-    })
-    return rows[rows.image_id >= 0].reset_index(drop=True)
-
-
 def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, label_policy: str = "weak",
                      source_label: int | None = None) -> pd.DataFrame:
     """Merge neighbour pairs into the debug-train candidates (round-robin, de-duplicated, cut to budget)

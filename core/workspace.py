@@ -19,7 +19,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -225,6 +225,21 @@ class Workspace:
         from core.jobstore import JobStore
 
         return JobStore(self.jobs_path)
+
+
+def replace_model_rows(con: duckdb.DuckDBPyConnection, table: str, staging: Any, *, model_id: str, key: str,
+                       columns: Sequence[str] | None = None) -> None:
+    """Inside a write transaction: replace ``table``'s rows of ``model_id`` whose ``key`` is among the staged
+    rows (a pandas DataFrame or Arrow table) with the staged rows."""
+    con.register("staging_rows", staging)
+    try:
+        con.execute(f"DELETE FROM {table} WHERE model_id = ? AND {key} IN (SELECT {key} FROM staging_rows)",
+                    [model_id])
+        cols = ", ".join(columns) if columns else "*"
+        target = f"{table} ({cols})" if columns else table
+        con.execute(f"INSERT INTO {target} SELECT {cols} FROM staging_rows")
+    finally:
+        con.unregister("staging_rows")
 
 
 def workspace_from_env(default: str | os.PathLike | None = None) -> Path | None:

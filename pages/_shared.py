@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from core import views
+from core.selection import pairs_from_search
 from core.workspace import (NotAWorkspaceError, SchemaVersionError, Workspace, WorkspaceError,
                             workspace_from_env)
 
@@ -106,12 +107,7 @@ def view(name: str, *args: Any, **kwargs: Any) -> Any:
     ws = workspace()
     args = tuple(tuple(a) if isinstance(a, list) else a for a in args)
     kw = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
-    return _cached_view(name, str(ws.root), data_version(ws), args, kw)
-
-
-def data_version(ws: Workspace) -> str:
-    """The cache key of the workspace's data (changes when a job writes or changes state)."""
-    return ws.data_version()
+    return _cached_view(name, str(ws.root), ws.data_version(), args, kw)
 
 
 def refresh() -> None:
@@ -216,14 +212,14 @@ def _candidates(root: str, version: str, embedder_id: str, source_ids: tuple[int
         raise ValueError(f"none of the chosen images has a vector for {embedder_id!r}: run the embed job on the "
                          f"error_sample split")
     dist, nn = search(index, vecs, k)
-    return views.build_candidates(ws, views.pairs_from_search(ids, dist, nn), budget=budget,
+    return views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget,
                                   label_policy=label_policy)
 
 
 def find_candidates(ws: Workspace, embedder_id: str, source_ids: Sequence[int], *, k: int, budget: int,
                     label_policy: str) -> pd.DataFrame:
     """Debug-train candidates for error-sample images, from the persisted pool index (cached)."""
-    return _candidates(str(ws.root), data_version(ws), embedder_id, tuple(int(i) for i in source_ids), int(k),
+    return _candidates(str(ws.root), ws.data_version(), embedder_id, tuple(int(i) for i in source_ids), int(k),
                        int(budget), label_policy)
 
 
@@ -244,12 +240,12 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, k
     pixels = load_rgb(io.BytesIO(data), cfg.image_size)[None]
     vec = embed(model, pixels, cfg)
     dist, nn = search(index, vec, k)
-    pairs = views.pairs_from_search(np.array([-1]), dist, nn)
+    pairs = pairs_from_search(np.array([-1]), dist, nn)
     return views.build_candidates(ws, pairs, budget=budget, label_policy=label_policy, source_label=label)
 
 
 def find_candidates_for_upload(ws: Workspace, embedder_id: str, data: bytes, *, k: int, budget: int,
                                label: int | None, label_policy: str) -> pd.DataFrame:
     """Debug-train candidates for an uploaded image (embedded with the embedder, cached)."""
-    return _upload_candidates(str(ws.root), data_version(ws), embedder_id, data, int(k), int(budget), label,
+    return _upload_candidates(str(ws.root), ws.data_version(), embedder_id, data, int(k), int(budget), label,
                               label_policy)

@@ -14,7 +14,7 @@ from core import annotations as ann
 from core import slices as sl
 from core.schema import ANNOTATION_KINDS
 from core.workspace import Workspace
-from pages._shared import data_version, gallery, launch_button, pct, refresh, workspace
+from pages._shared import gallery, launch_button, pct, refresh, workspace
 
 ws = workspace()
 st.title("Slices")
@@ -41,7 +41,7 @@ def _mosaic_png(root: str, version: str, run_id: str, slice_id: int, layout: str
 
 
 def q(name: str, *args):
-    return _q(name, str(ws.root), data_version(ws), *args)
+    return _q(name, str(ws.root), ws.data_version(), *args)
 
 
 runs = q("runs")
@@ -116,7 +116,7 @@ with c_mosaic:
     if layout == "grid" and mode == "crop" and stored:
         png = Path(stored).read_bytes()
     else:
-        png = _mosaic_png(str(ws.root), data_version(ws), run_id, slice_id, layout, mode)
+        png = _mosaic_png(str(ws.root), ws.data_version(), run_id, slice_id, layout, mode)
     st.image(png, caption=f"slice {slice_id}: {layout}, {mode}")
     st.download_button("Export mosaic (PNG)", png, file_name=f"{run_id}-slice-{slice_id}-{layout}-{mode}.png",
                        mime="image/png", key="slices_download")

@@ -128,3 +128,13 @@ def test_annotations_and_propagation(sliced_ws):
     other = int(sugg.slice_id.iloc[1])
     ann.confirm_suggestion(ws, run_id, other, first, annotator="tester")
     assert ann.annotated_slices(ws, run_id, "spurious") == sorted([first, other])
+
+
+def test_mosaic_tile_of_a_missing_image_is_a_placeholder_not_a_crash(tmp_path):
+    import numpy as np
+
+    from core.mosaic import make_tile
+
+    tile = make_tile(tmp_path / "gone.png", np.ones((7, 7), np.float32), tile=32)
+    assert tile.size == (32, 32)
+    assert tile.getpixel((16, 2)) == (200, 200, 200)

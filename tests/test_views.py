@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from core import charts, views
+from core.selection import pairs_from_search
 from core.report import comparison_csv, comparison_html
 from core.workspace import Workspace
 
@@ -98,15 +99,15 @@ def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, r
     ids, vecs = views.source_vectors(ws, embedder, es.image_id.tolist())
     k, budget = report["selection"]["k"], report["selection"]["budget"]
     dist, nn = search(index, vecs, k)
-    cands = views.build_candidates(ws, views.pairs_from_search(ids, dist, nn), budget=budget, label_policy="weak")
+    cands = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="weak")
     saved = views.selection_review(ws, report["methods"]["dcd"]["selection_id"])
     assert cands.image_id.tolist() == saved.image_id.tolist()  # same retrieval as the select job
     assert (cands.label == cands.weak_label).all()
     assert cands.image_id.is_unique and len(cands) <= budget
-    src = views.build_candidates(ws, views.pairs_from_search(ids, dist, nn), budget=budget, label_policy="source")
+    src = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="source")
     labels = dict(zip(es.image_id, es.label))
     assert (src.label == src.source_image_id.map(labels)).all()
-    up = views.build_candidates(ws, views.pairs_from_search(np.array([-1]), dist[:1], nn[:1]), budget=5,
+    up = views.build_candidates(ws, pairs_from_search(np.array([-1]), dist[:1], nn[:1]), budget=5,
                                 label_policy="source", source_label=1)
     assert len(up) == 5 and (up.label == 1).all()
     decided = views.candidate_items(cands, {int(cands.image_id[0]): {"status": "rejected", "label": 0}})
