@@ -135,6 +135,18 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int = 3,
+                              intermediates_only: bool = True) -> list[torch.Tensor]:
+        """The outputs of the last ``indices`` stages (stem, layer1..3), like timm's method of that name."""
+        if not intermediates_only:
+            raise ValueError("CifarResNet.forward_intermediates supports intermediates_only=True only")
+        x = F.relu(self.bn1(self.conv1(x)))
+        outs = [x]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x = stage(x)
+            outs.append(x)
+        return outs[-indices:]
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool a feature map to ``N x 64`` (``pre_logits=True``) or map it to logits."""
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

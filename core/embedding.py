@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from core.embeddings import store_embedding_files, vectors_to_arrow
 from core.images import iter_decoded
 from core.inference import choose_precision, embed as embed_pixels, run_model
-from core.models import create_model, default_data_config, feature_dim, features
+from core.models import (EMBEDDING_LAYERS, create_model, default_data_config, embedding_dim,
+                         embedding_function)
 from core.progress import Progress, as_progress
 from core.registry import (classifier_embedder_id, current_classifier, load_classifier,
                            register_model)
@@ -43,13 +44,25 @@ class EmbedderSpec:
     hub: bool = False
     image_size: int | None = None
     classifier_id: str | None = None
+    layers: str = "penultimate"  # or "multiscale": see core.models.EMBEDDING_LAYERS
+
+    def __post_init__(self) -> None:
+        if self.layers not in EMBEDDING_LAYERS:
+            raise ValueError(f"embedder layers must be one of {EMBEDDING_LAYERS}, got {self.layers!r}")
+
+    def classifier_model_id(self, ws: Workspace) -> str:
+        model_id = self.classifier_id or current_classifier(ws)
+        if not model_id:
+            raise ValueError("embedder 'classifier' needs a trained classifier; run jobs.train first")
+        return model_id
 
     def embedder_id(self, ws: Workspace) -> str:
+        suffix = "" if self.layers == "penultimate" else f"+{self.layers}"
         if self.arch == "classifier":
-            model_id = self.classifier_id or current_classifier(ws)
-            if not model_id:
-                raise ValueError("embedder 'classifier' needs a trained classifier; run jobs.train first")
-            return classifier_embedder_id(model_id)
+            return classifier_embedder_id(self.classifier_model_id(ws)) + suffix
+        return self._model_embedder_id() + suffix
+
+    def _model_embedder_id(self) -> str:
         tag = "hub" if self.hub else (Path(self.weights).stem if self.weights else "random")
         if self.weights:
             tag += "-" + hashlib.sha1(str(Path(self.weights).resolve()).encode()).hexdigest()[:6]
@@ -61,15 +74,17 @@ def build_embedder(ws: Workspace, spec: EmbedderSpec):
     """(model, data config, embedder id), registering non-classifier embedders in the model registry."""
     embedder_id = spec.embedder_id(ws)
     if spec.arch == "classifier":
-        model, cfg = load_classifier(ws, embedder_id.split(":", 1)[1])
+        model, cfg = load_classifier(ws, spec.classifier_model_id(ws))
         return model, cfg, embedder_id
     if spec.weights is None and not spec.hub:
         print(f"warning: embedder {spec.arch} has no weights (random init); give --embedder-weights PATH "
               f"for a meaningful feature space", flush=True)
     model = create_model(spec.arch, num_classes=0, weights=spec.weights, hub=spec.hub).eval()
     cfg = default_data_config(model, spec.image_size)
-    register_model(ws, model_id=embedder_id, role="embedder", arch=spec.arch, embed_dim=feature_dim(model),
-                   config={"weights": spec.weights, "hub": spec.hub, "data_config": cfg.to_dict()})
+    register_model(ws, model_id=embedder_id, role="embedder", arch=spec.arch,
+                   embed_dim=embedding_dim(model, spec.layers, cfg.image_size),
+                   config={"weights": spec.weights, "hub": spec.hub, "layers": spec.layers,
+                           "data_config": cfg.to_dict()})
     return model, cfg, embedder_id
 
 
@@ -92,7 +107,9 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
         return {"embedder_id": embedder_id, "n_embedded": 0}
     paths = df.path.tolist()
     sample = next(iter_decoded(paths[:128], cfg.image_size, chunk=128))
-    check = choose_precision(model, sample, cfg, embedding=True, allow_bf16=allow_bf16)
+    embed_fn = embedding_function(model, spec.layers)
+    dim = embedding_dim(model, spec.layers, cfg.image_size)
+    check = choose_precision(model, sample, cfg, embedding=True, allow_bf16=allow_bf16, embed_fn=embed_fn)
     del sample
     print(f"embedder {embedder_id}: {'bf16' if check.bf16 else 'fp32'} ({check.reason})", flush=True)
     t_embed, c_embed = time.perf_counter(), time.process_time()
@@ -110,20 +127,20 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
         for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
             n_sub = min(chunk_rows, len(paths) - start)
             span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
-            vecs = run_model(lambda x: features(model, x), islice(decoded, batches_per_part), n_sub, cfg,
+            vecs = run_model(embed_fn, islice(decoded, batches_per_part), n_sub, cfg,
                              bf16=check.bf16, progress=span, desc="embed")
             part = staging / f"part-{n_chunk:05d}.parquet"
             pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
             parts.append(part)
         decoded.close()
         t_store, c_store = time.perf_counter(), time.process_time()
-        store_embedding_files(ws, embedder_id, parts, dim=feature_dim(model))
+        store_embedding_files(ws, embedder_id, parts, dim=dim)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     t_end, c_end = time.perf_counter(), time.process_time()
     progress.report(1.0, f"embedded {len(ids)} images", force=True)
     return {"embedder_id": embedder_id, "n_embedded": int(len(ids)), "precision": "bf16" if check.bf16 else
-            "fp32", "precision_check": check.reason, "dim": feature_dim(model),
+            "fp32", "precision_check": check.reason, "dim": dim,
             "seconds": {"setup": round(t_embed - t0, 3), "embed": round(t_store - t_embed, 3),
                         "store": round(t_end - t_store, 3)},
             "cpu_seconds": {"setup": round(c_embed - c0, 3), "embed": round(c_store - c_embed, 3),

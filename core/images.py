@@ -113,6 +113,8 @@ def decode_all(paths: Sequence[str], size: int, *, progress: Progress | None = N
 
 def to_tensor(pixels: np.ndarray | torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """uint8 N x H x W x 3 -> normalised float N x 3 x H x W."""
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()  # a read-only memory map; torch only wraps writable arrays
     x = torch.as_tensor(pixels).permute(0, 3, 1, 2).float()
     mean = torch.tensor(cfg.mean, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float64).view(1, 3, 1, 1)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core.images import to_tensor
-from core.models import DataConfig, features
+from core.models import DataConfig, embedding_function, features
 from core.progress import Progress, as_progress
 
 MIN_PRED_AGREEMENT = 0.99
@@ -65,10 +65,10 @@ def predict_probs(model: nn.Module, pixels: np.ndarray, cfg: DataConfig, *, batc
 
 
 def embed(model: nn.Module, pixels: np.ndarray, cfg: DataConfig, *, batch_size: int = 256,
-          bf16: bool = False, progress: Progress | None = None) -> np.ndarray:
-    """Penultimate-layer embeddings, N x D float32."""
+          bf16: bool = False, layers: str = "penultimate", progress: Progress | None = None) -> np.ndarray:
+    """Embeddings (``layers``: see ``core.models.EMBEDDING_LAYERS``), N x D float32."""
     model.eval()
-    return run_model(lambda x: features(model, x), _chunks(pixels, batch_size), len(pixels), cfg,
+    return run_model(embedding_function(model, layers), _chunks(pixels, batch_size), len(pixels), cfg,
                      bf16=bf16, progress=progress, desc="embed")
 
 
@@ -97,8 +97,12 @@ class PrecisionCheck:
 
 
 def choose_precision(model: nn.Module, sample: np.ndarray, cfg: DataConfig, *, embedding: bool,
-                     allow_bf16: bool = True) -> PrecisionCheck:
-    """Decide bf16 vs fp32 for ``model`` by comparing both on ``sample`` (uint8 images)."""
+                     allow_bf16: bool = True,
+                     embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PrecisionCheck:
+    """Decide bf16 vs fp32 for ``model`` by comparing both on ``sample`` (uint8 images).
+
+    With ``embedding``, the vectors of ``embed_fn`` (default: the penultimate features) are compared.
+    """
     if not allow_bf16:
         return PrecisionCheck(False, "bf16 disabled")
     if not cpu_has_bf16():
@@ -106,7 +110,7 @@ def choose_precision(model: nn.Module, sample: np.ndarray, cfg: DataConfig, *, e
     if len(sample) < 16:
         return PrecisionCheck(False, "too few images to check bf16 against fp32")
     model.eval()
-    fn = (lambda x: features(model, x)) if embedding else model
+    fn = (embed_fn or (lambda x: features(model, x))) if embedding else model
     # In batches: one 128-image fp32 batch of a ResNet holds ~1 GB of activations at 224 px.
     chunks = _chunks(sample, CHECK_BATCH)
     ref = np.concatenate([_forward(fn, to_tensor(c, cfg), False).numpy() for c in chunks])

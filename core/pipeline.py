@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from core.embedding import EmbedderSpec, embed_split_images
 from core.evaluation import evaluate
@@ -93,7 +93,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     t = time.perf_counter()
     spec = config.embedder
     if spec.arch == "classifier":
-        spec = EmbedderSpec(arch="classifier", classifier_id=base_id)
+        spec = replace(spec, classifier_id=base_id)
     emb = embed_split_images(ws, spec, splits=("error_sample", "pool"), progress=progress.span(0.28, 0.4))
     embedder_id = emb["embedder_id"]
     timed("embed", t)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from core.models import DataConfig, create_model, default_data_config, load_checkpoint
+from core.models import EMBEDDING_LAYERS, DataConfig, create_model, default_data_config, load_checkpoint
 from core.workspace import Workspace
 
 CLASSIFIER_EMBEDDER_PREFIX = "classifier:"
@@ -96,8 +96,20 @@ def classifier_embedder_id(model_id: str) -> str:
     return f"{CLASSIFIER_EMBEDDER_PREFIX}{model_id}"
 
 
+def split_embedder_id(embedder_id: str) -> tuple[str, str]:
+    """``(model part, layers)`` of an embedder id: ``"classifier:m1+multiscale"`` -> ``("classifier:m1",
+    "multiscale")``; ids without a suffix embed with the penultimate layer."""
+    base, _, layers = embedder_id.rpartition("+")
+    if base and layers in EMBEDDING_LAYERS:
+        return base, layers
+    return embedder_id, "penultimate"
+
+
 def load_embedder(ws: Workspace, embedder_id: str) -> tuple[nn.Module, DataConfig]:
-    """Rebuild an embedder recorded in the registry (for embedding new or uploaded images)."""
+    """Rebuild an embedder recorded in the registry (for embedding new or uploaded images); embed with
+    ``core.models.embedding_function(model, split_embedder_id(embedder_id)[1])``."""
+    if split_embedder_id(embedder_id)[0].startswith(CLASSIFIER_EMBEDDER_PREFIX):
+        embedder_id = split_embedder_id(embedder_id)[0]
     if embedder_id.startswith(CLASSIFIER_EMBEDDER_PREFIX):
         return load_classifier(ws, embedder_id[len(CLASSIFIER_EMBEDDER_PREFIX):])
     rec = get_model(ws, embedder_id)

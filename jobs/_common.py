@@ -112,12 +112,17 @@ def add_classifier_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_embedder_args(p: argparse.ArgumentParser) -> None:
+    from core.models import EMBEDDING_LAYERS
+
     g = p.add_argument_group("embedder")
     g.add_argument("--embedder", default="classifier",
                    help="timm architecture (e.g. vit_small_patch16_224.dino, resnet50), cifar_resnet56, or "
                         "'classifier' for the classifier's own penultimate layer (default)")
     g.add_argument("--embedder-weights", default=None, help="local weights file for the embedder")
     g.add_argument("--embedder-hub", action="store_true", help="download the embedder's weights from the hub")
+    g.add_argument("--embedder-layers", choices=EMBEDDING_LAYERS, default="penultimate",
+                   help="penultimate: the pooled last block (DCD's feature space); multiscale: mean and std "
+                        "of the last 3 stages, which also finds low-level shifts such as blur, fog or noise")
     g.add_argument("--embedder-image-size", type=int, default=None, help="override the embedder's input size")
 
 
@@ -144,5 +149,5 @@ def embedder_spec(args: argparse.Namespace):
     from core.embedding import EmbedderSpec
 
     return EmbedderSpec(arch=args.embedder, weights=args.embedder_weights, hub=args.embedder_hub,
-                        image_size=args.embedder_image_size,
+                        image_size=args.embedder_image_size, layers=args.embedder_layers,
                         classifier_id=getattr(args, "classifier_id", None))

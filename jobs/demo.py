@@ -25,16 +25,16 @@ DEFAULT_ASSETS = os.environ.get("DCD_ASSETS", str(Path(__file__).resolve().paren
 # Per dataset and size: the pipeline flags a user did not give. Paths are relative to --assets.
 DEMO_DEFAULTS: dict[str, dict[str, dict]] = {
     "waterbirds": {
-        "full": {"classifier": "resnet18", "image_size": 32, "epochs": 12},
-        "small": {"classifier": "resnet18", "image_size": 32, "epochs": 8},
+        "full": {"classifier": "cifar_resnet20", "image_size": 32, "epochs": 30, "lr": 0.1, "finetune_epochs": 8},
+        "small": {"classifier": "cifar_resnet20", "image_size": 32, "epochs": 20, "lr": 0.1, "finetune_epochs": 6},
     },
     "cifar10": {
         "full": {"classifier": "cifar_resnet20", "classifier_weights": "weights/cifar10-resnets/resnet20-12fca82f.th",
                  "embedder": "cifar_resnet56", "embedder_weights": "weights/cifar10-resnets/resnet56-4bfd9763.th",
-                 "image_size": 32, "epochs": 8, "lr": 0.05},
+                 "embedder_layers": "multiscale", "image_size": 32, "epochs": 8, "lr": 0.05},
         "small": {"classifier": "cifar_resnet20", "classifier_weights": "weights/cifar10-resnets/resnet20-12fca82f.th",
                   "embedder": "cifar_resnet56", "embedder_weights": "weights/cifar10-resnets/resnet56-4bfd9763.th",
-                  "image_size": 32, "epochs": 6, "lr": 0.05},
+                  "embedder_layers": "multiscale", "image_size": 32, "epochs": 6, "lr": 0.05},
     },
 }
 _PATH_KEYS = ("classifier_weights", "embedder_weights")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_args(p)
     # Unset here so that the dataset's defaults apply unless the user gives a value.
     p.set_defaults(**{k: None for k in ("classifier", "classifier_weights", "embedder", "embedder_weights",
-                                        "image_size", "epochs", "lr")})
+                                        "embedder_layers", "image_size", "epochs", "lr")})
     return p
 
 
@@ -68,6 +68,7 @@ def apply_demo_defaults(args: argparse.Namespace) -> argparse.Namespace:
                     raise FileNotFoundError(f"the {args.dataset} demo needs {value}; pass --assets DIR")
             setattr(args, key, value)
     args.embedder = args.embedder or "classifier"
+    args.embedder_layers = args.embedder_layers or "penultimate"
     args.epochs = args.epochs or TrainConfig().epochs
     args.lr = args.lr or TrainConfig().lr
     return args
@@ -77,7 +78,7 @@ def generate(args: argparse.Namespace, data_dir: Path) -> Path:
     if args.dataset == "waterbirds":
         from core.demo_data import generate_waterbirds_like
 
-        return generate_waterbirds_like(data_dir, size=args.size, seed=args.seed)
+        return generate_waterbirds_like(data_dir, size=args.size, seed=args.seed, image_size=args.image_size)
     from core.cifar_scenario import build_cifar10_scenario
 
     if not (args.assets / "cifar10" / "cifar10-jpg.zip").exists():

@@ -232,13 +232,14 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, k
 
     from core.images import load_rgb
     from core.inference import embed
+    from core.registry import split_embedder_id
     from core.retrieval import search
 
     ws = Workspace(Path(root))
     index, _ = pool_index(ws, embedder_id)
     model, cfg = embedder_model(ws, embedder_id)
     pixels = load_rgb(io.BytesIO(data), cfg.image_size)[None]
-    vec = embed(model, pixels, cfg)
+    vec = embed(model, pixels, cfg, layers=split_embedder_id(embedder_id)[1])
     dist, nn = search(index, vec, k)
     pairs = pairs_from_search(np.array([-1]), dist, nn)
     return views.build_candidates(ws, pairs, budget=budget, label_policy=label_policy, source_label=label)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.pipeline import default_budget, default_k
-from core.registry import CLASSIFIER_EMBEDDER_PREFIX
+from core.registry import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
 from core.selection import relabel, save_selection, set_status
 from core.views import candidate_items
 from pages._shared import (find_candidates, find_candidates_for_upload, gallery, launch_button, pool_index,
@@ -35,8 +35,10 @@ found = pool_index(ws, embedder_id)
 if found is None:
     st.warning(f"No pool index for `{embedder_id}` yet: run the embed job (it builds the index).")
     args = ["--splits", "error_sample,pool"]
-    if embedder_id.startswith(CLASSIFIER_EMBEDDER_PREFIX):
-        args += ["--classifier-id", embedder_id[len(CLASSIFIER_EMBEDDER_PREFIX):]]
+    base_id, layers = split_embedder_id(embedder_id)
+    if base_id.startswith(CLASSIFIER_EMBEDDER_PREFIX):
+        args += ["--classifier-id", base_id[len(CLASSIFIER_EMBEDDER_PREFIX):]]
+    args += ["--embedder-layers", layers]
     launch_button(ws, "Run the embed job", "embed", args, key="retr_launch_index")
     st.stop()
 index, info = found

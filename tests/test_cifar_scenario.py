@@ -29,7 +29,8 @@ ASSETS = Path(os.environ.get("DCD_ASSETS", Path(__file__).resolve().parents[2] /
 HAS_CIFAR = (ASSETS / "cifar10" / "cifar10-jpg.zip").is_file() and (
     ASSETS / "cifar10" / "CIFAR-10_human.pt").is_file()
 RESNET20 = sorted((ASSETS / "weights" / "cifar10-resnets").glob("resnet20-*.th"))
-needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=f"CIFAR-10 assets not found under {ASSETS} (set DCD_ASSETS)")
+SKIP_REASON = f"CIFAR-10 assets not found under {ASSETS} (set DCD_ASSETS)"
+needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
 needs_weights = pytest.mark.skipif(not RESNET20, reason=f"resnet20 weights not found under {ASSETS}/weights")
 COLUMNS = ["path", "label", "split", "weak_label", "group", "true_label"]
 
@@ -125,7 +126,7 @@ def _read(manifest: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not HAS_CIFAR:
-        pytest.skip(f"CIFAR-10 assets not found under {ASSETS} (set DCD_ASSETS)")
+        pytest.skip(SKIP_REASON)
     return build_cifar10_scenario(tmp_path_factory.mktemp("c10") / "a", assets=ASSETS, size="small", seed=1)
 
 

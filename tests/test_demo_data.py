@@ -122,7 +122,8 @@ def test_render_birds_shapes_and_determinism() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"size": "huge"}, "size must be one of"), ({"image_size": 8}, "image_size must be >= 16")],
+    [({"size": "huge"}, "size must be one of"), ({"image_size": 8}, "image_size must be >= 16"),
+     ({"bird_scale": (0.3, 0.2)}, "bird_scale must be"), ({"camouflage": (0.0, 1.5)}, "camouflage must be")],
 )
 def test_bad_arguments_raise_value_error(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

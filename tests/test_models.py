@@ -8,8 +8,9 @@ import timm
 import torch
 
 from core.inference import choose_precision, cpu_has_bf16, embed, predict_probs
-from core.models import (DataConfig, ModelError, create_model, default_data_config, feature_dim, features,
-                         load_checkpoint, save_checkpoint, weights_include_head)
+from core.models import (MULTISCALE_STAGES, DataConfig, ModelError, create_model, default_data_config,
+                         embedding_dim, embedding_function, feature_dim, features, load_checkpoint,
+                         save_checkpoint, weights_include_head)
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "mobilenetv3_small_050", "test_vit"])
@@ -69,3 +70,42 @@ def test_bf16_is_used_only_where_it_matches_fp32():
     assert fp32.shape == (64, feature_dim(model))
     probs = predict_probs(model, px, cfg, batch_size=16)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "cifar_resnet20"])
+def test_multiscale_embedding_is_unit_norm_stats_of_the_last_stages(arch):
+    model = create_model(arch, num_classes=3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, indices=MULTISCALE_STAGES, intermediates_only=True)
+        vec = embedding_function(model, "multiscale")(x)
+    widths = [2 * m.shape[1] for m in maps]
+    assert vec.shape == (4, sum(widths)) == (4, embedding_dim(model, "multiscale"))
+    parts = torch.split(vec, widths, dim=1)
+    for part in parts:
+        assert torch.allclose(part.norm(dim=1), torch.ones(4), atol=1e-5)
+    # the first half of each stage's part is the channel mean of that stage's map (before normalising)
+    mean_last = maps[-1].flatten(2).mean(2)
+    stats_last = torch.cat([mean_last, maps[-1].flatten(2).std(2, unbiased=False)], 1)
+    assert torch.allclose(parts[-1], torch.nn.functional.normalize(stats_last, dim=1), atol=1e-5)
+
+
+def test_multiscale_embedding_separates_a_low_level_shift_the_penultimate_layer_ignores():
+    """Blurred copies of images: their nearest neighbours should be other blurred images."""
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    gen = torch.Generator().manual_seed(0)
+    sharp = torch.rand(40, 3, 32, 32, generator=gen)
+    blurred = torch.nn.functional.avg_pool2d(torch.rand(40, 3, 32, 32, generator=gen), 5, 1, 2)
+    x = torch.cat([sharp, blurred])
+    shifted = torch.tensor([0] * 40 + [1] * 40)
+    with torch.no_grad():
+        vec = embedding_function(model, "multiscale")(x)
+    dist = torch.cdist(vec, vec).fill_diagonal_(float("inf"))
+    nearest = dist.topk(5, largest=False).indices
+    assert (shifted[nearest] == shifted[:, None]).float().mean() > 0.95
+
+
+def test_unknown_embedding_layers_are_refused():
+    model = create_model("test_resnet", num_classes=3)
+    with pytest.raises(ValueError, match="embedding layers must be one of"):
+        embedding_function(model, "third_from_last")

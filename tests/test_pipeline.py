@@ -44,3 +44,36 @@ def test_dcd_retrieves_the_planted_minority_groups(tiny_pipeline_workspace):
         "AS minority FROM selection_items si JOIN selections s USING (selection_id) "
         "JOIN images i USING (image_id) GROUP BY s.method").set_index("method").minority
     assert share["dcd"] > share["random"] + 0.2
+
+
+def test_multiscale_classifier_embedding_is_its_own_embedder(tiny_pipeline_workspace, tmp_path):
+    """jobs.embed --embedder-layers multiscale stores a separate, wider embedding set and builds its index;
+    the app can rebuild that embedder from its id."""
+    import shutil
+
+    import numpy as np
+
+    from core.embeddings import load_embeddings
+    from core.inference import embed
+    from core.registry import current_classifier, load_embedder, split_embedder_id
+    from jobs import embed as embed_job
+
+    ws_dir = tmp_path / "ws"
+    shutil.copytree(tiny_pipeline_workspace[0], ws_dir)
+    out = tmp_path / "embed.json"
+    assert embed_job.main(["--workspace", str(ws_dir), "--splits", "error_sample,pool", "--embedder-layers",
+                           "multiscale", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    ws = Workspace.open(ws_dir)
+    embedder_id = summary["embedder_id"]
+    assert embedder_id == f"classifier:{current_classifier(ws)}+multiscale"
+    assert split_embedder_id(embedder_id) == (f"classifier:{current_classifier(ws)}", "multiscale")
+    ids, vecs = load_embeddings(ws, embedder_id)
+    assert len(ids) == 8 + 200 and vecs.shape[1] == summary["dim"] > 64
+    model, cfg = load_embedder(ws, embedder_id)
+    pool_row = ws.df("SELECT image_id, path FROM images WHERE split = 'pool' LIMIT 1")
+    from core.images import load_rgb
+
+    again = embed(model, load_rgb(pool_row.path[0], cfg.image_size)[None], cfg, layers="multiscale")
+    stored = vecs[list(ids).index(int(pool_row.image_id[0]))]
+    assert np.allclose(again[0], stored, atol=0.05)
