@@ -37,25 +37,25 @@ def median_of(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (VmHWM)."""
+def _proc_status_bytes(key: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (e.g. ``VmHWM``) in bytes, or None where it cannot be read."""
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (VmHWM)."""
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def current_rss_bytes() -> int:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_status_bytes("VmRSS") or 0
 
 
 def run_child(module: str, args: list[str], *, timeout: float = 1800, env: dict[str, str] | None = None,
