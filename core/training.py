@@ -30,6 +30,8 @@ from core.selection import selection_items
 from core.splits import images_df, pixels, require_split
 from core.workspace import Workspace
 
+# Fine-tuning draws this share of its batches from the added selection (see TrainConfig.added_share).
+ADDED_SHARE = 0.5
 # Fine-tuning visits at most this many times the train set's size per epoch, whatever was added.
 FINETUNE_EPOCH_CAP = 2
 
@@ -48,6 +50,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = True
     seed: int = 0
+    # Fine-tuning only: the share of every batch drawn from the added (debug-train) images, whatever their
+    # number, so that a few hundred targeted images are not drowned by train; None samples all alike.
+    added_share: float | None = ADDED_SHARE
 
     def finetune(self, epochs: int | None = None, lr: float | None = None) -> "TrainConfig":
         """The schedule used to fine-tune an already trained classifier."""
@@ -61,11 +66,12 @@ def _set_threads() -> None:
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig,
         config: TrainConfig, *, loss_fn: LossFn | None = None, samples_per_epoch: int | None = None,
-        progress: Progress | None = None) -> nn.Module:
+        sample_weights: np.ndarray | None = None, progress: Progress | None = None) -> nn.Module:
     """Train ``model`` in place on uint8 ``images`` (N x H x W x 3) with integer ``labels``.
 
     ``samples_per_epoch`` caps how many images an epoch visits (a fresh random subset each epoch), so that
-    a huge added set (e.g. the whole pool) costs no more than a fixed compute budget.
+    a huge added set (e.g. the whole pool) costs no more than a fixed compute budget. ``sample_weights``
+    (one non-negative weight per image) draws each epoch's images with replacement in proportion to them.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -76,6 +82,11 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
     gen = torch.Generator().manual_seed(config.seed)
     y_all = torch.tensor(np.asarray(labels, dtype=np.int64))
     per_epoch = min(len(images), samples_per_epoch or len(images))
+    weights = None
+    if sample_weights is not None:
+        weights = torch.as_tensor(np.asarray(sample_weights, dtype=np.float64))
+        if weights.shape != (len(images),) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise ValueError("sample_weights needs one non-negative weight per image, not all zero")
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
@@ -92,7 +103,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
     model.train()
     step = 0
     for epoch in range(config.epochs):
-        order = torch.randperm(len(images), generator=gen)[:per_epoch]
+        order = (torch.randperm(len(images), generator=gen)[:per_epoch] if weights is None
+                 else torch.multinomial(weights, per_epoch, replacement=True, generator=gen))
         running = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
@@ -132,6 +144,7 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
     """
     progress = as_progress(progress)
     num_classes = class_index(ws)
+    torch.manual_seed(config.seed)  # the initial weights (a new head, or the whole model) follow --seed
     model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
     data_config = default_data_config(model, image_size)
     trained_already = weights is not None and weights_include_head(model, weights, num_classes)
@@ -170,12 +183,29 @@ def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] 
     return df.reset_index(drop=True)
 
 
+def share_weights(is_added: np.ndarray, added_share: float | None) -> np.ndarray | None:
+    """Per-image sampling weights giving the added images ``added_share`` of the draws (None: uniform)."""
+    if added_share is None:
+        return None
+    if not 0.0 < added_share < 1.0:
+        raise ValueError(f"added_share must be between 0 and 1 (exclusive), got {added_share}")
+    n_added = int(is_added.sum())
+    n_rest = len(is_added) - n_added
+    if n_added == 0 or n_rest == 0:
+        return None
+    return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
+
+
 def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, method: str,
             config: TrainConfig = TrainConfig(), epochs: int | None = None,
             loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
             drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
             progress: Progress | None = None) -> str:
-    """Fine-tune ``base_model_id`` on train + selection; register the new classifier and return its id."""
+    """Fine-tune ``base_model_id`` on train + selection; register the new classifier and return its id.
+
+    ``config.added_share`` (0 < share < 1) draws that share of every fine-tuning batch from the selection's
+    images and the rest from ``train``, whatever their sizes; ``None`` samples all images alike.
+    """
     progress = as_progress(progress)
     base = get_model(ws, base_model_id)
     model, data_config = load_classifier(ws, base_model_id)
@@ -185,8 +215,10 @@ def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, meth
     cfg = config.finetune(epochs)
     loss_fn = loss_fn_factory(df, px) if loss_fn_factory else None
     n_train = int((df.source == "train").sum())
+    weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share)
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
-        samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, progress=progress.span(0.1, 1.0))
+        samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
+        progress=progress.span(0.1, 1.0))
     model_id = new_model_id(method)
     ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=base.arch,
                            num_classes=int(base.num_classes or 0), data_config=data_config,

@@ -134,6 +134,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs to train the classifier ({d.epochs})")
     g.add_argument("--finetune-epochs", type=int, default=None,
                    help="epochs to fine-tune on train + selection (default: half of --epochs, at least 3)")
+    g.add_argument("--added-share", type=float, default=d.added_share,
+                   help=f"share of every fine-tuning batch drawn from the added selection ({d.added_share}); "
+                        f"0 samples train and selection alike")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--seed", type=int, default=d.seed)
@@ -142,7 +145,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def train_config(args: argparse.Namespace):
     from core.training import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       added_share=args.added_share or None)
 
 
 def embedder_spec(args: argparse.Namespace):
