@@ -2,9 +2,11 @@
 
 CoRM (Moayeri, Singla, Feizi 2022) as AttributionScanner uses it: fine-tune the classifier with
 
-    L = CE(f(x), y) + lambda * CE(f(x + sigma * M_spurious * eps), y),   eps ~ N(0, I)
+    L = CE(f(x), y) + lambda * CE(f((1 - M_spurious) * x + M_spurious * sigma * eps), y),   eps ~ N(0, I)
 
-so that predictions hold when the spurious region of an image is drowned in noise. ``M_spurious`` comes
+so that predictions hold when the spurious region of an image is replaced by noise. Replaced, not noised
+on top: zero-mean noise added to a region keeps its mean colour, which is often the spurious cue itself
+(a blue background stays blue), and a CNN averages the noise away. ``M_spurious`` comes
 from attribution maps (:func:`spurious_masks`):
 
 - every train image in a slice annotated ``spurious`` gets a mask: its own high-attribution region (Grad-CAM
@@ -81,17 +83,19 @@ class CormConfig:
 
 def corm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, lam: float,
               sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``CE(f(x), y) + lam * CE(f(x + sigma * M * eps), y)`` over the images with a non-empty mask.
+    """``CE(f(x), y) + lam * CE(f((1 - M) * x + M * sigma * eps), y)`` over the images with a non-empty mask.
 
-    ``masks``: N x 1 x H x W in [0, 1]. Clean and noised images go through the model in one batch (one set
-    of BatchNorm statistics). With ``sigma=0`` the noise term is the clean loss of the masked images.
+    ``masks``: N x 1 x H x W in [0, 1]; ``x`` is normalised, so ``sigma * eps`` is noise around the data's
+    mean colour. Clean and noised images go through the model in one batch (one set of BatchNorm
+    statistics). With ``sigma=0`` the masked region is blanked to the mean colour.
     """
     has = masks.flatten(1).amax(1) > 0
     if lam == 0 or not bool(has.any()):
         return F.cross_entropy(model(x), y)
     xm = x[has]
     eps = torch.randn(xm.shape, generator=generator, dtype=xm.dtype)
-    logits = model(torch.cat([x, xm + sigma * masks[has] * eps]))
+    m = masks[has]
+    logits = model(torch.cat([x, (1 - m) * xm + m * sigma * eps]))
     n = len(x)
     return F.cross_entropy(logits[:n], y) + lam * F.cross_entropy(logits[n:], y[has])
 

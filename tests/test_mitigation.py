@@ -19,14 +19,15 @@ def _model():
     return timm.create_model("test_resnet", num_classes=2).eval()
 
 
-def test_zero_noise_term_is_the_clean_loss_of_masked_images():
+def test_zero_noise_term_is_the_loss_of_masked_images_with_the_region_blanked():
     model = _model()
     x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 0, 1, 1, 0])
     masks = torch.zeros(6, 1, 32, 32)
     masks[[1, 4], :, :16] = 1
     with torch.no_grad():
         got = corm_loss(model, x, y, masks, lam=0.7, sigma=0.0)
-        want = F.cross_entropy(model(x), y) + 0.7 * F.cross_entropy(model(x[[1, 4]]), y[[1, 4]])
+        blanked = x[[1, 4]] * (1 - masks[[1, 4]])
+        want = F.cross_entropy(model(x), y) + 0.7 * F.cross_entropy(model(blanked), y[[1, 4]])
         assert float(got) == pytest.approx(float(want), rel=1e-5)
         # no mask at all, or lam = 0: plain cross-entropy
         plain = F.cross_entropy(model(x), y)
@@ -42,13 +43,16 @@ def test_noise_lands_only_inside_the_mask():
             seen.append(x.clone())
             return torch.zeros(len(x), 2, requires_grad=True)
 
-    x = torch.zeros(2, 3, 8, 8)
-    masks = torch.zeros(2, 1, 8, 8)
-    masks[0, :, :4] = 1
+    x = torch.full((2, 3, 16, 16), 3.0)  # a strong uniform colour, the kind of cue CoRM must remove
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, :8] = 1
     corm_loss(Probe(), x, torch.tensor([0, 1]), masks, lam=1, sigma=1, generator=torch.Generator().manual_seed(0))
     noised = seen[0][2]  # clean batch first, then the one masked image
     assert len(seen[0]) == 3
-    assert (noised[:, 4:] == 0).all() and (noised[:, :4] != 0).all()
+    assert (noised[:, 8:] == 3.0).all()
+    # the region is replaced by noise around the mean colour, so its own colour is gone
+    inside = noised[:, :8]
+    assert abs(float(inside.mean())) < 0.3 and 0.7 < float(inside.std()) < 1.3
 
 
 def test_masks_upsample_and_threshold():
