@@ -19,7 +19,7 @@ from core.embedding import EmbedderSpec, embed_split_images
 from core.evaluation import evaluate
 from core.progress import Progress, as_progress
 from core.registry import get_model
-from core.selection import (METHODS, select_all_pool, select_dcd, select_error_sample, select_random)
+from core.selection import (DEFAULT_LABEL_POLICY, METHODS, select_all_pool, select_dcd, select_error_sample, select_random)
 from core.splits import split_counts
 from core.training import TrainConfig, retrain, train_classifier
 from core.workspace import Workspace
@@ -38,7 +38,7 @@ class PipelineConfig:
     embedder: EmbedderSpec = field(default_factory=EmbedderSpec)
     k: int | None = None
     budget: int | None = None
-    label_policy: str = "weak"
+    label_policy: str = DEFAULT_LABEL_POLICY
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune_epochs: int | None = None
     methods: tuple[str, ...] = METHODS

@@ -10,8 +10,15 @@ A selection is a named set of images with the label each will be trained with, s
 - ``all_pool``: every pool image.
 - ``error_sample_only``: the error sample itself, with its labels.
 
-Label policies for pool images: ``weak`` (the pool's weak label) or ``source`` (the label of the error
-image the candidate was retrieved for; only for ``dcd``).
+Label policies for pool images (``dcd`` only), :data:`LABEL_POLICIES`:
+
+- ``weak``: the pool's weak label;
+- ``source``: the label of the error image the candidate was retrieved for;
+- ``agree``: keep only the candidates whose weak label *is* that error image's label, trained with it. Two
+  independent labels that agree are rarely both wrong, so this drops most of the pool's label noise, and it
+  drops neighbours of another class that were retrieved for what they share with the error image (its
+  background, say) rather than for the failure itself. It keeps fewer neighbours per error image, so
+  :func:`select_dcd` searches deeper until the budget is filled.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from core.progress import Progress
 from core.retrieval import IndexInfo, pool_index, search
 from core.workspace import Workspace
 
-LabelPolicy = Literal["weak", "source"]
-LABEL_POLICIES = ("weak", "source")
+LabelPolicy = Literal["weak", "source", "agree"]
+LABEL_POLICIES = ("weak", "source", "agree")
+DEFAULT_LABEL_POLICY: LabelPolicy = "agree"
 METHODS = ("dcd", "random", "all_pool", "error_sample_only")
 
 
@@ -90,26 +98,65 @@ def merge_candidates(pairs: pd.DataFrame, budget: int | None) -> pd.DataFrame:
     return ordered
 
 
-def _labels_for(ws: Workspace, image_ids: np.ndarray, column: str) -> pd.Series:
+def _labels_for(ws: Workspace, image_ids: np.ndarray, column: str) -> np.ndarray:
     df = ws.df(f"SELECT image_id, {column} AS label FROM images WHERE image_id IN "
-               f"(SELECT unnest(?::BIGINT[]))", [list(map(int, image_ids))])
-    return df.set_index("image_id")["label"].reindex(image_ids)
+               f"(SELECT unnest(?::BIGINT[]))", [list(map(int, np.unique(image_ids)))])
+    return df.set_index("image_id")["label"].reindex(image_ids).to_numpy()
+
+
+def label_pairs(ws: Workspace, pairs: pd.DataFrame, label_policy: str, *,
+                source_label: int | None = None) -> pd.DataFrame:
+    """``pairs`` with the ``label`` each candidate would be trained with, under ``label_policy``.
+
+    Sources with negative ids (an uploaded image) have label ``source_label``. Under ``agree`` only the pairs
+    whose weak label equals the source's label are kept, and ``neighbour_rank`` counts among those.
+    """
+    if label_policy not in LABEL_POLICIES:
+        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+    out = pairs.copy()
+    if out.empty:
+        out["label"] = pd.Series(dtype="Int64")
+        return out
+    weak = pd.array(_labels_for(ws, out.image_id.to_numpy(), "weak_label"), dtype="Int64")
+    if label_policy == "weak":
+        out["label"] = weak
+        return out
+    src_ids = out.source_image_id.to_numpy()
+    src = pd.array([pd.NA] * len(out), dtype="Int64")
+    known = src_ids >= 0
+    if known.any():
+        src[known] = pd.array(_labels_for(ws, src_ids[known], "label"), dtype="Int64")
+    if source_label is not None:
+        src[~known] = int(source_label)
+    out["label"] = src
+    if label_policy == "agree":
+        out = out[(weak == src).fillna(False).to_numpy(dtype=bool)]
+        # rank among the kept, so that the round-robin merge still gives every error image its nearest first
+        out = out.sort_values(["source_image_id", "distance"], kind="stable")
+        out["neighbour_rank"] = out.groupby("source_image_id").cumcount()
+    return out.reset_index(drop=True)
 
 
 def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
-               label_policy: LabelPolicy = "weak", name: str | None = None,
+               label_policy: LabelPolicy = DEFAULT_LABEL_POLICY, name: str | None = None,
                source_ids: Sequence[int] | None = None, progress: Progress | None = None) -> Selection:
-    """Retrieve the debug-train set for the error sample and store it as a selection."""
+    """Retrieve the debug-train set for the error sample and store it as a selection.
+
+    Under ``agree`` the search is deepened (``k`` doubled, up to the pool's size) until the agreeing
+    candidates fill ``budget``; the ``k`` used is stored in the selection's params as ``k_searched``.
+    """
     if label_policy not in LABEL_POLICIES:
         raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
-    pairs = neighbours(ws, embedder_id, source_ids, k=k, progress=progress)
-    items = merge_candidates(pairs, budget)
-    if label_policy == "weak":
-        items["label"] = _labels_for(ws, items.image_id.values, "weak_label").values
-    else:
-        items["label"] = _labels_for(ws, items.source_image_id.values, "label").values
-    _, info = pool_index(ws, embedder_id)
-    params = {"k": k, "budget": budget, "label_policy": label_policy, "embedder_id": embedder_id}
+    _, info = pool_index(ws, embedder_id, progress=progress)
+    depth = min(k, info.n)
+    while True:
+        pairs = neighbours(ws, embedder_id, source_ids, k=depth, progress=progress)
+        items = merge_candidates(label_pairs(ws, pairs, label_policy), budget)
+        if label_policy != "agree" or budget is None or len(items) >= budget or depth >= info.n:
+            break
+        depth = min(info.n, 2 * depth)
+    params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
+              "embedder_id": embedder_id}
     return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)
 
 

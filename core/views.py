@@ -202,35 +202,28 @@ def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, 
     """Merge neighbour pairs into the debug-train candidates (round-robin, de-duplicated, cut to budget)
     with the label each would be trained with.
 
-    ``label_policy`` is ``weak`` (the pool image's weak label) or ``source`` (the label of the error image
-    it was retrieved for; ``source_label`` for an uploaded image, whose source id is negative).
+    ``label_policy`` is one of :data:`core.selection.LABEL_POLICIES`: ``weak`` (the pool image's weak
+    label), ``source`` (the label of the error image it was retrieved for; ``source_label`` for an uploaded
+    image, whose source id is negative) or ``agree`` (only the candidates whose weak label is that label).
     Columns: rank, image_id, source_image_id, neighbour_rank, distance, path, weak_label, weak_label_name,
     label, label_name, status.
     """
-    from core.selection import merge_candidates
+    from core.selection import label_pairs, merge_candidates
 
-    if label_policy not in ("weak", "source"):
-        raise ValueError(f"label_policy must be 'weak' or 'source', not {label_policy!r}")
-    if pairs.empty:
-        return pd.DataFrame(columns=["rank", "image_id", "source_image_id", "neighbour_rank", "distance", "path",
-                                     "weak_label", "weak_label_name", "label", "label_name", "status"])
-    items = merge_candidates(pairs, budget)
+    columns = ["rank", "image_id", "source_image_id", "neighbour_rank", "distance", "path", "weak_label",
+               "weak_label_name", "label", "label_name", "status"]
+    labelled = label_pairs(ws, pairs, label_policy, source_label=source_label)
+    if labelled.empty:
+        return pd.DataFrame(columns=columns)
+    items = merge_candidates(labelled, budget)
     info = images_info(ws, items.image_id.tolist()).set_index("image_id")
     items = items.join(info[["path", "weak_label", "weak_label_name"]], on="image_id")
-    if label_policy == "weak":
-        items["label"] = items["weak_label"]
-    else:
-        src = images_info(ws, [i for i in items.source_image_id.unique() if i >= 0]).set_index("image_id")
-        items["label"] = items.source_image_id.map(src["label"]) if len(src) else np.nan
-        if source_label is not None:
-            items.loc[items.source_image_id < 0, "label"] = source_label
     classes = ws.df("SELECT class_id, name FROM classes")
     names = dict(zip(classes.class_id.astype(int), classes.name))
     items["label"] = items["label"].astype("Int64")
     items["label_name"] = items["label"].map(lambda v: names.get(int(v)) if pd.notna(v) else None)
     items["status"] = "proposed"
-    return items[["rank", "image_id", "source_image_id", "neighbour_rank", "distance", "path", "weak_label",
-                  "weak_label_name", "label", "label_name", "status"]]
+    return items[columns]
 
 
 def selections(ws: Workspace) -> pd.DataFrame:

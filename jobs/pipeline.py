@@ -14,7 +14,7 @@ import argparse
 
 from core.pipeline import PipelineConfig, run_pipeline
 from core.progress import Progress
-from core.selection import LABEL_POLICIES, METHODS
+from core.selection import DEFAULT_LABEL_POLICY, LABEL_POLICIES, METHODS
 from core.workspace import Workspace
 from jobs._common import (add_classifier_args, add_embedder_args, add_train_args, embedder_spec, parser,
                           run_job, train_config)
@@ -27,7 +27,9 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selection")
     g.add_argument("--k", type=int, default=None, help="neighbours per error image (default: from budget)")
     g.add_argument("--budget", type=int, default=None, help="debug-train size (default: 10 per error image)")
-    g.add_argument("--label-policy", choices=LABEL_POLICIES, default="weak")
+    g.add_argument("--label-policy", choices=LABEL_POLICIES, default=DEFAULT_LABEL_POLICY,
+                   help="label of a retrieved pool image: its weak label, the error image's label, or only "
+                        f"images where both agree (default {DEFAULT_LABEL_POLICY})")
     g.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
 
 

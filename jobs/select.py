@@ -1,7 +1,7 @@
 """Make a debug-train selection: DCD retrieval for the error sample, or a baseline.
 
     python -m jobs.select --workspace DIR --method dcd [--embedder classifier] [--k 20] [--budget 500]
-                          [--label-policy weak|source] [--name NAME]
+                          [--label-policy agree|weak|source] [--name NAME]
     python -m jobs.select --workspace DIR --method random --n 500
 """
 
@@ -12,8 +12,8 @@ import argparse
 from core.embedding import EmbedderSpec
 from core.pipeline import default_budget, default_k
 from core.progress import Progress
-from core.selection import (LABEL_POLICIES, METHODS, select_all_pool, select_dcd, select_error_sample,
-                            select_random)
+from core.selection import (DEFAULT_LABEL_POLICY, LABEL_POLICIES, METHODS, select_all_pool, select_dcd,
+                            select_error_sample, select_random)
 from core.splits import split_counts
 from core.workspace import Workspace
 from jobs._common import parser, run_job
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedder whose vectors to search (default: the current classifier's own)")
     p.add_argument("--k", type=int, default=None, help="neighbours per error image (default: from budget)")
     p.add_argument("--budget", type=int, default=None, help="most images to select (default: 10 per error image)")
-    p.add_argument("--label-policy", choices=LABEL_POLICIES, default="weak")
+    p.add_argument("--label-policy", choices=LABEL_POLICIES, default=DEFAULT_LABEL_POLICY,
+                   help=f"weak, source, or agree: only pool images whose weak label is the error image's "
+                        f"(default {DEFAULT_LABEL_POLICY})")
     p.add_argument("--n", type=int, default=None, help="for --method random: how many (default: budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)

@@ -6,10 +6,12 @@ import streamlit as st
 
 from core.pipeline import default_budget, default_k
 from core.registry import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
-from core.selection import relabel, save_selection, set_status
+from core.selection import DEFAULT_LABEL_POLICY, LABEL_POLICIES, relabel, save_selection, set_status
 from core.views import candidate_items
 from pages._shared import (find_candidates, find_candidates_for_upload, gallery, launch_button, pool_index,
                            refresh, view, workspace)
+
+POLICY_NAMES = {"weak": "pool's weak label", "source": "error image's label", "agree": "both agree"}
 
 PAGE = 10  # candidates reviewed per page
 STATUSES = ["accepted", "rejected"]  # no choice = proposed
@@ -62,8 +64,10 @@ with tab_find:
     k = c1.number_input("k: neighbours per image", 1, 1000, min(1000, default_k(budget0, max(1, n_es))), key="retr_k")
     budget = c2.number_input("Budget: most images to select", 1, max(1, n_pool), min(budget0, max(1, n_pool)),
                              key="retr_budget")
-    policy = c3.radio("Label to train with", ["weak", "source"], key="retr_policy", horizontal=True,
-                      format_func=lambda p: {"weak": "pool's weak label", "source": "error image's label"}[p])
+    policy = c3.radio("Label to train with", list(LABEL_POLICIES), key="retr_policy", horizontal=True,
+                      index=LABEL_POLICIES.index(DEFAULT_LABEL_POLICY),
+                      format_func=lambda p: POLICY_NAMES[p],
+                      help="'both agree' keeps only the pool images whose weak label is the error image's label")
 
     source = st.radio("Query", ["error sample", "upload"], key="retr_source", horizontal=True,
                       format_func=lambda s: {"error sample": "Error-sample images", "upload": "Upload an image"}[s])
@@ -89,7 +93,7 @@ with tab_find:
         else:
             up = st.file_uploader("An image of the failure mode", type=["png", "jpg", "jpeg", "webp", "bmp"],
                                   key="retr_upload")
-            label = st.selectbox("Its label (used with 'error image's label')", range(len(classes)),
+            label = st.selectbox("Its label (used with 'error image's label' and 'both agree')", range(len(classes)),
                                  format_func=lambda c: classes[c], key="retr_upload_label")
             if up is not None:
                 data = up.getvalue()

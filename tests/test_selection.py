@@ -82,6 +82,25 @@ def test_select_dcd_stores_items_with_the_chosen_label_policy(tmp_path):
         select_dcd(ws, embedder_id="emb", k=3, budget=5, label_policy="guess")
 
 
+def test_agree_keeps_only_candidates_whose_weak_label_is_the_error_images_label(tmp_path):
+    ws, pool, err = make_workspace(tmp_path)
+    # k=2 per error image cannot give 40 agreeing candidates: the search must go deeper to fill the budget
+    agree = select_dcd(ws, embedder_id="emb", k=2, budget=40, label_policy="agree")
+    items = selection_items(ws, agree.selection_id)
+    src_labels = ws.df("SELECT image_id AS source_image_id, label AS src_label FROM images")
+    merged = items.merge(src_labels, on="source_image_id")
+    assert len(items) == 40 and items.image_id.is_unique
+    assert (merged.label == merged.src_label).all() and (merged.label == merged.weak_label).all()
+    params = ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [agree.selection_id])
+    assert '"k_searched": 4' in params or '"k_searched": 8' in params
+    # every error image's nearest agreeing neighbour (brute force) is kept: the merge ranks among the kept
+    d_ref, i_ref = brute_force_knn(pool, err, 300)
+    weak = ws.df("SELECT weak_label FROM images WHERE split = 'pool' ORDER BY image_id").weak_label.to_numpy()
+    first = {300 + j: int(i_ref[j][weak[i_ref[j]] == j % 2][0]) for j in range(len(err))}
+    kept = set(items.image_id)
+    assert all(first[s] in kept for s in first)
+
+
 def test_baselines_and_status_changes(tmp_path):
     ws, _, _ = make_workspace(tmp_path)
     r1 = select_random(ws, n=25, seed=1)

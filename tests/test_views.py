@@ -97,15 +97,20 @@ def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, r
     es = views.error_sample_images(ws, report["methods"]["baseline"]["model_id"])
     assert len(es) == PLAN["error_sample"]
     ids, vecs = views.source_vectors(ws, embedder, es.image_id.tolist())
-    k, budget = report["selection"]["k"], report["selection"]["budget"]
+    selection_id = report["methods"]["dcd"]["selection_id"]
+    k = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [selection_id]))["k_searched"]
+    budget = report["selection"]["budget"]
+    assert report["selection"]["label_policy"] == "agree"
     dist, nn = search(index, vecs, k)
-    cands = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="weak")
-    saved = views.selection_review(ws, report["methods"]["dcd"]["selection_id"])
+    cands = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="agree")
+    saved = views.selection_review(ws, selection_id)
     assert cands.image_id.tolist() == saved.image_id.tolist()  # same retrieval as the select job
-    assert (cands.label == cands.weak_label).all()
-    assert cands.image_id.is_unique and len(cands) <= budget
-    src = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="source")
     labels = dict(zip(es.image_id, es.label))
+    assert (cands.label == cands.weak_label).all() and (cands.label == cands.source_image_id.map(labels)).all()
+    assert cands.image_id.is_unique and len(cands) <= budget
+    weak = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="weak")
+    assert (weak.label == weak.weak_label).all() and len(weak) >= len(cands)
+    src = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="source")
     assert (src.label == src.source_image_id.map(labels)).all()
     up = views.build_candidates(ws, pairs_from_search(np.array([-1]), dist[:1], nn[:1]), budget=5,
                                 label_policy="source", source_label=1)
