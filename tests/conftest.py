@@ -65,3 +65,12 @@ def tiny_pipeline_workspace(tmp_path_factory, tiny_manifest):
                           "--image-size", "24", "--epochs", "3", "--finetune-epochs", "2", "--batch-size", "32"])
     assert code == 0
     return ws_dir, out
+
+
+@pytest.fixture()
+def app_server(tiny_pipeline_workspace, tmp_path):
+    """The real app (`streamlit run`) on a copy of the tiny workspace: (base url, workspace dir); always stopped."""
+    from browser_app import running_app
+
+    with running_app(tiny_pipeline_workspace[0], tmp_path) as served:
+        yield served

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, _wait_idle, app_server  # noqa: F401 (a fixture)
+from browser_app import CHROMIUM, CHROMIUM_ARGS, SHOTS, wait_idle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`")
 def test_slices_page_in_a_browser(app_server):
-    """The same flow in headless Chromium, on the app server of tests/test_browser.py."""
+    """The same flow in headless Chromium, on the app server fixture of tests/conftest.py."""
     from playwright.sync_api import expect, sync_playwright
 
     from jobs import slices
@@ -85,7 +85,7 @@ def test_slices_page_in_a_browser(app_server):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2400})
             page.goto(f"{url}/slices")
-            _wait_idle(page, "Slices")
+            wait_idle(page, "Slices")
             assert page.get_by_test_id("stException").count() == 0
             expect(page.get_by_text("Attribution Mosaic").first).to_be_visible()
             expect(page.get_by_test_id("stImage").first).to_be_visible()
