@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,24 +137,35 @@ def label_pairs(ws: Workspace, pairs: pd.DataFrame, label_policy: str, *,
     return out.reset_index(drop=True)
 
 
+def fill_budget(ws: Workspace, search_pairs: Callable[[int], pd.DataFrame], *, k: int, budget: int | None,
+                label_policy: str, n_pool: int, source_label: int | None = None) -> tuple[pd.DataFrame, int]:
+    """Merged, labelled candidates and the search depth used.
+
+    ``search_pairs(depth)`` returns the neighbour pairs (as :func:`pairs_from_search`) at that depth. Under
+    ``agree`` the depth is doubled, up to ``n_pool``, until the agreeing candidates fill ``budget``.
+    """
+    depth = max(1, min(k, n_pool))
+    while True:
+        items = merge_candidates(label_pairs(ws, search_pairs(depth), label_policy, source_label=source_label),
+                                 budget)
+        if label_policy != "agree" or budget is None or len(items) >= budget or depth >= n_pool:
+            return items, depth
+        depth = min(n_pool, 2 * depth)
+
+
 def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
                label_policy: LabelPolicy = DEFAULT_LABEL_POLICY, name: str | None = None,
                source_ids: Sequence[int] | None = None, progress: Progress | None = None) -> Selection:
     """Retrieve the debug-train set for the error sample and store it as a selection.
 
-    Under ``agree`` the search is deepened (``k`` doubled, up to the pool's size) until the agreeing
-    candidates fill ``budget``; the ``k`` used is stored in the selection's params as ``k_searched``.
+    Under ``agree`` the search goes deeper than ``k`` until the budget is filled (:func:`fill_budget`); the
+    depth used is stored in the selection's params as ``k_searched``.
     """
     if label_policy not in LABEL_POLICIES:
         raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
     _, info = pool_index(ws, embedder_id, progress=progress)
-    depth = min(k, info.n)
-    while True:
-        pairs = neighbours(ws, embedder_id, source_ids, k=depth, progress=progress)
-        items = merge_candidates(label_pairs(ws, pairs, label_policy), budget)
-        if label_policy != "agree" or budget is None or len(items) >= budget or depth >= info.n:
-            break
-        depth = min(info.n, 2 * depth)
+    items, depth = fill_budget(ws, lambda d: neighbours(ws, embedder_id, source_ids, k=d, progress=progress),
+                               k=k, budget=budget, label_policy=label_policy, n_pool=info.n)
     params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
               "embedder_id": embedder_id}
     return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)

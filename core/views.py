@@ -197,6 +197,10 @@ def images_info(ws: Workspace, image_ids: Sequence[int]) -> pd.DataFrame:
         [_ids(image_ids)])
 
 
+CANDIDATE_COLUMNS = ["rank", "image_id", "source_image_id", "neighbour_rank", "distance", "path", "weak_label",
+                     "weak_label_name", "label", "label_name", "status"]
+
+
 def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, label_policy: str = "weak",
                      source_label: int | None = None) -> pd.DataFrame:
     """Merge neighbour pairs into the debug-train candidates (round-robin, de-duplicated, cut to budget)
@@ -205,17 +209,30 @@ def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, 
     ``label_policy`` is one of :data:`core.selection.LABEL_POLICIES`: ``weak`` (the pool image's weak
     label), ``source`` (the label of the error image it was retrieved for; ``source_label`` for an uploaded
     image, whose source id is negative) or ``agree`` (only the candidates whose weak label is that label).
-    Columns: rank, image_id, source_image_id, neighbour_rank, distance, path, weak_label, weak_label_name,
-    label, label_name, status.
+    Columns: :data:`CANDIDATE_COLUMNS`.
     """
     from core.selection import label_pairs, merge_candidates
 
-    columns = ["rank", "image_id", "source_image_id", "neighbour_rank", "distance", "path", "weak_label",
-               "weak_label_name", "label", "label_name", "status"]
-    labelled = label_pairs(ws, pairs, label_policy, source_label=source_label)
-    if labelled.empty:
-        return pd.DataFrame(columns=columns)
-    items = merge_candidates(labelled, budget)
+    return _describe_candidates(ws, merge_candidates(label_pairs(ws, pairs, label_policy, source_label=source_label),
+                                                     budget))
+
+
+def candidates_filling_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
+                              budget: int, label_policy: str, source_label: int | None = None) -> pd.DataFrame:
+    """The candidates the select job finds for these query vectors: searched in ``index`` at depth ``k``,
+    deeper under ``agree`` until the budget is filled (:func:`core.selection.fill_budget`)."""
+    from core.retrieval import search
+    from core.selection import fill_budget, pairs_from_search
+
+    items, _ = fill_budget(ws, lambda d: pairs_from_search(source_ids, *search(index, queries, d)), k=k,
+                           budget=budget, label_policy=label_policy, n_pool=index.ntotal, source_label=source_label)
+    return _describe_candidates(ws, items)
+
+
+def _describe_candidates(ws: Workspace, items: pd.DataFrame) -> pd.DataFrame:
+    if items.empty:
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    items = items.copy()
     info = images_info(ws, items.image_id.tolist()).set_index("image_id")
     items = items.join(info[["path", "weak_label", "weak_label_name"]], on="image_id")
     classes = ws.df("SELECT class_id, name FROM classes")
@@ -223,7 +240,7 @@ def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, 
     items["label"] = items["label"].astype("Int64")
     items["label_name"] = items["label"].map(lambda v: names.get(int(v)) if pd.notna(v) else None)
     items["status"] = "proposed"
-    return items[columns]
+    return items[CANDIDATE_COLUMNS]
 
 
 def selections(ws: Workspace) -> pd.DataFrame:

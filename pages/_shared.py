@@ -18,7 +18,6 @@ import pandas as pd
 import streamlit as st
 
 from core import views
-from core.selection import pairs_from_search
 from core.workspace import (NotAWorkspaceError, SchemaVersionError, Workspace, WorkspaceError,
                             workspace_from_env)
 
@@ -203,17 +202,13 @@ def launch_button(ws: Workspace, label: str, kind: str, args: Sequence[str] = ()
 @st.cache_data(show_spinner="Searching the pool…", max_entries=64)
 def _candidates(root: str, version: str, embedder_id: str, source_ids: tuple[int, ...], k: int,
                 budget: int, label_policy: str) -> pd.DataFrame:
-    from core.retrieval import search
-
     ws = Workspace(Path(root))
     index, _ = pool_index(ws, embedder_id)
     ids, vecs = views.source_vectors(ws, embedder_id, list(source_ids))
     if len(ids) == 0:
         raise ValueError(f"none of the chosen images has a vector for {embedder_id!r}: run the embed job on the "
                          f"error_sample split")
-    dist, nn = search(index, vecs, k)
-    return views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget,
-                                  label_policy=label_policy)
+    return views.candidates_filling_budget(ws, index, ids, vecs, k=k, budget=budget, label_policy=label_policy)
 
 
 def find_candidates(ws: Workspace, embedder_id: str, source_ids: Sequence[int], *, k: int, budget: int,
@@ -233,16 +228,14 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, k
     from core.images import load_rgb
     from core.inference import embed
     from core.registry import split_embedder_id
-    from core.retrieval import search
 
     ws = Workspace(Path(root))
     index, _ = pool_index(ws, embedder_id)
     model, cfg = embedder_model(ws, embedder_id)
     pixels = load_rgb(io.BytesIO(data), cfg.image_size)[None]
     vec = embed(model, pixels, cfg, layers=split_embedder_id(embedder_id)[1])
-    dist, nn = search(index, vec, k)
-    pairs = pairs_from_search(np.array([-1]), dist, nn)
-    return views.build_candidates(ws, pairs, budget=budget, label_policy=label_policy, source_label=label)
+    return views.candidates_filling_budget(ws, index, np.array([-1]), vec, k=k, budget=budget,
+                                           label_policy=label_policy, source_label=label)
 
 
 def find_candidates_for_upload(ws: Workspace, embedder_id: str, data: bytes, *, k: int, budget: int,
