@@ -19,7 +19,8 @@ from core.embedding import EmbedderSpec, embed_split_images
 from core.evaluation import evaluate
 from core.progress import Progress, as_progress
 from core.registry import get_model
-from core.selection import (DEFAULT_LABEL_POLICY, METHODS, select_all_pool, select_dcd, select_error_sample, select_random)
+from core.selection import (DEFAULT_LABEL_POLICY, METHODS, select_all_pool, select_dcd, select_error_sample,
+                            select_random)
 from core.splits import split_counts
 from core.training import TrainConfig, retrain, train_classifier
 from core.workspace import Workspace

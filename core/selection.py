@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,18 +62,24 @@ def neighbours(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     index, _ = pool_index(ws, embedder_id, progress=progress)
-    if queries is None:
-        if source_ids is None:
-            src, queries = load_embeddings(ws, embedder_id, splits=["error_sample"])
-        else:
-            src, queries = load_embeddings(ws, embedder_id, image_ids=list(source_ids))
-        if len(src) == 0:
-            raise ValueError(f"no embedded error-sample images for {embedder_id!r}: embed the error_sample "
-                             f"split (or pick images that have embeddings)")
-    else:
-        src = -np.arange(1, len(queries) + 1)
+    src, queries = query_vectors(ws, embedder_id, source_ids, queries=queries)
     dist, ids = search(index, queries, k)
     return pairs_from_search(src, dist, ids)
+
+
+def query_vectors(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *,
+                  queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(source ids, vectors) to search with: as :func:`neighbours` takes them."""
+    if queries is not None:
+        return -np.arange(1, len(queries) + 1), queries
+    if source_ids is None:
+        src, queries = load_embeddings(ws, embedder_id, splits=["error_sample"])
+    else:
+        src, queries = load_embeddings(ws, embedder_id, image_ids=list(source_ids))
+    if len(src) == 0:
+        raise ValueError(f"no embedded error-sample images for {embedder_id!r}: embed the error_sample "
+                         f"split (or pick images that have embeddings)")
+    return src, queries
 
 
 def pairs_from_search(source_ids: Sequence[int], distances: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
@@ -137,17 +143,19 @@ def label_pairs(ws: Workspace, pairs: pd.DataFrame, label_policy: str, *,
     return out.reset_index(drop=True)
 
 
-def fill_budget(ws: Workspace, search_pairs: Callable[[int], pd.DataFrame], *, k: int, budget: int | None,
-                label_policy: str, n_pool: int, source_label: int | None = None) -> tuple[pd.DataFrame, int]:
-    """Merged, labelled candidates and the search depth used.
-
-    ``search_pairs(depth)`` returns the neighbour pairs (as :func:`pairs_from_search`) at that depth. Under
-    ``agree`` the depth is doubled, up to ``n_pool``, until the agreeing candidates fill ``budget``.
-    """
+def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
+                budget: int | None, label_policy: str, source_label: int | None = None
+                ) -> tuple[pd.DataFrame, int]:
+    """Merged, labelled candidates for ``queries`` (one per source id) from the pool ``index``, and the
+    search depth used: ``k``, or under ``agree`` doubled (up to the pool's size) until the agreeing
+    candidates fill ``budget``."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    n_pool = int(index.ntotal)
     depth = max(1, min(k, n_pool))
     while True:
-        items = merge_candidates(label_pairs(ws, search_pairs(depth), label_policy, source_label=source_label),
-                                 budget)
+        pairs = pairs_from_search(source_ids, *search(index, queries, depth))
+        items = merge_candidates(label_pairs(ws, pairs, label_policy, source_label=source_label), budget)
         if label_policy != "agree" or budget is None or len(items) >= budget or depth >= n_pool:
             return items, depth
         depth = min(n_pool, 2 * depth)
@@ -163,9 +171,9 @@ def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
     """
     if label_policy not in LABEL_POLICIES:
         raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
-    _, info = pool_index(ws, embedder_id, progress=progress)
-    items, depth = fill_budget(ws, lambda d: neighbours(ws, embedder_id, source_ids, k=d, progress=progress),
-                               k=k, budget=budget, label_policy=label_policy, n_pool=info.n)
+    index, info = pool_index(ws, embedder_id, progress=progress)
+    src, queries = query_vectors(ws, embedder_id, source_ids)
+    items, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=label_policy)
     params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
               "embedder_id": embedder_id}
     return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)

@@ -213,19 +213,18 @@ def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, 
     """
     from core.selection import label_pairs, merge_candidates
 
-    return _describe_candidates(ws, merge_candidates(label_pairs(ws, pairs, label_policy, source_label=source_label),
-                                                     budget))
+    labelled = label_pairs(ws, pairs, label_policy, source_label=source_label)
+    return _describe_candidates(ws, merge_candidates(labelled, budget))
 
 
 def candidates_filling_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
                               budget: int, label_policy: str, source_label: int | None = None) -> pd.DataFrame:
     """The candidates the select job finds for these query vectors: searched in ``index`` at depth ``k``,
     deeper under ``agree`` until the budget is filled (:func:`core.selection.fill_budget`)."""
-    from core.retrieval import search
-    from core.selection import fill_budget, pairs_from_search
+    from core.selection import fill_budget
 
-    items, _ = fill_budget(ws, lambda d: pairs_from_search(source_ids, *search(index, queries, d)), k=k,
-                           budget=budget, label_policy=label_policy, n_pool=index.ntotal, source_label=source_label)
+    items, _ = fill_budget(ws, index, source_ids, queries, k=k, budget=budget, label_policy=label_policy,
+                           source_label=source_label)
     return _describe_candidates(ws, items)
 
 

@@ -93,8 +93,8 @@ with tab_find:
         else:
             up = st.file_uploader("An image of the failure mode", type=["png", "jpg", "jpeg", "webp", "bmp"],
                                   key="retr_upload")
-            label = st.selectbox("Its label (used with 'error image's label' and 'both agree')", range(len(classes)),
-                                 format_func=lambda c: classes[c], key="retr_upload_label")
+            label = st.selectbox("Its label (used with 'error image's label' and 'both agree')",
+                                 range(len(classes)), format_func=lambda c: classes[c], key="retr_upload_label")
             if up is not None:
                 data = up.getvalue()
                 st.image(data, width=128, caption=up.name)
