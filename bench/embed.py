@@ -1,6 +1,6 @@
 """Benchmark 1: embedding pipeline efficiency, bf16 speed-up and bf16/fp32 neighbour agreement.
 
-Efficiency = images/s of the real embed path (``core.embedding.embed_split_images``: decode JPEG files,
+Efficiency = images/s of the real embed path (``core.dcd.embed.embed_split_images``: decode JPEG files,
 resize, normalise, forward, stage, write to the workspace) / images/s of the bare forward pass on a
 pre-made batch, same model, batch size and precision; each real run is bracketed by two bare runs (their
 mean is the baseline) so that both see the same machine load. The real
@@ -63,8 +63,8 @@ def make_jpegs(folder: Path, n: int, *, assets: Path | None, seed: int = 0) -> l
 
 
 def make_workspace(root: Path, paths: list[Path]):
-    from core.datasets import ingest_manifest
-    from core.workspace import Workspace
+    from core.data.ingest import ingest_manifest
+    from core.store.workspace import Workspace
 
     ws = Workspace.create(root / "ws")
     manifest = root / "manifest.csv"
@@ -77,7 +77,7 @@ def make_workspace(root: Path, paths: list[Path]):
 
 
 def bare_forward(model, x: torch.Tensor, n_batches: int, bf16: bool) -> None:
-    from core.models import features
+    from core.models.features import features
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for _ in range(n_batches):
@@ -85,10 +85,10 @@ def bare_forward(model, x: torch.Tensor, n_batches: int, bf16: bool) -> None:
 
 
 def bench_arch(ws, key: str, arch: str, n: int, batch_size: int, rounds: int) -> dict:
-    from core.embedding import EmbedderSpec, embed_split_images
-    from core.images import to_tensor
-    from core.inference import cpu_has_bf16
-    from core.models import create_model, default_data_config
+    from core.data.images import to_tensor
+    from core.dcd.embed import EmbedderSpec, embed_split_images
+    from core.models.factory import create_model, default_data_config
+    from core.models.inference import cpu_has_bf16
 
     model = create_model(arch, num_classes=0).eval()
     cfg = default_data_config(model)
@@ -148,8 +148,8 @@ def bench_arch(ws, key: str, arch: str, n: int, batch_size: int, rounds: int) ->
 
 
 def bench_bf16(arch: str, batch_size: int, n_batches: int, rounds: int) -> dict:
-    from core.images import to_tensor
-    from core.models import create_model, default_data_config
+    from core.data.images import to_tensor
+    from core.models.factory import create_model, default_data_config
 
     model = create_model(arch, num_classes=0).eval()
     cfg = default_data_config(model)
@@ -173,9 +173,9 @@ def bench_bf16(arch: str, batch_size: int, n_batches: int, rounds: int) -> dict:
 
 
 def bench_overlap(paths: list[Path], arch: str, *, weights: str | None = None) -> dict:
-    from core.images import iter_decoded
-    from core.inference import embed, knn_overlap
-    from core.models import create_model, default_data_config
+    from core.data.images import iter_decoded
+    from core.models.factory import create_model, default_data_config
+    from core.models.inference import embed, knn_overlap
 
     model = create_model(arch, num_classes=0, weights=weights).eval()
     cfg = default_data_config(model)

@@ -51,7 +51,7 @@ class _ConProxy:
 
 
 def _install_recorder(rec: _Recorder) -> None:
-    from core.workspace import Workspace
+    from core.store.workspace import Workspace
 
     original = Workspace.read
 

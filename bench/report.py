@@ -137,7 +137,7 @@ def markdown(raw: dict, r: dict) -> str:
         L.append(f"{j.get('n')} JPEG files, mean {_f(j.get('mean_size_px', [None])[0], '{:.0f}')}x"
                  f"{_f((j.get('mean_size_px') or [None, None])[1], '{:.0f}')} px, "
                  f"{_f(j.get('mean_bytes', 0) / 1024, '{:.0f}')} KiB each, ingested into a workspace; "
-                 f"real path = `core.embedding.embed_split_images` (decode, resize, normalise, forward, stage, "
+                 f"real path = `core.dcd.embed.embed_split_images` (decode, resize, normalise, forward, stage, "
                  f"write). Bare = the same model's forward on a pre-made batch, same batch size and precision. "
                  f"Each real run is bracketed by two bare runs (their mean is the baseline); efficiency = median "
                  f"of the per-round ratios; the CPU-time ratio (bare CPU s/image over real CPU s/image) is "

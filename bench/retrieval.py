@@ -1,7 +1,7 @@
 """Benchmark 2: retrieval at 1M x 384 through the project's own code, in child processes (peak RSS).
 
-``build``: ``core.retrieval.pool_index(rebuild=True)`` on the scale workspace (type chosen by pool size).
-``select``: ``core.selection.select_dcd`` for the 100 error-sample images, k=50, in a fresh process (the
+``build``: ``core.dcd.index.pool_index(rebuild=True)`` on the scale workspace (type chosen by pool size).
+``select``: ``core.dcd.selection.select_dcd`` for the 100 error-sample images, k=50, in a fresh process (the
 index is read from disk: cold), then again in the same process (warm, as the app with its cached index);
 recall@50 of the same search against exact search (streamed brute force over the stored vectors).
 
@@ -22,8 +22,8 @@ from bench.scale import EMBEDDER_ID
 
 
 def do_build(root: Path) -> dict:
-    from core.retrieval import pool_index
-    from core.workspace import Workspace
+    from core.dcd.index import pool_index
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(root)
     t = time.perf_counter()
@@ -37,7 +37,7 @@ def exact_knn_streamed(ws, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k pool ids of ``queries``, scanning the stored vectors batch by batch."""
     import faiss
 
-    from core.embeddings import iter_embeddings
+    from core.store.vectors import iter_embeddings
 
     best_d = np.full((len(queries), k), np.inf, np.float32)
     best_i = np.full((len(queries), k), -1, np.int64)
@@ -51,10 +51,10 @@ def exact_knn_streamed(ws, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def do_select(root: Path, k: int) -> dict:
-    from core.embeddings import load_embeddings
-    from core.retrieval import recall_at_k
-    from core.selection import neighbours, select_dcd
-    from core.workspace import Workspace
+    from core.dcd.index import recall_at_k
+    from core.dcd.strategies import neighbours, select_dcd
+    from core.store.vectors import load_embeddings
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(root)
     t = time.perf_counter()

@@ -72,8 +72,8 @@ def _write_images(imgdir: Path, seed: int) -> None:
 
 def build_rows(root: Path, *, n_pool: int, dim: int, seed: int = 0) -> dict:
     """Step 1: the workspace, its image rows, and the pool's vectors staged as Parquet parts."""
-    from core.embeddings import vectors_to_arrow
-    from core.workspace import Workspace
+    from core.store.vectors import vectors_to_arrow
+    from core.store.workspace import Workspace
 
     t0 = time.perf_counter()
     ws = Workspace.create(root)
@@ -113,9 +113,9 @@ def store_parts(root: Path, *, dim: int) -> dict:
     """Step 2: the embed job's write phase at full scale: ``store_embedding_files`` of the staged parts."""
     import shutil
 
-    from core.embeddings import store_embedding_files
-    from core.registry import register_model
-    from core.workspace import Workspace
+    from core.models.catalog import register_model
+    from core.store.vectors import store_embedding_files
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(root)
     parts = sorted((root / "staged-parts").glob("part-*.parquet"))
@@ -131,8 +131,8 @@ def store_parts(root: Path, *, dim: int) -> dict:
 def add_extras(root: Path, *, seed: int = 0) -> dict:
     """Step 3: a classifier with predictions on every image, metrics, attributions of the test split and a
     slice run over it (slices are found on train/test/held-out images, never on the pool)."""
-    from core.registry import register_model, set_current_classifier
-    from core.workspace import Workspace
+    from core.models.catalog import register_model, set_current_classifier
+    from core.store.workspace import Workspace
 
     t0 = time.perf_counter()
     ws = Workspace.open(root)

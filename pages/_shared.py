@@ -1,7 +1,7 @@
 """What every page shares: opening the workspace (sidebar), cached data access, thumbnails and galleries.
 
-Pages call :func:`workspace` to get the open :class:`~core.workspace.Workspace` (it stops the page with a
-clear message when there is none), :func:`view` to run a :mod:`core.views` query through ``st.cache_data``
+Pages call :func:`workspace` to get the open :class:`~core.store.workspace.Workspace` (it stops the page with a
+clear message when there is none), :func:`view` to run a :mod:`core.app.queries` query through ``st.cache_data``
 keyed by the workspace's data version (so caches refresh when a job or the app writes), and
 :func:`gallery` to show images as cached thumbnails.
 """
@@ -17,9 +17,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import views
-from core.workspace import (NotAWorkspaceError, SchemaVersionError, Workspace, WorkspaceError,
-                            workspace_from_env)
+from core.app import queries as views
+from core.store.workspace import (
+    NotAWorkspaceError,
+    SchemaVersionError,
+    Workspace,
+    WorkspaceError,
+    workspace_from_env,
+)
 
 WS_KEY = "workspace_path"
 
@@ -102,7 +107,7 @@ def _cached_view(name: str, root: str, version: str, args: tuple, kwargs: tuple)
 
 
 def view(name: str, *args: Any, **kwargs: Any) -> Any:
-    """``core.views.<name>(ws, *args, **kwargs)``, cached until the workspace's data changes."""
+    """``core.app.queries.<name>(ws, *args, **kwargs)``, cached until the workspace's data changes."""
     ws = workspace()
     args = tuple(tuple(a) if isinstance(a, list) else a for a in args)
     kw = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
@@ -118,7 +123,7 @@ def refresh() -> None:
 
 def thumb(ws: Workspace, image_id: int, path: str, size: int = 128) -> str:
     """Path of the image's cached thumbnail (made once, under artifacts/thumbs)."""
-    from core.images import thumbnail
+    from core.data.images import thumbnail
 
     try:
         return str(thumbnail(path, ws.artifact_dir("thumbs"), int(image_id), size=size))
@@ -157,14 +162,14 @@ def gallery(ws: Workspace, df: pd.DataFrame, caption: Callable[[pd.Series], str]
 
 @st.cache_resource(show_spinner="Loading the pool index…", max_entries=8)
 def _index(root: str, embedder_id: str, mtime: float):
-    from core.retrieval import load_index
+    from core.dcd.index import load_index
 
     return load_index(Workspace(Path(root)), embedder_id)
 
 
 def pool_index(ws: Workspace, embedder_id: str):
     """The persisted faiss pool index of an embedder (cached until the file changes), or None."""
-    from core.retrieval import index_paths
+    from core.dcd.index import index_paths
 
     path, meta = index_paths(ws, embedder_id)
     if not (path.exists() and meta.exists()):
@@ -174,7 +179,7 @@ def pool_index(ws: Workspace, embedder_id: str):
 
 @st.cache_resource(show_spinner="Loading the embedder…", max_entries=4)
 def _embedder(root: str, embedder_id: str, version: str):
-    from core.registry import load_embedder
+    from core.models.catalog import load_embedder
 
     return load_embedder(Workspace(Path(root)), embedder_id)
 
@@ -190,7 +195,7 @@ def pct(value: float | None) -> str:
 
 def launch_button(ws: Workspace, label: str, kind: str, args: Sequence[str] = (), *, key: str) -> None:
     """A button that starts a job and points to the Jobs page."""
-    from core.launcher import launch
+    from core.runner.launcher import launch
 
     if st.button(label, key=key):
         job_id = launch(ws, kind, list(args))
@@ -225,9 +230,9 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, k
 
     import numpy as np
 
-    from core.images import load_rgb
-    from core.inference import embed
-    from core.registry import split_embedder_id
+    from core.data.images import load_rgb
+    from core.models.catalog import split_embedder_id
+    from core.models.inference import embed
 
     ws = Workspace(Path(root))
     index, _ = pool_index(ws, embedder_id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import charts
-from core.report import comparison_csv, comparison_html
-from core.views import comparison_table
+from core.app import charts
+from core.app.queries import comparison_table
+from core.app.report import comparison_csv, comparison_html
 from pages._shared import pct, view, workspace
 
 ws = workspace()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import charts
+from core.app import charts
 from pages._shared import gallery, pct, view, workspace
 
 ws = workspace()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import streamlit as st
 
-from core import launcher
-from core.workspace import Workspace, WorkspaceError
+from core.runner import launcher
+from core.runner.options import Option
+from core.runner.registry import get_job
+from core.store.workspace import Workspace, WorkspaceError
 from pages._shared import refresh, view, workspace
 
 ws = workspace()
@@ -20,10 +21,7 @@ if dead:
     st.warning(f"{len(dead)} job(s) whose process had died are now marked failed: {', '.join(dead)}")
 
 # -- launch ---------------------------------------------------------------------------------------
-# Options naming something of the workspace get a picker; '' means the job's own default.
-PICKERS = {"model_id": "classifier", "base_model_id": "classifier", "classifier_id": "classifier",
-           "selection_id": "selection", "embedder_id": "embedder"}
-
+# Options naming something of the workspace (Option.picker) get a picker; '' means the job's own default.
 
 def _picker_options(what: str) -> tuple[list[str], dict[str, str]]:
     if what == "classifier":
@@ -33,62 +31,74 @@ def _picker_options(what: str) -> tuple[list[str], dict[str, str]]:
         sels = view("selections")
         return sels.selection_id.tolist(), {r.selection_id: f"{r.selection_id} · {r.name} ({r.n_items} images)"
                                             for r in sels.itertuples()}
+    if what == "slice_run":
+        return view("slice_runs").run_id.tolist(), {}
     return view("embedders").embedder_id.tolist(), {}
 
 
-def _option_widget(kind: str, opt: launcher.JobOption):
-    key = f"opt_{kind}_{opt.dest}"
+def _option_widget(kind: str, opt: Option):
+    key = f"opt_{kind}_{opt.name}"
     label = opt.flag.lstrip("-").replace("-", " ")
     help_text = opt.help or None
-    if opt.dest in PICKERS and opt.widget in ("text", "list"):
-        ids, names = _picker_options(PICKERS[opt.dest])
-        if opt.widget == "list":
+    if opt.picker and opt.kind in ("text", "list"):
+        ids, names = _picker_options(opt.picker)
+        if opt.kind == "list":
             return st.multiselect(label, ids, format_func=lambda i: names.get(i, i), key=key,
                                   help=(help_text or "") + " (none: the job's default)")
         return st.selectbox(label, ["", *ids], format_func=lambda i: names.get(i, i) if i else "(default)",
                             key=key, help=help_text)
-    if opt.widget == "flag":
+    if opt.kind == "flag":
         return st.checkbox(label, value=bool(opt.default), key=key, help=help_text)
-    if opt.widget == "choice":
+    if opt.kind == "choice":
         choices = list(opt.choices or [])
         return st.selectbox(label, choices, index=choices.index(str(opt.default)) if str(opt.default) in choices
                             else 0, key=key, help=help_text)
-    value = "" if opt.default is None else " ".join(map(str, opt.default)) if isinstance(opt.default, list) \
-        else str(opt.default)
-    return st.text_input(label, value=value, key=key, help=help_text,
+    if opt.kind == "list" and opt.choices:
+        return st.multiselect(label, list(opt.choices), default=list(opt.default or []), key=key, help=help_text)
+    if opt.kind == "list":  # free values, one per comma-separated part
+        text = st.text_input(label, value=", ".join(map(str, opt.default or [])), key=key,
+                             help=(help_text or "") + " (comma-separated)")
+        return [v.strip() for v in text.split(",") if v.strip()]
+    return st.text_input(label, value="" if opt.default is None else str(opt.default), key=key, help=help_text,
                          placeholder="(job default)" if opt.default is None else None)
+
+
+def _option_grid(kind: str, options: list[Option], values: dict) -> None:
+    groups: dict[str, list[Option]] = {}
+    for opt in options:
+        groups.setdefault(opt.group, []).append(opt)
+    for group, opts in groups.items():
+        if group:
+            st.markdown(f"**{group}**")
+        cols = st.columns(3)
+        for i, opt in enumerate(opts):
+            with cols[i % 3]:
+                values[opt.name] = _option_widget(kind, opt)
 
 
 kinds = launcher.job_kinds()
 with st.expander("Launch a job", expanded=True):
     kind = st.selectbox("Job", kinds, key="jobs_kind")
-    doc = (importlib.import_module(f"jobs.{kind}").__doc__ or "").strip().splitlines()
-    if doc:
-        st.caption(doc[0])
-    options = launcher.job_options(kind)
+    spec = get_job(kind)
+    st.caption(spec.summary)
     with st.form(f"jobs_form_{kind}", border=False):
         target = None
-        if kind == "demo":
+        if spec.creates_workspace and kind == "demo":
             target = st.text_input("New workspace folder for the demo", key="opt_demo_target",
                                    value=str(ws.root.parent / "demo"),
                                    help="The demo generates its data into a new workspace")
-        groups: dict[str, list[launcher.JobOption]] = {}
-        for opt in options:
-            groups.setdefault(opt.group, []).append(opt)
-        values = {}
-        for group, opts in groups.items():
-            if group:
-                st.markdown(f"**{group}**")
-            cols = st.columns(3)
-            for i, opt in enumerate(opts):
-                with cols[i % 3]:
-                    values[opt.dest] = _option_widget(kind, opt)
+        values: dict = {}
+        _option_grid(kind, [o for o in spec.options if not o.advanced], values)
+        advanced = [o for o in spec.options if o.advanced]
+        if advanced:
+            with st.expander("Advanced"):
+                _option_grid(kind, advanced, values)
         submitted = st.form_submit_button(f"Launch {kind}", type="primary")
     if submitted:
         try:
             args = launcher.build_args(kind, values)
             run_ws = ws
-            if kind == "demo":
+            if target is not None:
                 run_ws = Workspace.create(Path(target or "").expanduser(), exist_ok=True)
             job_id = launcher.launch(run_ws, kind, args)
         except (ValueError, SystemExit, WorkspaceError) as exc:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.pipeline import default_budget, default_k
-from core.registry import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
-from core.selection import DEFAULT_LABEL_POLICY, LABEL_POLICIES, relabel, save_selection, set_status
-from core.views import candidate_items
-from pages._shared import (find_candidates, find_candidates_for_upload, gallery, launch_button, pool_index,
-                           refresh, view, workspace)
+from core.app.queries import candidate_items
+from core.dcd.selection import relabel, save_selection, set_status
+from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES, default_budget, default_k
+from core.models.catalog import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
+from pages._shared import (
+    find_candidates,
+    find_candidates_for_upload,
+    gallery,
+    launch_button,
+    pool_index,
+    refresh,
+    view,
+    workspace,
+)
 
 POLICY_NAMES = {"weak": "pool's weak label", "source": "error image's label", "agree": "both agree"}
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import annotations as ann
-from core import slices as sl
-from core.schema import ANNOTATION_KINDS
-from core.workspace import Workspace
+from core.app import charts
+from core.data.constants import ANNOTATION_KINDS
+from core.scanner import annotations as ann
+from core.scanner import runs as sl
+from core.store.workspace import Workspace
 from pages._shared import gallery, launch_button, pct, refresh, workspace
 
 ws = workspace()
@@ -22,7 +23,7 @@ st.title("Slices")
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _q(name: str, root: str, version: str, *args):
-    """Cached reads of core.slices / core.annotations, refreshed when the workspace changes."""
+    """Cached reads of core.scanner.runs / core.scanner.annotations, refreshed when the workspace changes."""
     w = Workspace(Path(root))
     fn = {"runs": sl.list_runs, "slices": sl.get_slices, "members": sl.slice_members,
           "annotations": ann.list_annotations, "current": ann.current_annotations,
@@ -32,7 +33,7 @@ def _q(name: str, root: str, version: str, *args):
 
 @st.cache_data(show_spinner="Drawing the mosaic…", max_entries=32)
 def _mosaic_png(root: str, version: str, run_id: str, slice_id: int, layout: str, mode: str) -> bytes:
-    from core.mosaic import render_slice_mosaic
+    from core.scanner.runs import render_slice_mosaic
 
     img = render_slice_mosaic(Workspace(Path(root)), run_id, slice_id, layout=layout, mode=mode)
     buf = io.BytesIO()
@@ -71,7 +72,7 @@ if st.session_state.get("slices_slice") not in ids:
     st.session_state["slices_slice"] = ids[0]
 left, right = st.columns([3, 2])
 with right:
-    event = st.altair_chart(sl.slices_chart(slices, selected=st.session_state["slices_slice"]),
+    event = st.altair_chart(charts.slices_chart(slices, selected=st.session_state["slices_slice"]),
                             on_select="rerun", key="slices_chart", width="stretch")
     picked = (event or {}).get("selection", {}).get("slice") or []
     if picked and int(picked[0]["slice_id"]) in ids and picked != st.session_state.get("slices_last_pick"):

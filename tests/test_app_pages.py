@@ -14,8 +14,9 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import launcher, views
-from core.workspace import Workspace
+from core.app import queries as views
+from core.runner import launcher
+from core.store.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -182,7 +183,7 @@ def test_jobs_page_launches_lists_and_reconciles(app, ws_copy):
     assert table.set_index("job_id").loc[dead, "state"] == "failed"
 
     at.selectbox(key="jobs_kind").set_value("predict").run()
-    at.text_input(key="opt_predict_splits").set_value("error_sample")  # submitted with the form
+    at.multiselect(key="opt_predict_splits").set_value(["error_sample"])  # submitted with the form
     next(b for b in at.button if b.label == "Launch predict").click().run()
     _no_exception(at)
     assert at.success and "Launched" in at.success[0].value

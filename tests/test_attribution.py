@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.attribution import AttributionConfig, attribute_batch, weighted_vectors
+from core.scanner.attribution import (
+    AttributionConfig,
+    attribute_batch,
+    weighted_vectors,
+)
 
 
 class BrightSpotNet(nn.Module):
@@ -85,9 +89,9 @@ def test_bad_config_is_a_value_error():
 
 
 def test_attribute_job_stores_one_row_per_image(tiny_pipeline_workspace, tmp_path):
-    from core.attribution import load_attributions
-    from core.registry import current_classifier
-    from core.workspace import Workspace
+    from core.models.catalog import current_classifier
+    from core.scanner.attribution import load_attributions
+    from core.store.workspace import Workspace
     from jobs import attribute
 
     src, _ = tiny_pipeline_workspace

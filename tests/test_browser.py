@@ -21,7 +21,7 @@ pytestmark = [
 def test_every_page_and_a_job_end_to_end(app_server):
     from playwright.sync_api import expect, sync_playwright
 
-    from core.workspace import Workspace
+    from core.store.workspace import Workspace
 
     url, ws_dir = app_server
     ws = Workspace.open(ws_dir)

@@ -1,4 +1,4 @@
-"""Tests for the CIFAR ResNet (core.cifar_resnet) and the CIFAR-10 DCD scenario (core.cifar_scenario).
+"""Tests for the CIFAR ResNet (core.models.cifar_resnet) and the CIFAR-10 DCD scenario (core.scenarios.cifar10).
 
 Tests that need the real assets skip when the shared assets folder is absent (as on a fresh machine):
 set DCD_ASSETS, or place it at ``<repo>/../shared/assets``.
@@ -16,14 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
-from core.cifar_resnet import CIFAR_DATA_CONFIG, create_cifar_resnet, list_cifar_resnets
-from core.cifar_scenario import (
+from core.models.cifar_resnet import (
+    CIFAR_DATA_CONFIG,
+    create_cifar_resnet,
+    list_cifar_resnets,
+)
+from core.scenarios.cifar10 import (
     CIFAR10_CLASSES,
-    CORRUPTIONS,
     SCENARIO_SIZES,
-    apply_corruption,
     build_cifar10_scenario,
 )
+from core.scenarios.corruptions import CORRUPTIONS, apply_corruption
 
 ASSETS = Path(os.environ.get("DCD_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 HAS_CIFAR = (ASSETS / "cifar10" / "cifar10-jpg.zip").is_file() and (

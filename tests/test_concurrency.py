@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core import views
-from core.selection import set_status
-from core.workspace import Workspace
+from core.app import queries as views
+from core.dcd.selection import set_status
+from core.store.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_WRITE_SECONDS = 6.0   # the writer runs at least this long,
@@ -24,8 +24,8 @@ MAX_WRITE_SECONDS = 120.0
 WRITER = textwrap.dedent("""
     import sys, time
     import pandas as pd
-    from core.selection import save_selection
-    from core.workspace import Workspace
+    from core.dcd.selection import save_selection
+    from core.store.workspace import Workspace
 
     from pathlib import Path
 
@@ -49,7 +49,7 @@ def ws(tiny_pipeline_workspace, tmp_path) -> Workspace:
 
 
 def _page_queries(ws: Workspace, model: str, selection_id: str) -> None:
-    """What the pages read (core.views), one call each."""
+    """What the pages read (core.app.queries), one call each."""
     views.split_class_table(ws)
     views.models_table(ws)
     views.headline_metrics(ws)

@@ -1,4 +1,4 @@
-"""Planted-truth tests for the Waterbirds-like synthetic benchmark (core.demo_data)."""
+"""Planted-truth tests for the Waterbirds-like synthetic benchmark (core.scenarios.waterbirds_like)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.demo_data import (
+from core.scenarios.waterbirds_like import (
     CLASSES,
     DEMO_SIZES,
     GROUPS,

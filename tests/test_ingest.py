@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.datasets import IngestError, ingest_imagefolder, ingest_manifest
-from core.progress import Progress
-from core.workspace import Workspace
+from core.data.ingest import ingest_imagefolder, ingest_manifest
+from core.data.manifest import IngestError
+from core.runner.progress import Progress
+from core.store.workspace import Workspace
 from jobs import ingest as ingest_job
 
 QUIET = Progress(bars=False)

@@ -1,4 +1,4 @@
-"""core.launcher: jobs start as background processes, report into the job table, can be cancelled, and a job
+"""core.runner.launcher: jobs start as background processes, report into the job table, can be cancelled, and a job
 whose process died is reported failed, never running forever."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from core import launcher
-from core.workspace import Workspace
+from core.runner import launcher
+from core.store.workspace import Workspace
 
 
 @pytest.fixture()
@@ -20,27 +20,44 @@ def ws(tiny_pipeline_workspace, tmp_path) -> Workspace:
     return Workspace.open(tmp_path / "ws")
 
 
-def test_job_kinds_and_options_come_from_the_job_parsers():
+def test_job_kinds_and_options_come_from_the_job_registry():
     kinds = launcher.job_kinds()
-    assert {"embed", "predict", "select", "retrain", "evaluate", "demo", "pipeline"} <= set(kinds)
-    retrain = {o.dest: o for o in launcher.job_options("retrain")}
+    assert {"embed", "predict", "select", "retrain", "evaluate", "demo", "pipeline", "slices"} <= set(kinds)
+    retrain = {o.name: o for o in launcher.job_options("retrain")}
     assert "workspace" not in retrain and "job_id" not in retrain and "json" not in retrain
-    assert retrain["finetune_epochs"].widget == "int" and retrain["lr"].widget == "float"
-    select = {o.dest: o for o in launcher.job_options("select")}
-    assert select["method"].widget == "choice" and "dcd" in select["method"].choices
-    assert {o.dest: o for o in launcher.job_options("embed")}["only_missing"].widget == "flag"
-    assert {o.dest: o for o in launcher.job_options("evaluate")}["model_id"].widget == "list"
+    assert retrain["finetune_epochs"].kind == "int" and retrain["lr"].kind == "float"
+    assert retrain["classifier_id"].picker == "classifier" and "--base-model-id" in retrain["classifier_id"].aliases
+    select = {o.name: o for o in launcher.job_options("select")}
+    assert select["method"].kind == "choice" and "dcd" in select["method"].choices
+    assert select["neighbours"].flag == "--neighbours" and "--k" in select["neighbours"].aliases
+    assert {o.name: o for o in launcher.job_options("embed")}["only_missing"].kind == "flag"
+    assert {o.name: o for o in launcher.job_options("evaluate")}["classifier_id"].kind == "list"
+    assert {o.name: o for o in launcher.job_options("slices")}["slices"].aliases == ("--k",)
+
+
+def test_every_registered_job_has_its_command_and_every_command_a_job():
+    import pkgutil
+
+    import jobs
+
+    commands = {m.name for m in pkgutil.iter_modules(jobs.__path__) if not m.name.startswith("_")}
+    assert commands == set(launcher.job_kinds())
 
 
 def test_build_args_keeps_only_what_differs_from_the_defaults():
-    assert launcher.build_args("retrain", {"finetune_epochs": "1", "lr": "0.05", "selection_id": "", "method": None}) \
-        == ["--finetune-epochs", "1"]
-    assert launcher.build_args("evaluate", {"model_id": ["a", "b"]}) == ["--model-id", "a", "b"]
+    assert launcher.build_args("retrain", {"finetune_epochs": "1", "lr": "0.05", "selection_id": "",
+                                           "record_as": None}) == ["--finetune-epochs", "1"]
+    assert launcher.build_args("evaluate", {"classifier_id": ["a", "b"]}) == ["--classifier-id", "a", "b"]
     assert launcher.build_args("embed", {"only_missing": True, "no_bf16": False}) == ["--only-missing"]
+    assert launcher.build_args("predict", {"splits": ["train", "test", "error_sample", "error_heldout"]}) == []
     with pytest.raises(ValueError, match="no option"):
         launcher.build_args("retrain", {"colour": "red"})
+    with pytest.raises(ValueError, match="takes a list"):  # never split from one string
+        launcher.build_args("predict", {"splits": "train --json /etc/x"})
     with pytest.raises(SystemExit):  # argparse rejects it here, not in the background
-        launcher.build_args("select", {"k": "many"})
+        launcher.build_args("select", {"neighbours": "many"})
+    with pytest.raises(SystemExit):
+        launcher.build_args("predict", {"splits": ["nope"]})
     with pytest.raises(ValueError, match="unknown job kind"):
         launcher.launch(Workspace("/nonexistent"), "rm", [])
 

@@ -11,7 +11,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from core.mitigation import CormConfig, corm_loss, make_corm_loss, upsample_masks
+from core.scanner.mitigation import (
+    CormConfig,
+    corm_loss,
+    make_corm_loss,
+    upsample_masks,
+)
 
 
 def _model():
@@ -89,9 +94,9 @@ def annotated_ws(tiny_pipeline_workspace, tmp_path):
     shutil.copytree(src, ws_dir)
     assert slices.main(["--workspace", str(ws_dir), "--k", "5", "--no-mosaics"]) == 0
     assert annotate_demo.main(["--workspace", str(ws_dir), "--min-purity", "0.5"]) == 0
-    from core.annotations import annotate, annotated_slices
-    from core.slices import get_slices, latest_run
-    from core.workspace import Workspace
+    from core.scanner.annotations import annotate, annotated_slices
+    from core.scanner.runs import get_slices, latest_run
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(ws_dir)
     run_id = latest_run(ws)
@@ -101,9 +106,9 @@ def annotated_ws(tiny_pipeline_workspace, tmp_path):
 
 
 def test_corm_retrain_job_reports_baseline_and_corm(annotated_ws, tmp_path):
-    from core.annotations import annotated_slices
-    from core.slices import latest_run
-    from core.workspace import Workspace
+    from core.scanner.annotations import annotated_slices
+    from core.scanner.runs import latest_run
+    from core.store.workspace import Workspace
     from jobs import retrain
 
     ws = Workspace.open(annotated_ws)
@@ -119,10 +124,10 @@ def test_corm_retrain_job_reports_baseline_and_corm(annotated_ws, tmp_path):
 
 
 def test_mislabel_fixes_relabel_to_prediction_or_drop(annotated_ws):
-    from core.annotations import annotate
-    from core.mitigation import mislabel_fixes
-    from core.slices import latest_run, slice_members
-    from core.workspace import Workspace
+    from core.scanner.annotations import annotate
+    from core.scanner.mitigation import mislabel_fixes
+    from core.scanner.runs import latest_run, slice_members
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(annotated_ws)
     run_id = latest_run(ws)

@@ -7,10 +7,17 @@ import pytest
 import timm
 import torch
 
-from core.inference import choose_precision, cpu_has_bf16, embed, predict_probs
-from core.models import (MULTISCALE_STAGES, DataConfig, ModelError, create_model, default_data_config,
-                         embedding_dim, embedding_function, feature_dim, features, load_checkpoint,
-                         save_checkpoint, weights_include_head)
+from core.models.checkpoints import save_checkpoint, weights_include_head
+from core.models.config import DataConfig, ModelError
+from core.models.factory import create_model, default_data_config, load_checkpoint
+from core.models.features import (
+    MULTISCALE_STAGES,
+    embedding_dim,
+    embedding_function,
+    feature_dim,
+    features,
+)
+from core.models.inference import choose_precision, cpu_has_bf16, embed, predict_probs
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "mobilenetv3_small_050", "test_vit"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from core.registry import list_models
-from core.selection import list_selections
-from core.workspace import Workspace
+from core.dcd.selection import list_selections
+from core.models.catalog import list_models
+from core.store.workspace import Workspace
 
 METHODS = {"baseline", "dcd", "random", "all_pool", "error_sample_only"}
 
@@ -53,9 +53,9 @@ def test_multiscale_classifier_embedding_is_its_own_embedder(tiny_pipeline_works
 
     import numpy as np
 
-    from core.embeddings import load_embeddings
-    from core.inference import embed
-    from core.registry import current_classifier, load_embedder, split_embedder_id
+    from core.models.catalog import current_classifier, load_embedder, split_embedder_id
+    from core.models.inference import embed
+    from core.store.vectors import load_embeddings
     from jobs import embed as embed_job
 
     ws_dir = tmp_path / "ws"
@@ -72,7 +72,7 @@ def test_multiscale_classifier_embedding_is_its_own_embedder(tiny_pipeline_works
     assert len(ids) == 8 + 200 and vecs.shape[1] == summary["dim"] > 64
     model, cfg = load_embedder(ws, embedder_id)
     pool_row = ws.df("SELECT image_id, path FROM images WHERE split = 'pool' LIMIT 1")
-    from core.images import load_rgb
+    from core.data.images import load_rgb
 
     again = embed(model, load_rgb(pool_row.path[0], cfg.image_size)[None], cfg, layers="multiscale")
     stored = vecs[list(ids).index(int(pool_row.image_id[0]))]

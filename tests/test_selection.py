@@ -8,11 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embeddings import load_embeddings, store_embeddings
-from core.retrieval import build_index, exact_search, pool_index, recall_at_k, search
-from core.selection import (merge_candidates, neighbours, select_all_pool, select_dcd, select_error_sample,
-                            select_random, selection_items, set_status)
-from core.workspace import Workspace
+from core.dcd.index import build_index, exact_search, pool_index, recall_at_k, search
+from core.dcd.selection import selection_items, set_status
+from core.dcd.strategies import (
+    merge_candidates,
+    neighbours,
+    select_all_pool,
+    select_dcd,
+    select_error_sample,
+    select_random,
+)
+from core.store.vectors import load_embeddings, store_embeddings
+from core.store.workspace import Workspace
 
 
 def brute_force_knn(pool: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.mosaic import attribution_box, grid_shape, make_mosaic, mosaic_size
-from core.slices import AttributionSlicer, slice_features, slice_score, slice_table
+from core.scanner.mosaic import attribution_box, grid_shape, make_mosaic, mosaic_size
+from core.scanner.slicer import (
+    AttributionSlicer,
+    slice_features,
+    slice_score,
+    slice_table,
+)
 
 
 def _blobs(rng: np.random.Generator, sizes=(60, 40, 30, 20), d: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +92,8 @@ def sliced_ws(tiny_pipeline_workspace, tmp_path):
 
 
 def test_slices_job_reports_ranked_slices_with_ground_truth(sliced_ws):
-    from core.slices import get_slices, list_runs
-    from core.workspace import Workspace
+    from core.scanner.runs import get_slices, list_runs
+    from core.store.workspace import Workspace
 
     ws_dir, report = sliced_ws
     assert report["k"] == 5 and len(report["slices"]) <= 5
@@ -107,8 +112,8 @@ def test_slices_job_reports_ranked_slices_with_ground_truth(sliced_ws):
 
 
 def test_annotations_and_propagation(sliced_ws):
-    from core import annotations as ann
-    from core.workspace import Workspace
+    from core.scanner import annotations as ann
+    from core.store.workspace import Workspace
 
     ws_dir, report = sliced_ws
     ws = Workspace.open(ws_dir)
@@ -133,7 +138,7 @@ def test_annotations_and_propagation(sliced_ws):
 def test_mosaic_tile_of_a_missing_image_is_a_placeholder_not_a_crash(tmp_path):
     import numpy as np
 
-    from core.mosaic import make_tile
+    from core.scanner.mosaic import make_tile
 
     tile = make_tile(tmp_path / "gone.png", np.ones((7, 7), np.float32), tile=32)
     assert tile.size == (32, 32)

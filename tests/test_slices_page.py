@@ -33,8 +33,8 @@ def _clear_caches() -> None:
 def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from core.slices import get_slices, latest_run
-    from core.workspace import Workspace
+    from core.scanner.runs import get_slices, latest_run
+    from core.store.workspace import Workspace
 
     _clear_caches()
     monkeypatch.setenv("DCD_WORKSPACE", str(sliced_copy))
@@ -62,7 +62,7 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
     row = listed[listed.slice_id == target].iloc[0]
     assert (row.kind, row.annotator, row.note) == ("spurious", "page tester", "looks at the background")
     # the chart builder, since AppTest cannot read charts
-    from core.slices import slices_chart
+    from core.app.charts import slices_chart
 
     spec = slices_chart(slices.assign(annotation="spurious"), selected=target).to_dict()
     assert spec["encoding"]["x"]["field"] == "size" and spec["encoding"]["y"]["field"] == "accuracy"

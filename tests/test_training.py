@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.models import DataConfig, create_model
-from core.training import TrainConfig, fit, share_weights
+from core.models.config import DataConfig
+from core.models.factory import create_model
+from core.models.training import TrainConfig, fit, share_weights
 
 
 def test_share_weights_give_the_added_images_their_share_whatever_the_sizes():
@@ -48,13 +49,13 @@ def test_fit_draws_in_proportion_to_sample_weights():
 
 
 def test_training_is_reproducible_from_the_seed(tmp_path, tiny_manifest):
-    from core.registry import load_classifier
-    from core.training import train_classifier
+    from core.models.catalog import load_classifier
+    from core.models.training import train_classifier
     from jobs import ingest
 
     ws_dir = tmp_path / "ws"
     assert ingest.main(["--workspace", str(ws_dir), "--manifest", str(tiny_manifest)]) == 0
-    from core.workspace import Workspace
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(ws_dir)
     cfg = TrainConfig(epochs=1, batch_size=32, seed=3)

@@ -1,5 +1,5 @@
-"""The read-only queries behind the pages (core.views), the charts (core.charts) and the export
-(core.report), against the tiny pipeline workspace whose contents are known."""
+"""The read-only queries behind the pages (core.app.queries), the charts (core.app.charts) and the export
+(core.app.report), against the tiny pipeline workspace whose contents are known."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import charts, views
-from core.selection import pairs_from_search
-from core.report import comparison_csv, comparison_html
-from core.workspace import Workspace
+from core.app import charts
+from core.app import queries as views
+from core.app.report import comparison_csv, comparison_html
+from core.dcd.strategies import pairs_from_search
+from core.store.workspace import Workspace
 
 PLAN = {"train": 120, "test": 40, "error_sample": 8, "error_heldout": 24, "pool": 200}
 
@@ -89,7 +90,7 @@ def test_accuracy_by_group_and_class_and_confident_mistakes(ws, report):
 
 
 def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, report):
-    from core.retrieval import load_index, search
+    from core.dcd.index import load_index, search
 
     embedder = report["embedder"]["embedder_id"]
     assert views.embedders(ws).embedder_id.tolist() == [embedder]

@@ -8,9 +8,14 @@ import time
 import duckdb
 import pytest
 
-from core.jobstore import JobStore
-from core.schema import SCHEMA_VERSION
-from core.workspace import NotAWorkspaceError, SchemaVersionError, Workspace, WorkspaceError
+from core.store.jobs import JobStore
+from core.store.schema import SCHEMA_VERSION
+from core.store.workspace import (
+    NotAWorkspaceError,
+    SchemaVersionError,
+    Workspace,
+    WorkspaceError,
+)
 
 
 def test_create_makes_every_table_and_records_the_version(tmp_path):

@@ -1,0 +1,1 @@
+"""Data: the vocabulary (splits, manifest columns), reading manifests, ingest, and image decoding."""

@@ -1,0 +1,20 @@
+"""The project's fixed vocabulary, declared once: splits, manifest columns, statuses, annotation kinds."""
+
+from __future__ import annotations
+
+#: ``train`` and ``test`` as usual; ``error_sample`` is ``E_sample`` (the few images of the failure DCD
+#: retrieves for); ``error_heldout`` is where success on the failure is measured; ``pool`` is the large
+#: weakly labeled set F that debug-train images come from.
+SPLITS = ("train", "test", "error_sample", "error_heldout", "pool")
+POOL = "pool"
+
+#: The evaluation sets, in the order reports show them.
+EVAL_SPLITS = ("test", "error_heldout", "error_sample", "train")
+
+#: Columns of a manifest (CSV or Parquet): ``path, label, split`` are required, the rest optional.
+MANIFEST_COLUMNS = ("path", "label", "split", "weak_label", "group", "true_label")
+REQUIRED_COLUMNS = ("path", "label", "split")
+LABEL_COLUMNS = ("label", "weak_label", "true_label")
+
+SELECTION_STATUSES = ("proposed", "accepted", "rejected")
+ANNOTATION_KINDS = ("core", "spurious", "mislabeled", "other")

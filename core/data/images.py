@@ -1,0 +1,160 @@
+"""Decoding images into model-ready tensors, fast, and thumbnails for the app.
+
+Images are decoded once to ``uint8`` arrays at the model's resolution (square resize) with a thread pool
+(PIL and torch release the GIL) that works ahead of the consumer (the next chunk decodes during the
+current chunk's forward pass) and, for repeated use by training and evaluation, cached as a ``.npy`` file
+in the workspace's artifacts. Normalisation happens on the fly in float.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.models.config import DataConfig
+from core.runner.progress import Progress, as_progress
+from core.store.workspace import Workspace
+
+DECODE_THREADS = 4
+
+
+def resize_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize an H x W x 3 uint8 array to ``size`` x ``size`` (antialiased bilinear, as PIL's BILINEAR).
+
+    torch's uint8 kernel is vectorised (AVX2) and about 3x faster than Pillow's; it matches Pillow's
+    BILINEAR resize to within one grey level.
+    """
+    if not pixels.flags.writeable or not pixels.flags.c_contiguous:
+        pixels = np.array(pixels, dtype=np.uint8, order="C")  # torch wants a writable buffer
+    t = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    with torch.inference_mode():
+        out = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)
+    return out[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def load_rgb(path: str | Path, size: int) -> np.ndarray:
+    """Decode ``path`` to an RGB ``size`` x ``size`` x 3 uint8 array (JPEG draft mode for big photos)."""
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (size * 2, size * 2))
+        img = img.convert("RGB")
+        pixels = np.asarray(img, dtype=np.uint8)
+    return pixels if pixels.shape[:2] == (size, size) else resize_rgb(pixels, size)
+
+
+def iter_decoded(paths: Sequence[str], size: int, *, chunk: int = 256, threads: int = DECODE_THREADS,
+                 ahead: int = 1) -> Iterator[np.ndarray]:
+    """Yield N x size x size x 3 uint8 chunks of ``paths`` in order.
+
+    Decoding runs in ``threads`` threads (PIL and torch release the GIL) and stays ``ahead`` chunks ahead
+    of the caller: while the caller works on chunk i (e.g. a forward pass), chunks i+1..i+ahead decode.
+    At most ``ahead + 1`` chunks are held in memory.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    starts = list(range(0, len(paths), chunk))
+    if not starts:
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+    def submit(start: int):
+        sub = paths[start:start + chunk]
+        out = np.empty((len(sub), size, size, 3), np.uint8)
+
+        def fill(i: int, p: str) -> None:
+            out[i] = load_rgb(p, size)
+
+        return out, [pool.submit(fill, i, p) for i, p in enumerate(sub)]
+
+    try:
+        queue = [submit(s) for s in starts[:ahead + 1]]
+        next_start = ahead + 1
+        while queue:
+            out, futures = queue.pop(0)
+            for f in futures:
+                f.result()
+            if next_start < len(starts):
+                queue.append(submit(starts[next_start]))
+                next_start += 1
+            yield out
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_all(paths: Sequence[str], size: int, *, progress: Progress | None = None,
+               cache_dir: Path | None = None) -> np.ndarray:
+    """All of ``paths`` as one N x size x size x 3 uint8 array, from the cache when it holds them."""
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha1(("\n".join(paths) + f"|{size}").encode()).hexdigest()[:16]
+        cache_file = cache_dir / f"pixels-{size}-{key}.npy"
+        if cache_file.exists():
+            return np.load(cache_file)
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    i = 0
+    chunks = iter_decoded(paths, size)
+    for block in as_progress(progress).iter(chunks, total=len(paths), desc="decode", unit="img",
+                                            weight=len):
+        out[i:i + len(block)] = block
+        i += len(block)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache_file)
+    return out
+
+
+def to_tensor(pixels: np.ndarray | torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> normalised float N x 3 x H x W."""
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()  # a read-only memory map; torch only wraps writable arrays
+    x = torch.as_tensor(pixels).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(cfg.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float64).view(1, 3, 1, 1)
+    # (x / 255 - mean) / std in two passes over the batch instead of three
+    return x.mul_((1.0 / (255.0 * std)).float()).add_((-mean / std).float())
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Light training augmentation on a normalised batch: random flip and random shifted crop."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n x h
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n x w
+    idx_n = torch.arange(n).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def thumbnail(path: str | Path, cache_dir: Path, image_id: int, size: int = 128) -> Path:
+    """A cached JPEG thumbnail of an image (created on first use)."""
+    out = cache_dir / f"{image_id}-{size}.jpg"
+    if not out.exists():
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            if img.width < size // 2:  # tiny images (e.g. 32 px) are upscaled to be seen
+                img = img.resize((size, size), Image.Resampling.NEAREST)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.jpg")
+            img.save(tmp, quality=85)
+            tmp.replace(out)
+    return out
+
+
+def pixels(ws: Workspace, paths: Sequence[str], size: int, *, progress: Progress | None = None) -> np.ndarray:
+    """uint8 N x size x size x 3 pixels of ``paths``, cached in the workspace's artifacts."""
+    return decode_all(list(paths), size, progress=progress, cache_dir=ws.artifact_dir("cache"))

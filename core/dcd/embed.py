@@ -1,0 +1,152 @@
+"""Embedding the workspace's images with a frozen embedder, streamed so any pool size fits.
+
+An :class:`EmbedderSpec` names the feature space: a timm architecture (with a local weights file or the
+hub), a CIFAR ResNet, or ``classifier`` (the penultimate layer of the current classifier). Images are
+decoded in threads ahead of the forward pass, embedded in batches (bf16 when it matches fp32 on a
+sample), staged to Parquet part files, then inserted from those files into the workspace in one
+transaction (the vectors of the whole pool are never held in memory at once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from core.data.images import iter_decoded
+from core.data.splits import images_df
+from core.models.catalog import (
+    classifier_embedder_id,
+    load_classifier,
+    register_model,
+    require_classifier,
+)
+from core.models.factory import create_model, default_data_config
+from core.models.features import EMBEDDING_LAYERS, embedding_dim, embedding_function
+from core.models.inference import choose_precision, run_model
+from core.models.inference import embed as embed_pixels
+from core.runner.progress import Progress, as_progress
+from core.store.vectors import store_embedding_files, vectors_to_arrow
+from core.store.workspace import Workspace
+
+DEFAULT_EMBED_SPLITS = ("error_sample", "pool", "error_heldout", "test", "train")
+PART_ROWS = 8192  # images per staged Parquet part
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Which feature space to embed in. ``arch='classifier'`` means the current classifier's own."""
+
+    arch: str = "classifier"
+    weights: str | None = None
+    hub: bool = False
+    image_size: int | None = None
+    classifier_id: str | None = None
+    layers: str = "penultimate"  # or "multiscale": see core.models.EMBEDDING_LAYERS
+
+    def __post_init__(self) -> None:
+        if self.layers not in EMBEDDING_LAYERS:
+            raise ValueError(f"embedder layers must be one of {EMBEDDING_LAYERS}, got {self.layers!r}")
+
+    def classifier_model_id(self, ws: Workspace) -> str:
+        return require_classifier(ws, self.classifier_id, purpose="embed with (embedder 'classifier')")
+
+    def embedder_id(self, ws: Workspace) -> str:
+        suffix = "" if self.layers == "penultimate" else f"+{self.layers}"
+        if self.arch == "classifier":
+            return classifier_embedder_id(self.classifier_model_id(ws)) + suffix
+        return self._model_embedder_id() + suffix
+
+    def _model_embedder_id(self) -> str:
+        tag = "hub" if self.hub else (Path(self.weights).stem if self.weights else "random")
+        if self.weights:
+            tag += "-" + hashlib.sha1(str(Path(self.weights).resolve()).encode()).hexdigest()[:6]
+        size = f"@{self.image_size}" if self.image_size else ""
+        return f"{self.arch}:{tag}{size}"
+
+
+def build_embedder(ws: Workspace, spec: EmbedderSpec):
+    """(model, data config, embedder id), registering non-classifier embedders in the model registry."""
+    embedder_id = spec.embedder_id(ws)
+    if spec.arch == "classifier":
+        model, cfg = load_classifier(ws, spec.classifier_model_id(ws))
+        return model, cfg, embedder_id
+    if spec.weights is None and not spec.hub:
+        print(f"warning: embedder {spec.arch} has no weights (random init); give --embedder-weights PATH "
+              f"for a meaningful feature space", flush=True)
+    model = create_model(spec.arch, num_classes=0, weights=spec.weights, hub=spec.hub).eval()
+    cfg = default_data_config(model, spec.image_size)
+    register_model(ws, model_id=embedder_id, role="embedder", arch=spec.arch,
+                   embed_dim=embedding_dim(model, spec.layers, cfg.image_size),
+                   config={"weights": spec.weights, "hub": spec.hub, "layers": spec.layers,
+                           "data_config": cfg.to_dict()})
+    return model, cfg, embedder_id
+
+
+def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[str] = DEFAULT_EMBED_SPLITS,
+                       only_missing: bool = False, batch_size: int = 128, allow_bf16: bool = True,
+                       progress: Progress | None = None) -> dict:
+    """Embed the images of ``splits`` and store the vectors; returns a summary dict."""
+    progress = as_progress(progress)
+    t0, c0 = time.perf_counter(), time.process_time()
+    model, cfg, embedder_id = build_embedder(ws, spec)
+    df = images_df(ws, list(splits))
+    if only_missing:
+        from core.store.vectors import embedding_table
+
+        found = embedding_table(ws, embedder_id)
+        if found:
+            have = set(ws.df(f"SELECT image_id FROM {found[0]}").image_id)
+            df = df[~df.image_id.isin(have)]
+    if df.empty:
+        return {"embedder_id": embedder_id, "n_embedded": 0}
+    paths = df.path.tolist()
+    sample = next(iter_decoded(paths[:128], cfg.image_size, chunk=128))
+    embed_fn = embedding_function(model, spec.layers)
+    dim = embedding_dim(model, spec.layers, cfg.image_size)
+    check = choose_precision(model, sample, cfg, embedding=True, allow_bf16=allow_bf16, embed_fn=embed_fn)
+    del sample
+    print(f"embedder {embedder_id}: {'bf16' if check.bf16 else 'fp32'} ({check.reason})", flush=True)
+    t_embed, c_embed = time.perf_counter(), time.process_time()
+
+    staging = ws.artifact_dir("staging", hashlib.sha1(embedder_id.encode()).hexdigest()[:10])
+    ids = df.image_id.to_numpy(np.int64)
+    del df
+    try:
+        # One decode stream for all images (it decodes ahead across part boundaries); a Parquet part per
+        # ``chunk_rows`` images, so memory holds one part of vectors, never the whole pool's.
+        batches_per_part = max(1, PART_ROWS // batch_size)
+        chunk_rows = batches_per_part * batch_size
+        decoded = iter_decoded(paths, cfg.image_size, chunk=batch_size)
+        parts = []
+        for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
+            n_sub = min(chunk_rows, len(paths) - start)
+            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
+            vecs = run_model(embed_fn, islice(decoded, batches_per_part), n_sub, cfg,
+                             bf16=check.bf16, progress=span, desc="embed")
+            part = staging / f"part-{n_chunk:05d}.parquet"
+            pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
+            parts.append(part)
+        decoded.close()
+        t_store, c_store = time.perf_counter(), time.process_time()
+        store_embedding_files(ws, embedder_id, parts, dim=dim)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    t_end, c_end = time.perf_counter(), time.process_time()
+    progress.report(1.0, f"embedded {len(ids)} images", force=True)
+    return {"embedder_id": embedder_id, "n_embedded": int(len(ids)), "precision": "bf16" if check.bf16 else
+            "fp32", "precision_check": check.reason, "dim": dim,
+            "seconds": {"setup": round(t_embed - t0, 3), "embed": round(t_store - t_embed, 3),
+                        "store": round(t_end - t_store, 3)},
+            "cpu_seconds": {"setup": round(c_embed - c0, 3), "embed": round(c_store - c_embed, 3),
+                            "store": round(c_end - c_store, 3)}}
+
+
+__all__ = ["EmbedderSpec", "build_embedder", "embed_split_images", "embed_pixels"]

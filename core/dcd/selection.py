@@ -1,0 +1,100 @@
+"""Debug-train selections as stored: a named set of images with the label each will be trained with.
+
+Kept in ``selections`` / ``selection_items``; a person can accept, reject or relabel items (the Retrieval
+page). How a selection is chosen is core.dcd.strategies.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.dcd.index import IndexInfo
+from core.store.workspace import Workspace
+
+
+@dataclass
+class Selection:
+    selection_id: str
+    name: str
+    method: str
+    items: pd.DataFrame  # image_id, rank, distance, source_image_id, label, status
+    index_info: IndexInfo | None = None
+
+
+def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *,
+                   params: dict | None = None, index_info: IndexInfo | None = None,
+                   status: str = "proposed") -> Selection:
+    """Store a selection (items: image_id, label, [rank, distance, source_image_id, status])."""
+    if items["label"].isna().any():
+        missing = items.loc[items["label"].isna(), "image_id"].head(5).tolist()
+        raise ValueError(f"selection {name!r}: images without a label to train with, e.g. {missing}")
+    selection_id = f"{method}-{uuid.uuid4().hex[:8]}"
+    out = pd.DataFrame({
+        "selection_id": selection_id,
+        "image_id": items["image_id"].astype("int64").values,
+        "rank": items.get("rank", pd.Series(np.arange(len(items)))).astype("int32").values,
+        "distance": items["distance"].astype("float32").values if "distance" in items else np.nan,
+        "source_image_id": (items["source_image_id"].astype("Int64").values
+                            if "source_image_id" in items else pd.array([None] * len(items), "Int64")),
+        "label": items["label"].astype("int32").values,
+        "status": items["status"].values if "status" in items else status,
+    })
+    p = dict(params or {})
+    with ws.write() as con:
+        con.execute(
+            "INSERT INTO selections (selection_id, name, method, embedder_id, k, budget, label_policy, "
+            "index_type, recall, params) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [selection_id, name, method, p.get("embedder_id"), p.get("k"), p.get("budget"),
+             p.get("label_policy"), index_info.index_type if index_info else None,
+             index_info.recall_at_k if index_info else None, json.dumps(p)])
+        con.register("staging_items", out)
+        con.execute("INSERT INTO selection_items SELECT selection_id, image_id, rank, distance, "
+                    "source_image_id, label, status FROM staging_items")
+        con.unregister("staging_items")
+    return Selection(selection_id, name, method, out, index_info)
+
+
+def selection_items(ws: Workspace, selection_id: str, *, include_rejected: bool = False) -> pd.DataFrame:
+    """A selection's items with their image paths (rejected items left out unless asked)."""
+    where = "" if include_rejected else "AND s.status <> 'rejected'"
+    return ws.df(
+        f"SELECT s.*, i.path, i.split, i.weak_label, i.true_label, i.group_name FROM selection_items s "
+        f"JOIN images i USING (image_id) WHERE s.selection_id = ? {where} ORDER BY s.rank", [selection_id])
+
+
+def set_status(ws: Workspace, selection_id: str, image_ids: Sequence[int], status: str) -> int:
+    """Accept, reject or re-propose items; returns how many changed."""
+    if status not in ("proposed", "accepted", "rejected"):
+        raise ValueError(f"status must be proposed, accepted or rejected, not {status!r}")
+    with ws.write() as con:
+        before = con.execute("SELECT count(*) FROM selection_items WHERE selection_id = ? AND status = ?",
+                             [selection_id, status]).fetchall()[0][0]
+        con.execute("UPDATE selection_items SET status = ? WHERE selection_id = ? AND image_id IN "
+                    "(SELECT unnest(?::BIGINT[]))", [status, selection_id, [int(i) for i in image_ids]])
+        after = con.execute("SELECT count(*) FROM selection_items WHERE selection_id = ? AND status = ?",
+                            [selection_id, status]).fetchall()[0][0]
+    return int(after - before)
+
+
+def relabel(ws: Workspace, selection_id: str, image_ids: Sequence[int], label: int) -> None:
+    with ws.write() as con:
+        con.execute("UPDATE selection_items SET label = ? WHERE selection_id = ? AND image_id IN "
+                    "(SELECT unnest(?::BIGINT[]))", [int(label), selection_id, [int(i) for i in image_ids]])
+
+
+def list_selections(ws: Workspace) -> pd.DataFrame:
+    return ws.df(
+        "SELECT s.selection_id, s.name, s.method, s.embedder_id, s.k, s.budget, s.label_policy, "
+        "s.index_type, s.recall, s.created_at, count(i.image_id) AS n_items, "
+        "count(*) FILTER (WHERE i.status = 'accepted') AS n_accepted, "
+        "count(*) FILTER (WHERE i.status = 'rejected') AS n_rejected "
+        "FROM selections s LEFT JOIN selection_items i USING (selection_id) "
+        "GROUP BY ALL ORDER BY s.created_at DESC")
+
+

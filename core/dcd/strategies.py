@@ -1,0 +1,244 @@
+"""Selection strategies: how a debug-train set is chosen from the pool (DCD and its baselines).
+
+Methods (:data:`STRATEGIES`, all reached through :func:`select`):
+
+- ``dcd``: for each ``error_sample`` image, its nearest pool images (L2 in the embedder's space);
+  merged round-robin by neighbour rank (every error image gets its nearest first), de-duplicated
+  (an image found for several error images keeps its closest), cut to ``budget``.
+- ``random``: ``budget`` pool images drawn uniformly (same count as a DCD selection for a fair baseline).
+- ``all_pool``: every pool image.
+- ``error_sample_only``: the error sample itself, with its labels.
+
+Label policies for pool images (``dcd`` only), :data:`LABEL_POLICIES`:
+
+- ``weak``: the pool's weak label;
+- ``source``: the label of the error image the candidate was retrieved for;
+- ``agree``: keep only the candidates whose weak label *is* that error image's label, trained with it. Two
+  independent labels that agree are rarely both wrong, so this drops most of the pool's label noise, and it
+  drops neighbours of another class that were retrieved for what they share with the error image (its
+  background, say) rather than for the failure itself. It keeps fewer neighbours per error image, so
+  :func:`select_dcd` searches deeper until the budget is filled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from core.data.splits import split_counts
+from core.dcd.index import pool_index, search
+from core.dcd.selection import Selection, save_selection
+from core.runner.progress import Progress
+from core.store.vectors import load_embeddings
+from core.store.workspace import Workspace
+
+LabelPolicy = Literal["weak", "source", "agree"]
+LABEL_POLICIES = ("weak", "source", "agree")
+DEFAULT_LABEL_POLICY: LabelPolicy = "agree"
+
+
+def neighbours(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *, k: int,
+               queries: np.ndarray | None = None, progress: Progress | None = None) -> pd.DataFrame:
+    """Every (source, neighbour) pair: source_image_id, image_id, neighbour_rank, distance.
+
+    Sources are ``source_ids`` (default: the whole error sample) looked up in the embedder's vectors,
+    or raw ``queries`` vectors (e.g. an uploaded image), which get source ids -1, -2, ...
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    index, _ = pool_index(ws, embedder_id, progress=progress)
+    src, queries = query_vectors(ws, embedder_id, source_ids, queries=queries)
+    dist, ids = search(index, queries, k)
+    return pairs_from_search(src, dist, ids)
+
+
+def query_vectors(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *,
+                  queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(source ids, vectors) to search with: as :func:`neighbours` takes them."""
+    if queries is not None:
+        return -np.arange(1, len(queries) + 1), queries
+    if source_ids is None:
+        src, queries = load_embeddings(ws, embedder_id, splits=["error_sample"])
+    else:
+        src, queries = load_embeddings(ws, embedder_id, image_ids=list(source_ids))
+    if len(src) == 0:
+        raise ValueError(f"no embedded error-sample images for {embedder_id!r}: embed the error_sample "
+                         f"split (or pick images that have embeddings)")
+    return src, queries
+
+
+def pairs_from_search(source_ids: Sequence[int], distances: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
+    """faiss search output as (source_image_id, image_id, neighbour_rank, distance) rows, -1 pads dropped."""
+    src = np.asarray(source_ids, np.int64)
+    rows = pd.DataFrame({
+        "source_image_id": np.repeat(src, ids.shape[1]),
+        "image_id": ids.reshape(-1),
+        "neighbour_rank": np.tile(np.arange(ids.shape[1]), len(src)),
+        "distance": distances.reshape(-1),
+    })
+    return rows[rows.image_id >= 0].reset_index(drop=True)
+
+
+def merge_candidates(pairs: pd.DataFrame, budget: int | None) -> pd.DataFrame:
+    """Round-robin over neighbour rank, de-duplicated (closest source kept), cut to ``budget``."""
+    best = pairs.sort_values(["distance"]).drop_duplicates("image_id", keep="first")
+    ordered = best.sort_values(["neighbour_rank", "distance"]).reset_index(drop=True)
+    if budget is not None:
+        ordered = ordered.head(budget)
+    ordered["rank"] = np.arange(len(ordered))
+    return ordered
+
+
+def _labels_for(ws: Workspace, image_ids: np.ndarray, column: str) -> np.ndarray:
+    df = ws.df(f"SELECT image_id, {column} AS label FROM images WHERE image_id IN "
+               f"(SELECT unnest(?::BIGINT[]))", [list(map(int, np.unique(image_ids)))])
+    return df.set_index("image_id")["label"].reindex(image_ids).to_numpy()
+
+
+def label_pairs(ws: Workspace, pairs: pd.DataFrame, label_policy: str, *,
+                source_label: int | None = None) -> pd.DataFrame:
+    """``pairs`` with the ``label`` each candidate would be trained with, under ``label_policy``.
+
+    Sources with negative ids (an uploaded image) have label ``source_label``. Under ``agree`` only the pairs
+    whose weak label equals the source's label are kept, and ``neighbour_rank`` counts among those.
+    """
+    if label_policy not in LABEL_POLICIES:
+        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+    out = pairs.copy()
+    if out.empty:
+        out["label"] = pd.Series(dtype="Int64")
+        return out
+    weak = pd.array(_labels_for(ws, out.image_id.to_numpy(), "weak_label"), dtype="Int64")
+    if label_policy == "weak":
+        out["label"] = weak
+        return out
+    src_ids = out.source_image_id.to_numpy()
+    src = pd.array([pd.NA] * len(out), dtype="Int64")
+    known = src_ids >= 0
+    if known.any():
+        src[known] = pd.array(_labels_for(ws, src_ids[known], "label"), dtype="Int64")
+    if source_label is not None:
+        src[~known] = int(source_label)
+    out["label"] = src
+    if label_policy == "agree":
+        out = out[(weak == src).fillna(False).to_numpy(dtype=bool)]
+        # rank among the kept, so that the round-robin merge still gives every error image its nearest first
+        out = out.sort_values(["source_image_id", "distance"], kind="stable")
+        out["neighbour_rank"] = out.groupby("source_image_id").cumcount()
+    return out.reset_index(drop=True)
+
+
+def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
+                budget: int | None, label_policy: str, source_label: int | None = None
+                ) -> tuple[pd.DataFrame, int]:
+    """Merged, labelled candidates for ``queries`` (one per source id) from the pool ``index``, and the
+    search depth used: ``k``, or under ``agree`` doubled (up to the pool's size) until the agreeing
+    candidates fill ``budget``."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    n_pool = int(index.ntotal)
+    depth = max(1, min(k, n_pool))
+    while True:
+        pairs = pairs_from_search(source_ids, *search(index, queries, depth))
+        items = merge_candidates(label_pairs(ws, pairs, label_policy, source_label=source_label), budget)
+        if label_policy != "agree" or budget is None or len(items) >= budget or depth >= n_pool:
+            return items, depth
+        depth = min(n_pool, 2 * depth)
+
+
+def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
+               label_policy: LabelPolicy = DEFAULT_LABEL_POLICY, name: str | None = None,
+               source_ids: Sequence[int] | None = None, progress: Progress | None = None) -> Selection:
+    """Retrieve the debug-train set for the error sample and store it as a selection.
+
+    Under ``agree`` the search goes deeper than ``k`` until the budget is filled (:func:`fill_budget`); the
+    depth used is stored in the selection's params as ``k_searched``.
+    """
+    if label_policy not in LABEL_POLICIES:
+        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+    index, info = pool_index(ws, embedder_id, progress=progress)
+    src, queries = query_vectors(ws, embedder_id, source_ids)
+    items, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=label_policy)
+    params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
+              "embedder_id": embedder_id}
+    return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)
+
+
+def select_random(ws: Workspace, *, n: int, seed: int = 0, name: str | None = None) -> Selection:
+    """``n`` pool images drawn uniformly, with their weak labels."""
+    pool = ws.df("SELECT image_id, weak_label AS label FROM images WHERE split = 'pool' ORDER BY image_id")
+    rng = np.random.default_rng(seed)
+    take = pool.iloc[np.sort(rng.choice(len(pool), min(n, len(pool)), replace=False))].copy()
+    take["rank"] = np.arange(len(take))
+    return save_selection(ws, name or f"random-{len(take)}", "random", take, params={"n": n, "seed": seed})
+
+
+def select_all_pool(ws: Workspace, *, name: str | None = None) -> Selection:
+    pool = ws.df("SELECT image_id, weak_label AS label FROM images WHERE split = 'pool' ORDER BY image_id")
+    pool["rank"] = np.arange(len(pool))
+    return save_selection(ws, name or "all-pool", "all_pool", pool, params={})
+
+
+def select_error_sample(ws: Workspace, *, name: str | None = None) -> Selection:
+    es = ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id")
+    es["rank"] = np.arange(len(es))
+    return save_selection(ws, name or "error-sample-only", "error_sample_only", es, params={})
+
+
+def default_budget(n_error_sample: int, n_pool: int) -> int:
+    """10 candidates per error image, at most a quarter of the pool."""
+    return max(1, min(10 * n_error_sample, n_pool // 4 or n_pool))
+
+
+def default_k(budget: int, n_error_sample: int) -> int:
+    """Enough neighbours per error image to fill the budget after de-duplication (2x headroom)."""
+    return max(5, math.ceil(2 * budget / max(1, n_error_sample)))
+
+
+@dataclass(frozen=True)
+class SelectionRequest:
+    """What a strategy is asked for. ``budget``: most images (``random``: exactly that many; default
+    :func:`default_budget`); ``neighbours``: DCD's search depth per error image (default :func:`default_k`);
+    ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw."""
+
+    budget: int | None = None
+    neighbours: int | None = None
+    embedder_id: str | None = None
+    label_policy: LabelPolicy = DEFAULT_LABEL_POLICY
+    seed: int = 0
+    name: str | None = None
+
+    def resolved_budget(self, ws: Workspace) -> int:
+        counts = split_counts(ws)
+        return self.budget or default_budget(counts["error_sample"], counts["pool"])
+
+
+def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
+    if not req.embedder_id:
+        raise ValueError("a dcd selection needs an embedder (embedder_id); embed the pool first")
+    budget = req.resolved_budget(ws)
+    k = req.neighbours or default_k(budget, split_counts(ws)["error_sample"])
+    return select_dcd(ws, embedder_id=req.embedder_id, k=k, budget=budget, label_policy=req.label_policy,
+                      name=req.name, progress=progress)
+
+
+STRATEGIES: dict[str, Callable[[Workspace, SelectionRequest, Progress | None], Selection]] = {
+    "dcd": _dcd,
+    "random": lambda ws, req, progress: select_random(ws, n=req.resolved_budget(ws), seed=req.seed, name=req.name),
+    "all_pool": lambda ws, req, progress: select_all_pool(ws, name=req.name),
+    "error_sample_only": lambda ws, req, progress: select_error_sample(ws, name=req.name),
+}
+METHODS = tuple(STRATEGIES)
+
+
+def select(ws: Workspace, method: str, request: SelectionRequest = SelectionRequest(), *,
+           progress: Progress | None = None) -> Selection:
+    """Make and store a selection with one of :data:`METHODS`."""
+    if method not in STRATEGIES:
+        raise ValueError(f"unknown selection method {method!r}; choose one of {list(METHODS)}")
+    return STRATEGIES[method](ws, request, progress)

@@ -1,0 +1,110 @@
+"""Predictions of a classifier on the workspace's images, and the metrics computed from them.
+
+Metrics are stored per (model, eval set, metric): eval sets are the splits (``test``, ``error_heldout``,
+``error_sample``, ``train``), ``test/group=<g>`` for every ground-truth group of the test split, and
+``test`` carries ``worst_group_acc`` where groups are known. Accuracy is a fraction in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from core.data.images import pixels
+from core.data.splits import images_df
+from core.models.catalog import load_classifier
+from core.models.inference import choose_precision, predict_probs
+from core.runner.progress import Progress, as_progress
+from core.store.workspace import Workspace, replace_model_rows
+
+
+def predict(ws: Workspace, model_id: str, *, splits: Sequence[str] = ("train", "test", "error_sample",
+                                                                      "error_heldout"),
+            allow_bf16: bool = True, progress: Progress | None = None) -> pd.DataFrame:
+    """Run a classifier on the given splits and store its predictions (replacing older ones)."""
+    progress = as_progress(progress)
+    model, data_config = load_classifier(ws, model_id)
+    df = images_df(ws, list(splits))
+    if df.empty:
+        raise ValueError(f"no images in splits {list(splits)}")
+    px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.3))
+    check = choose_precision(model, px[:128], data_config, embedding=False, allow_bf16=allow_bf16)
+    probs = predict_probs(model, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 0.95))
+    # The label the prediction is judged against: the trusted label, else the pool's weak label.
+    target = df["label"].fillna(df["weak_label"])
+    known = target.notna().to_numpy()
+    t = target.fillna(0).astype(int).to_numpy()
+    pred = probs.argmax(1)
+    p_true = probs[np.arange(len(t)), np.clip(t, 0, probs.shape[1] - 1)]
+    loss = np.where(known, -np.log(np.clip(p_true, 1e-12, 1.0)), np.nan)
+    table = pa.table({
+        "model_id": pa.array([model_id] * len(df)),
+        "image_id": pa.array(df.image_id.to_numpy(np.int64)),
+        "pred": pa.array(pred.astype(np.int32)),
+        "confidence": pa.array(probs.max(1).astype(np.float32)),
+        "probs": pa.array(list(probs.astype(np.float32)), type=pa.list_(pa.float32())),
+        "loss": pa.array(loss.astype(np.float32), mask=~known),
+        "correct": pa.array(pred == t, mask=~known),
+    })
+    with ws.write() as con:
+        replace_model_rows(con, "predictions", table, model_id=model_id, key="image_id")
+    progress.report(1.0, f"predicted {len(df)} images ({check.reason})", force=True)
+    return df.assign(pred=pred, confidence=probs.max(1))
+
+
+def compute_metrics(ws: Workspace, model_id: str) -> dict[str, dict[str, float]]:
+    """Accuracy per split and per test group from stored predictions; stored and returned.
+
+    Returns ``{eval_set: {metric: value}}``.
+    """
+    df = ws.df("SELECT i.split, i.group_name, i.label, p.pred, p.correct FROM predictions p "
+               "JOIN images i USING (image_id) WHERE p.model_id = ? AND i.label IS NOT NULL", [model_id])
+    if df.empty:
+        raise ValueError(f"no predictions for {model_id!r}; run `python -m jobs.predict` first")
+    rows: list[tuple[str, str, float, int]] = []
+    for split, part in df.groupby("split"):
+        rows.append((split, "accuracy", float(part.correct.mean()), len(part)))
+        if split == "test":
+            per_class = part.groupby("label").correct.mean()
+            rows.append((split, "balanced_accuracy", float(per_class.mean()), len(part)))
+            groups = part.dropna(subset=["group_name"]).groupby("group_name").correct.agg(["mean", "size"])
+            for g, r in groups.iterrows():
+                rows.append((f"test/group={g}", "accuracy", float(r["mean"]), int(r["size"])))
+            if len(groups):
+                rows.append((split, "worst_group_acc", float(groups["mean"].min()), len(part)))
+    out = pd.DataFrame(rows, columns=["eval_set", "metric", "value", "n"]).assign(model_id=model_id)
+    with ws.write() as con:
+        replace_model_rows(con, "metrics", out, model_id=model_id, key="eval_set",
+                           columns=("model_id", "eval_set", "metric", "value", "n"))
+    result: dict[str, dict[str, float]] = {}
+    for r in out.itertuples(index=False):
+        result.setdefault(r.eval_set, {})[r.metric] = r.value
+    return result
+
+
+def evaluate(ws: Workspace, model_id: str, *, progress: Progress | None = None) -> dict[str, dict[str, float]]:
+    """Predict on the evaluation splits and compute the metrics."""
+    predict(ws, model_id, progress=progress)
+    return compute_metrics(ws, model_id)
+
+
+def metrics_table(ws: Workspace, model_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Long table of stored metrics joined with each model's method."""
+    where, params = "", []
+    if model_ids:
+        where = f"WHERE m.model_id IN ({', '.join('?' * len(model_ids))})"
+        params = list(model_ids)
+    return ws.df(f"SELECT m.model_id, md.method, md.created_at, m.eval_set, m.metric, m.value, m.n "
+                 f"FROM metrics m JOIN models md USING (model_id) {where} "
+                 f"ORDER BY md.created_at, m.eval_set, m.metric", params)
+
+
+def metrics_summary(metrics: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    return {
+        "test_acc": metrics.get("test", {}).get("accuracy"),
+        "error_heldout_acc": metrics.get("error_heldout", {}).get("accuracy"),
+        "worst_group_acc": metrics.get("test", {}).get("worst_group_acc"),
+    }

@@ -1,0 +1,240 @@
+"""Training and fine-tuning classifiers on in-memory image arrays (CPU, fp32).
+
+:func:`fit` is the one training loop: SGD with momentum, cosine learning rate with warm-up, light
+augmentation, optional per-image loss hook (used by CoRM mitigation). :func:`train_classifier` trains the
+classifier under debug from the workspace's ``train`` split; :func:`retrain` fine-tunes a classifier on
+``train`` plus a debug-train selection. bf16 autocast is not used for training: on this CPU its backward
+pass is slower than fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data.images import augment, pixels, to_tensor
+from core.data.splits import images_df, require_split
+from core.dcd.selection import selection_items
+from core.models.catalog import (
+    get_model,
+    load_classifier,
+    new_model_id,
+    register_model,
+    set_current_classifier,
+)
+from core.models.checkpoints import save_checkpoint, weights_include_head
+from core.models.config import DataConfig
+from core.models.factory import create_model, default_data_config
+from core.models.features import feature_dim
+from core.runner.progress import Progress, as_progress
+from core.store.workspace import Workspace
+
+# Fine-tuning draws this share of its batches from the added selection (see TrainConfig.added_share).
+ADDED_SHARE = 0.5
+# Fine-tuning visits at most this many times the train set's size per epoch, whatever was added.
+FINETUNE_EPOCH_CAP = 2
+
+# loss_fn(model, x, y, index) -> scalar loss; ``index`` are the rows of the batch in the training arrays.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    # Fine-tuning only: the share of every batch drawn from the added (debug-train) images, whatever their
+    # number, so that a few hundred targeted images are not drowned by train; None samples all alike.
+    added_share: float | None = ADDED_SHARE
+
+    def finetune(self, epochs: int | None = None, lr: float | None = None) -> "TrainConfig":
+        """The schedule used to fine-tune an already trained classifier."""
+        return replace(self, epochs=epochs or max(3, self.epochs // 2), lr=lr or self.lr * 0.2,
+                       warmup_epochs=0.0)
+
+
+def _set_threads() -> None:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig,
+        config: TrainConfig, *, loss_fn: LossFn | None = None, samples_per_epoch: int | None = None,
+        sample_weights: np.ndarray | None = None, progress: Progress | None = None) -> nn.Module:
+    """Train ``model`` in place on uint8 ``images`` (N x H x W x 3) with integer ``labels``.
+
+    ``samples_per_epoch`` caps how many images an epoch visits (a fresh random subset each epoch), so that
+    a huge added set (e.g. the whole pool) costs no more than a fixed compute budget. ``sample_weights``
+    (one non-negative weight per image) draws each epoch's images with replacement in proportion to them.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise ValueError("no training images")
+    _set_threads()
+    progress = as_progress(progress)
+    gen = torch.Generator().manual_seed(config.seed)
+    y_all = torch.tensor(np.asarray(labels, dtype=np.int64))
+    per_epoch = min(len(images), samples_per_epoch or len(images))
+    weights = None
+    if sample_weights is not None:
+        weights = torch.as_tensor(np.asarray(sample_weights, dtype=np.float64))
+        if weights.shape != (len(images),) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise ValueError("sample_weights needs one non-negative weight per image, not all zero")
+    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+
+    def default_loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(m(x), y, label_smoothing=config.label_smoothing)
+
+    loss_fn = loss_fn or default_loss
+    model.train()
+    step = 0
+    for epoch in range(config.epochs):
+        order = (torch.randperm(len(images), generator=gen)[:per_epoch] if weights is None
+                 else torch.multinomial(weights, per_epoch, replacement=True, generator=gen))
+        running = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x = to_tensor(images[idx.numpy()], data_config)
+            if config.augment:
+                x = augment(x, gen)
+            loss = loss_fn(model, x, y_all[idx], idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            running += loss.item()
+            progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
+        print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
+    model.eval()
+    return model
+
+
+def class_index(ws: Workspace) -> int:
+    n = int(ws.scalar("SELECT count(*) FROM classes"))
+    if n < 2:
+        raise ValueError("the workspace has fewer than 2 classes; ingest a dataset first")
+    return n
+
+
+def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hub: bool = False,
+                     image_size: int | None = None, config: TrainConfig = TrainConfig(),
+                     model_id: str | None = None, progress: Progress | None = None) -> str:
+    """Train (or load) the classifier under debug on ``train``; register it and make it current.
+
+    With ``weights`` holding a complete classifier for this workspace's classes (a DCD Studio checkpoint,
+    or a checkpoint whose head has as many outputs as there are classes), the model is used as is. With
+    backbone-only weights (e.g. ImageNet), the head is new and the model is fine-tuned on ``train``.
+    """
+    progress = as_progress(progress)
+    num_classes = class_index(ws)
+    torch.manual_seed(config.seed)  # the initial weights (a new head, or the whole model) follow --seed
+    model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
+    data_config = default_data_config(model, image_size)
+    trained_already = weights is not None and weights_include_head(model, weights, num_classes)
+    model_id = model_id or new_model_id("baseline")
+    if not trained_already:
+        train = images_df(ws, ["train"])
+        require_split(train, "train", "to train the classifier")
+        if train["label"].isna().any():
+            raise ValueError("some train images have no label")
+        px = pixels(ws, train.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
+        cfg = config if weights is None else config.finetune()
+        fit(model, px, train.label.to_numpy(), data_config, cfg, progress=progress.span(0.1, 1.0))
+    ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=arch,
+                           num_classes=num_classes, data_config=data_config, class_names=ws.class_names())
+    register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
+                   checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),
+                   config={"weights": weights, "hub": hub, "data_config": data_config.to_dict(),
+                           "train": asdict(config), "trained_here": not trained_already})
+    set_current_classifier(ws, model_id)
+    return model_id
+
+
+def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] | None = None,
+                 relabel: dict[int, int] | None = None) -> pd.DataFrame:
+    """``train`` plus a selection's non-rejected items (with the labels the selection gives them)."""
+    train = images_df(ws, ["train"])[["image_id", "path", "label"]]
+    parts = [train.assign(source="train")]
+    if selection_id:
+        sel = selection_items(ws, selection_id)[["image_id", "path", "label"]]
+        parts.append(sel.assign(source="selection"))
+    df = pd.concat(parts, ignore_index=True)
+    if drop_ids:
+        df = df[~df.image_id.isin(drop_ids)]
+    if relabel:
+        df["label"] = [relabel.get(int(i), lbl) for i, lbl in zip(df.image_id, df.label)]
+    return df.reset_index(drop=True)
+
+
+def share_weights(is_added: np.ndarray, added_share: float | None) -> np.ndarray | None:
+    """Per-image sampling weights giving the added images ``added_share`` of the draws (None: uniform)."""
+    if added_share is None:
+        return None
+    if not 0.0 < added_share < 1.0:
+        raise ValueError(f"added_share must be between 0 and 1 (exclusive), got {added_share}")
+    n_added = int(is_added.sum())
+    n_rest = len(is_added) - n_added
+    if n_added == 0 or n_rest == 0:
+        return None
+    return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
+
+
+def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, method: str,
+            config: TrainConfig = TrainConfig(), epochs: int | None = None,
+            loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
+            drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
+            progress: Progress | None = None) -> str:
+    """Fine-tune ``base_model_id`` on train + selection; register the new classifier and return its id.
+
+    ``config.added_share`` (0 < share < 1) draws that share of every fine-tuning batch from the selection's
+    images and the rest from ``train``, whatever their sizes; ``None`` samples all images alike.
+    """
+    progress = as_progress(progress)
+    base = get_model(ws, base_model_id)
+    model, data_config = load_classifier(ws, base_model_id)
+    model = copy.deepcopy(model)
+    df = training_set(ws, selection_id, drop_ids=drop_ids, relabel=relabel)
+    px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
+    cfg = config.finetune(epochs)
+    loss_fn = loss_fn_factory(df, px) if loss_fn_factory else None
+    n_train = int((df.source == "train").sum())
+    weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share)
+    fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
+        samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
+        progress=progress.span(0.1, 1.0))
+    model_id = new_model_id(method)
+    ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=base.arch,
+                           num_classes=int(base.num_classes or 0), data_config=data_config,
+                           class_names=ws.class_names())
+    register_model(ws, model_id=model_id, role="classifier", arch=base.arch, parent_id=base_model_id,
+                   method=method, checkpoint=str(ckpt), num_classes=base.num_classes,
+                   embed_dim=base.embed_dim,
+                   config={"selection_id": selection_id, "data_config": data_config.to_dict(),
+                           "train": asdict(cfg), "n_train": len(df),
+                           "n_added": int((df.source == "selection").sum())})
+    return model_id

@@ -1,0 +1,193 @@
+"""A job as a command: its parser built from the job registry, and the run recorded in the job table.
+
+``python -m jobs.<name>`` calls :func:`main`: parse the flags of the job's :class:`~core.runner.registry.JobSpec`
+(plus ``--workspace``, ``--json`` and the launcher's hidden ``--job-id``), open the workspace, and run the job
+as a recorded job (queued -> running -> succeeded/failed/cancelled) with a heartbeat, SIGTERM as a clean
+cancellation, and the ``--json`` report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.runner.options import Option, split_values
+from core.runner.progress import Progress
+from core.runner.registry import JobSpec, get_job
+from core.store.jobs import HEARTBEAT_SECONDS, JobStore
+from core.store.workspace import Workspace, WorkspaceError
+
+#: Flags every job has; the launcher sets them itself.
+COMMON_DESTS = ("workspace", "json", "job_id")
+_ALIAS_PREFIX = "_alias__"
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "text": str, "path": str, "choice": str,
+                                          "list": str}
+
+
+class JobCancelled(Exception):
+    pass
+
+
+def _argparse_kwargs(o: Option) -> dict[str, Any]:
+    if o.kind == "flag":
+        return {"action": "store_true"}
+    kw: dict[str, Any] = {"type": _TYPES[o.kind]}
+    if o.kind == "choice":
+        kw["choices"] = o.choices
+    if o.kind == "list":
+        kw["nargs"] = "+"
+        kw["metavar"] = o.name.upper()
+    return kw
+
+
+def _help(o: Option) -> str:
+    text = o.help.replace("%", "%%")
+    if o.kind == "list" and o.choices:
+        text += f" (any of {', '.join(o.choices)})"
+    return text
+
+
+def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
+    """The job's command-line parser; deprecated spellings are accepted but hidden from ``--help``."""
+    p = argparse.ArgumentParser(prog=f"python -m jobs.{spec.name}", description=spec.summary)
+    p.add_argument("--workspace", default=os.environ.get("DCD_WORKSPACE"),
+                   help="workspace folder (default: $DCD_WORKSPACE)")
+    p.add_argument("--json", type=Path, default=None, help="also write the job's result as JSON here")
+    p.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the app's launcher
+    exclusive: dict[str, Any] = {}
+    for names in spec.one_of:
+        group = p.add_mutually_exclusive_group(required=True)
+        exclusive.update({name: group for name in names})
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for o in spec.options:
+        if o.name in exclusive:
+            target: Any = exclusive[o.name]
+        elif o.group:
+            target = groups.setdefault(o.group, p.add_argument_group(o.group))
+        else:
+            target = p
+        kw = _argparse_kwargs(o)
+        target.add_argument(o.flag, dest=o.name, default=o.default, help=_help(o),
+                            **({"required": True} if o.required else {}), **kw)
+        for alias in o.aliases:
+            p.add_argument(alias, dest=_ALIAS_PREFIX + o.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                           **kw)
+    return p
+
+
+def parse_args(spec: JobSpec, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` for ``spec``: deprecated spellings are mapped (with a warning on stderr), list values
+    split on commas and checked against their choices."""
+    parser = build_parser(spec)
+    opts = parser.parse_args(list(argv))
+    for o in spec.options:
+        alias_dest = _ALIAS_PREFIX + o.name
+        if hasattr(opts, alias_dest):
+            used = [a for a in o.aliases if a in argv or any(str(x).startswith(a + "=") for x in argv)]
+            print(f"warning: {used[0] if used else o.aliases[0]} is deprecated for jobs.{spec.name}; "
+                  f"use {o.flag}", file=sys.stderr)
+            setattr(opts, o.name, getattr(opts, alias_dest))
+            delattr(opts, alias_dest)
+        if o.kind == "list":
+            value = getattr(opts, o.name)
+            values = split_values(list(value) if isinstance(value, (list, tuple)) else None)
+            if values is not None and o.choices:
+                bad = [v for v in values if v not in o.choices]
+                if bad:
+                    parser.error(f"argument {o.flag}: invalid choice(s) {bad} (choose from {', '.join(o.choices)})")
+            setattr(opts, o.name, values)
+    return opts
+
+
+def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            store.update(job_id)
+        except Exception:  # a missed heartbeat is not worth killing the job
+            pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise JobCancelled("cancelled by request (SIGTERM)")
+
+
+def main(name: str, argv: Sequence[str] | None = None, *,
+         report: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Run job ``name`` from the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code;
+    ``report(result)`` prints the result for a person."""
+    spec = get_job(name)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    opts = parse_args(spec, argv_list)
+    if not opts.workspace:
+        print(f"error: {name} needs --workspace DIR (or the DCD_WORKSPACE environment variable)", file=sys.stderr)
+        return 2
+    try:
+        ws = (Workspace.create(opts.workspace, exist_ok=True) if spec.creates_workspace
+              else Workspace.open(opts.workspace))
+    except WorkspaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_recorded(spec, ws, opts, argv_list, report=report)
+
+
+def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: list[str], *,
+                 report: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Run ``spec`` as a job recorded in the workspace's job table; returns the process exit code."""
+    store = ws.jobs()
+    store.init()
+    job_id = opts.job_id or store.create(spec.name, argv)
+    store.start(job_id, os.getpid())
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True).start()
+    progress = Progress(lambda f, m: store.update(job_id, progress=f, message=m))
+    try:
+        result = spec.run(ws, opts, progress) or {}
+        if report is not None:
+            report(result)
+        if opts.json:
+            opts.json.parent.mkdir(parents=True, exist_ok=True)
+            opts.json.write_text(json.dumps(result, indent=2, default=str))
+        store.finish(job_id, "succeeded", result=result, message="done")
+        return 0
+    except (JobCancelled, KeyboardInterrupt) as exc:
+        store.finish(job_id, "cancelled", error=str(exc) or "cancelled")
+        print(f"{spec.name}: cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        traceback.print_exc()
+        store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop.set()
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Rows as a plain-text table: ``columns`` are (key, title, format spec); missing values print empty."""
+    def cell(value: Any, spec: str) -> str:
+        return "" if value is None else format(value, spec) if spec else str(value)
+
+    texts = [[cell(r.get(key), spec) for key, _, spec in columns] for r in rows]
+    widths = [max([len(title)] + [len(t[i]) for t in texts]) for i, (_, title, _) in enumerate(columns)]
+    lines = ["  ".join(title.rjust(w) if i else title.ljust(w) for i, ((_, title, _), w) in
+                       enumerate(zip(columns, widths)))]
+    lines += ["  ".join(t.rjust(w) if i else t.ljust(w) for i, (t, w) in enumerate(zip(row, widths)))
+              for row in texts]
+    return "\n".join(lines)
+
+
+def methods_table(result: dict[str, Any]) -> str:
+    """The ``methods`` of a pipeline or retrain result as a table."""
+    rows = [{"method": m, **r} for m, r in result.get("methods", {}).items()]
+    return format_table(rows, [("method", "method", ""), ("test_acc", "test_acc", ".3f"),
+                               ("error_heldout_acc", "error_heldout_acc", ".3f"),
+                               ("worst_group_acc", "worst_group_acc", ".3f"), ("n_added", "n_added", "")])

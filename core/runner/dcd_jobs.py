@@ -1,0 +1,291 @@
+"""The DCD loop's jobs: ingest, train, embed, predict, select, retrain, evaluate, and the whole pipeline.
+
+Each job is a :class:`~core.runner.registry.JobSpec`: its options and a ``run`` that calls core and returns
+a JSON-ready result. ``python -m jobs.<name>`` runs it from the command line; the app's Jobs page
+launches the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from core.runner.options import (
+    Option,
+    classifier_options,
+    embedder_options,
+    embedder_spec,
+    selection_options,
+    train_config,
+    train_options,
+)
+from core.runner.progress import Progress
+from core.runner.registry import JobSpec, register_job
+from core.store.workspace import Workspace
+
+EVALUATED_SPLITS = ["train", "test", "error_sample", "error_heldout"]
+
+
+class NothingIngestedError(RuntimeError):
+    """Every input row was rejected; the job fails so that nobody mistakes it for a success."""
+
+
+# -- ingest -------------------------------------------------------------------------------------------
+
+def _ingest(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.data.ingest import ingest_imagefolder, ingest_manifest
+
+    if opts.manifest is not None:
+        report = ingest_manifest(ws, Path(opts.manifest), classes=opts.classes, progress=progress)
+    else:
+        report = ingest_imagefolder(ws, Path(opts.imagefolder), classes=opts.classes, progress=progress)
+    print(report.summary())
+    if report.n_added == 0:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in report.rejections_by_reason().items())
+        raise NothingIngestedError(
+            f"no row of {report.source} was added ({report.n_rows} rows, all rejected: {reasons or 'none'}). "
+            f"See {report.rejections_path or 'the summary above'} for each row's reason.")
+    return report.to_dict()
+
+
+register_job(JobSpec(
+    "ingest", "Ingest an image dataset (a CSV/Parquet manifest or an ImageFolder tree) into a workspace.",
+    (Option("manifest", "path", help="CSV or Parquet with columns path,label,split[,weak_label][,group][,true_label]"),
+     Option("imagefolder", "path", help="folder laid out as ROOT/<split>/<class>/<image>; under ROOT/pool/ the "
+                                        "class folder is the weak label"),
+     Option("classes", "list", help="class names in class-id order (default: the workspace's classes, else the "
+                                    "sorted labels of the train split)")),
+    _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True))
+
+
+# -- train, predict, evaluate ---------------------------------------------------------------------------
+
+def _train(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.models.evaluation import evaluate, metrics_summary
+    from core.models.training import train_classifier
+
+    model_id = train_classifier(ws, arch=opts.classifier, weights=opts.classifier_weights, hub=opts.hub,
+                                image_size=opts.image_size, config=train_config(opts), progress=progress.span(0, 0.9))
+    metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    return {"model_id": model_id, **metrics_summary(metrics)}
+
+
+_TRAIN_CLASSIFIER = tuple(o for o in classifier_options() if o.name != "classifier_id")
+register_job(JobSpec("train", "Train the classifier under debug on the train split (it becomes the current one).",
+                     _TRAIN_CLASSIFIER + train_options(), _train))
+
+
+def _predict(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.models.catalog import require_classifier
+    from core.models.evaluation import predict
+
+    model_id = require_classifier(ws, opts.classifier_id, purpose="predict with")
+    df = predict(ws, model_id, splits=opts.splits, progress=progress)
+    return {"model_id": model_id, "n_predicted": len(df)}
+
+
+register_job(JobSpec(
+    "predict", "Predict with a classifier and store the predictions.",
+    (Option("classifier_id", picker="classifier", aliases=("--model-id",),
+            help="classifier (default: the current one)"),
+     Option("splits", "list", EVALUATED_SPLITS, choices=("train", "test", "error_sample", "error_heldout", "pool"),
+            help="splits to predict")),
+    _predict))
+
+
+def _evaluate(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.models.catalog import list_models
+    from core.models.evaluation import evaluate, metrics_summary
+
+    ids = opts.classifier_id or list_models(ws, "classifier").model_id.tolist()
+    if not ids:
+        raise ValueError("the workspace has no classifier to evaluate; run jobs.train first")
+    out = {}
+    for i, model_id in enumerate(ids):
+        out[model_id] = metrics_summary(evaluate(ws, model_id,
+                                                 progress=progress.span(i / len(ids), (i + 1) / len(ids))))
+    return {"models": out}
+
+
+register_job(JobSpec(
+    "evaluate", "Evaluate classifiers on test, error_heldout and every group.",
+    (Option("classifier_id", "list", picker="classifier", aliases=("--model-id",),
+            help="classifiers to evaluate (default: all)"),),
+    _evaluate))
+
+
+# -- embed, select ---------------------------------------------------------------------------------------
+
+def _embed(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.dcd.embed import embed_split_images
+    from core.dcd.index import pool_index
+
+    summary = embed_split_images(ws, embedder_spec(opts), splits=opts.splits, only_missing=opts.only_missing,
+                                 batch_size=opts.batch_size, allow_bf16=not opts.no_bf16,
+                                 progress=progress.span(0, 0.9))
+    if "pool" in opts.splits:
+        _, info = pool_index(ws, summary["embedder_id"], rebuild=True, progress=progress.span(0.9, 1.0))
+        summary["index"] = {"type": info.index_type, "n": info.n, "recall_at_k": info.recall_at_k,
+                            "build_seconds": round(info.build_seconds, 2)}
+    return summary
+
+
+def _embed_options() -> tuple[Option, ...]:
+    from core.data.constants import SPLITS
+    from core.dcd.embed import DEFAULT_EMBED_SPLITS
+
+    return embedder_options() + (
+        Option("classifier_id", picker="classifier", group="embedder",
+               help="with --embedder classifier: which classifier (default: the current one)"),
+        Option("splits", "list", list(DEFAULT_EMBED_SPLITS), choices=SPLITS, help="splits to embed"),
+        Option("only_missing", "flag", False, help="embed only images without a vector yet"),
+        Option("batch_size", "int", 128, advanced=True),
+        Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
+
+
+register_job(JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),
+                     _embed))
+
+
+def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.dcd.embed import EmbedderSpec
+    from core.dcd.strategies import SelectionRequest, select
+
+    embedder_id = None
+    if opts.method == "dcd":
+        embedder_id = opts.embedder_id or EmbedderSpec().embedder_id(ws)
+    request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=embedder_id,
+                               label_policy=opts.label_policy, seed=opts.seed, name=opts.name)
+    sel = select(ws, opts.method, request, progress=progress)
+    out = {"selection_id": sel.selection_id, "name": sel.name, "method": sel.method, "n": len(sel.items)}
+    if sel.index_info:
+        out["index"] = {"type": sel.index_info.index_type, "recall_at_k": sel.index_info.recall_at_k}
+    return out
+
+
+def _select_options() -> tuple[Option, ...]:
+    from core.dcd.strategies import METHODS
+
+    budget = next(o for o in selection_options() if o.name == "budget")
+    return (
+        Option("method", "choice", "dcd", choices=METHODS, help="how to choose the debug-train set (dcd)"),
+        Option("embedder_id", picker="embedder",
+               help="embedder whose vectors to search (default: the current classifier's own)"),
+        *(o for o in selection_options() if o.name != "budget"),
+        Option("budget", "int", aliases=("--n",), group="selection",
+               help=budget.help + "; for random: how many"),
+        Option("seed", "int", 0, advanced=True, help="seed of the random baseline's draw"),
+        Option("name", help="name of the selection (default: from method and sizes)"),
+    )
+
+
+register_job(JobSpec("select", "Select a debug-train set from the pool: DCD retrieval for the error sample, or a "
+                               "baseline.", _select_options(), _select))
+
+
+# -- retrain -----------------------------------------------------------------------------------------------
+
+def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: Progress) -> dict[str, Any]:
+    from core.models.evaluation import compute_metrics, evaluate, metrics_summary
+    from core.scanner.mitigation import CormConfig, corm_retrain
+
+    if opts.selection_id:
+        raise ValueError("--mitigate corm fine-tunes on train only; leave out --selection-id")
+    config = CormConfig(lam=opts.corm_lambda, sigma=opts.corm_sigma, mask_threshold=opts.mask_threshold,
+                        propagate=opts.propagate, propagate_threshold=opts.propagate_threshold,
+                        mislabeled=opts.mislabeled, epochs=opts.finetune_epochs)
+    try:
+        before = compute_metrics(ws, base)
+    except ValueError:
+        before = evaluate(ws, base, progress=progress.span(0, 0.05))
+    model_id, summary = corm_retrain(ws, base_model_id=base, run_id=opts.run_id, config=config,
+                                     train_config=train_config(opts), progress=progress.span(0.05, 0.9))
+    after = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    return {"methods": {"baseline": {**metrics_summary(before), "model_id": base},
+                        "corm": {**metrics_summary(after), "model_id": model_id}},
+            "corm": summary}
+
+
+def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.models.catalog import require_classifier
+    from core.models.evaluation import evaluate, metrics_summary
+    from core.models.training import retrain
+
+    base = require_classifier(ws, opts.classifier_id, purpose="fine-tune")
+    if opts.mitigate == "corm":
+        return _retrain_corm(ws, opts, base, progress)
+    method = opts.record_as
+    if method is None and opts.selection_id:
+        method = ws.scalar("SELECT method FROM selections WHERE selection_id = ?", [opts.selection_id])
+        if method is None:
+            raise ValueError(f"no selection {opts.selection_id!r} in the workspace")
+    model_id = retrain(ws, base_model_id=base, selection_id=opts.selection_id, method=method or "finetune",
+                       config=train_config(opts), epochs=opts.finetune_epochs, progress=progress.span(0, 0.9))
+    metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    return {"methods": {method or "finetune": {**metrics_summary(metrics), "model_id": model_id}}}
+
+
+def _mitigation_options() -> tuple[Option, ...]:
+    from core.scanner.mitigation import MISLABELED_POLICIES, CormConfig
+
+    d, g = CormConfig(), "mitigation (from slice annotations)"
+    return (
+        Option("mitigate", "choice", "none", choices=("none", "corm"), group=g,
+               help="corm: Core Risk Minimization from the slices annotated spurious / mislabeled"),
+        Option("run_id", picker="slice_run", group=g,
+               help="slice run whose annotations to use (default: the latest)"),
+        Option("corm_lambda", "float", d.lam, group=g, advanced=True, help=f"weight of the noise term ({d.lam})"),
+        Option("corm_sigma", "float", d.sigma, group=g, advanced=True,
+               help=f"noise std, normalised pixels ({d.sigma})"),
+        Option("mask_threshold", "float", d.mask_threshold, group=g, advanced=True,
+               help=f"share of an attribution map's peak that counts as spurious ({d.mask_threshold})"),
+        Option("propagate", "flag", False, group=g, advanced=True,
+               help="also mask train images sharing the spurious slices' feature (default: only their members)"),
+        Option("propagate_threshold", "float", d.propagate_threshold, group=g, advanced=True,
+               help=f"cosine similarity to the spurious prototype that gets masked ({d.propagate_threshold})"),
+        Option("mislabeled", "choice", d.mislabeled, choices=MISLABELED_POLICIES, group=g, advanced=True,
+               help=f"train members of slices annotated mislabeled: relabel to the model's label, drop, or keep "
+                    f"({d.mislabeled})"),
+    )
+
+
+register_job(JobSpec(
+    "retrain", "Fine-tune the classifier on train + a debug-train selection (or with CoRM) and evaluate it.",
+    (Option("selection_id", picker="selection", help="debug-train selection to add (none: train only)"),
+     Option("classifier_id", picker="classifier", aliases=("--base-model-id",),
+            help="classifier to fine-tune (default: the current one)"),
+     Option("record_as", aliases=("--method",), advanced=True,
+            help="method recorded for the new model (default: the selection's)"),
+     *train_options(), *_mitigation_options()),
+    _retrain))
+
+
+# -- the whole loop -------------------------------------------------------------------------------------------
+
+def pipeline_options() -> tuple[Option, ...]:
+    from core.dcd.strategies import METHODS
+
+    return (classifier_options() + embedder_options() + train_options() + selection_options()
+            + (Option("methods", "list", list(METHODS), choices=METHODS, group="selection",
+                      help="methods to compare"),))
+
+
+def pipeline_config(opts: argparse.Namespace):
+    from core.dcd.pipeline import PipelineConfig
+
+    return PipelineConfig(classifier=opts.classifier, classifier_weights=opts.classifier_weights,
+                          classifier_id=opts.classifier_id, hub=opts.hub, image_size=opts.image_size,
+                          embedder=embedder_spec(opts), k=opts.neighbours, budget=opts.budget,
+                          label_policy=opts.label_policy, train=train_config(opts),
+                          finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed)
+
+
+def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.dcd.pipeline import run_pipeline
+
+    return run_pipeline(ws, pipeline_config(opts), progress=progress)
+
+
+register_job(JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate.",
+                     pipeline_options(), _pipeline))

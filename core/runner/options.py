@@ -1,0 +1,185 @@
+"""Typed job options, declared once: the CLI parsers and the app's Jobs form are both built from them.
+
+An :class:`Option` names one setting of a job (``neighbours``, ``classifier_id`` ...); its flag is derived
+from the name (``--neighbours``). Groups of options that several jobs share (classifier, embedder, training,
+attribution) are tuples here, with the functions that turn parsed values into core's config objects.
+A renamed flag keeps its old spelling in ``aliases``: it still works and prints the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core.data.constants import SPLITS
+
+#: What an option's value is; the form picks its widget from this.
+KINDS = ("text", "int", "float", "flag", "choice", "list", "path")
+#: What of the workspace an option names; the form offers a picker of those.
+PICKERS = ("classifier", "selection", "embedder", "slice_run")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a job.
+
+    ``kind`` is one of :data:`KINDS`: a ``list`` takes several values (``--splits train test``; each value
+    may also be comma-separated: ``--splits train,test``); a ``choice`` (or a ``list`` with ``choices``)
+    takes only ``choices``. ``picker`` (one of :data:`PICKERS`) says which workspace objects the value
+    names. ``aliases`` are deprecated flags that still work and print the current one.
+    """
+
+    name: str
+    kind: str = "text"
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] | None = None
+    group: str = ""
+    required: bool = False
+    picker: str | None = None
+    aliases: tuple[str, ...] = ()
+    advanced: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"option {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.picker is not None and self.picker not in PICKERS:
+            raise ValueError(f"option {self.name!r}: picker must be one of {PICKERS}, got {self.picker!r}")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def with_defaults(options: tuple[Option, ...], **defaults: Any) -> tuple[Option, ...]:
+    """``options`` with some defaults replaced (by option name)."""
+    unknown = set(defaults) - {o.name for o in options}
+    if unknown:
+        raise ValueError(f"no option(s) {sorted(unknown)} to set a default for")
+    return tuple(replace(o, default=defaults[o.name]) if o.name in defaults else o for o in options)
+
+
+def split_values(values: list[str] | None) -> list[str] | None:
+    """A list option's values, each comma-separated part its own value (``["a,b", "c"] -> [a, b, c]``)."""
+    if values is None:
+        return None
+    return [part.strip() for v in values for part in str(v).split(",") if part.strip()]
+
+
+# -- groups shared by several jobs ------------------------------------------------------------------
+
+def classifier_options() -> tuple[Option, ...]:
+    from core.dcd.pipeline import DEFAULT_CLASSIFIER, DEFAULT_IMAGE_SIZE
+
+    g = "classifier"
+    return (
+        Option("classifier", default=DEFAULT_CLASSIFIER, group=g,
+               help=f"timm architecture, e.g. resnet18 or cifar_resnet20 (default {DEFAULT_CLASSIFIER})"),
+        Option("classifier_weights", "path", group=g,
+               help="local checkpoint: a trained classifier, or backbone weights to fine-tune"),
+        Option("classifier_id", group=g, picker="classifier", help="use this classifier of the workspace as is"),
+        Option("hub", "flag", False, group=g, advanced=True, help="download pretrained weights from timm's hub"),
+        Option("image_size", "int", DEFAULT_IMAGE_SIZE, group=g,
+               help=f"input resolution for a classifier trained here (default {DEFAULT_IMAGE_SIZE})"),
+    )
+
+
+def embedder_options() -> tuple[Option, ...]:
+    from core.models.features import EMBEDDING_LAYERS
+
+    g = "embedder"
+    return (
+        Option("embedder", default="classifier", group=g,
+               help="timm architecture (e.g. vit_small_patch16_224.dino, resnet50, cifar_resnet56), or "
+                    "'classifier' for the classifier's own penultimate layer (default)"),
+        Option("embedder_weights", "path", group=g, help="local weights file for the embedder"),
+        Option("embedder_hub", "flag", False, group=g, advanced=True,
+               help="download the embedder's weights from the hub"),
+        Option("embedder_layers", "choice", "penultimate", choices=EMBEDDING_LAYERS, group=g,
+               help="penultimate: the pooled last block (DCD's feature space); multiscale: mean and std of the "
+                    "last 3 stages, which also finds low-level shifts such as blur, fog or noise"),
+        Option("embedder_image_size", "int", group=g, advanced=True, help="override the embedder's input size"),
+    )
+
+
+def train_options() -> tuple[Option, ...]:
+    from core.models.training import TrainConfig
+
+    d, g = TrainConfig(), "training"
+    return (
+        Option("epochs", "int", d.epochs, group=g, help=f"epochs to train the classifier ({d.epochs})"),
+        Option("finetune_epochs", "int", group=g,
+               help="epochs to fine-tune on train + selection (default: half of --epochs, at least 3)"),
+        Option("added_share", "float", d.added_share, group=g, advanced=True,
+               help=f"share of every fine-tuning batch drawn from the added selection ({d.added_share}); "
+                    f"0 samples train and selection alike"),
+        Option("batch_size", "int", d.batch_size, group=g, advanced=True),
+        Option("lr", "float", d.lr, group=g, advanced=True, help=f"learning rate ({d.lr})"),
+        Option("seed", "int", d.seed, group=g, help="random seed of data order and initial weights"),
+    )
+
+
+def attribution_options() -> tuple[Option, ...]:
+    from core.scanner.attribution import (
+        DEFAULT_SPLITS,
+        METHODS,
+        TARGETS,
+        AttributionConfig,
+    )
+
+    d, g = AttributionConfig(), "attribution"
+    return (
+        Option("classifier_id", group=g, picker="classifier", aliases=("--model-id",),
+               help="classifier to attribute (default: the current one)"),
+        Option("attribution", "choice", d.method, choices=METHODS, group=g, aliases=("--method",),
+               help=f"attribution method ({d.method})"),
+        Option("target", "choice", d.target, choices=TARGETS, group=g, advanced=True,
+               help="class to attribute: the image's label where known, or the prediction (label)"),
+        Option("heatmap_size", "int", d.heatmap_size, group=g, advanced=True,
+               help=f"stored map side ({d.heatmap_size})"),
+        Option("splits", "list", list(DEFAULT_SPLITS), choices=SPLITS, group=g, help="splits to attribute"),
+        Option("attr_batch_size", "int", d.batch_size, group=g, advanced=True,
+               help=f"images per batch ({d.batch_size})"),
+        Option("ig_steps", "int", d.ig_steps, group=g, advanced=True, help="integrated gradients steps"),
+        Option("no_bf16", "flag", False, group=g, advanced=True, help="always compute in fp32"),
+    )
+
+
+def selection_options() -> tuple[Option, ...]:
+    from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES
+
+    g = "selection"
+    return (
+        Option("neighbours", "int", group=g, aliases=("--k",),
+               help="neighbours searched per error image (default: from the budget)"),
+        Option("budget", "int", group=g,
+               help="most images to select (default: 10 per error image, at most a quarter of the pool)"),
+        Option("label_policy", "choice", DEFAULT_LABEL_POLICY, choices=LABEL_POLICIES, group=g,
+               help="label of a retrieved pool image: its weak label (weak), the error image's label "
+                    f"(source), or only images where both agree (agree; default {DEFAULT_LABEL_POLICY})"),
+    )
+
+
+# -- from parsed values to core's config objects ------------------------------------------------------
+
+def train_config(opts: argparse.Namespace):
+    from core.models.training import TrainConfig
+
+    return TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed,
+                       added_share=opts.added_share or None)
+
+
+def embedder_spec(opts: argparse.Namespace):
+    from core.dcd.embed import EmbedderSpec
+
+    return EmbedderSpec(arch=opts.embedder, weights=opts.embedder_weights, hub=opts.embedder_hub,
+                        image_size=opts.embedder_image_size, layers=opts.embedder_layers,
+                        classifier_id=getattr(opts, "classifier_id", None))
+
+
+def attribution_config(opts: argparse.Namespace):
+    from core.scanner.attribution import AttributionConfig
+
+    return AttributionConfig(method=opts.attribution, target=opts.target, heatmap_size=opts.heatmap_size,
+                             batch_size=opts.attr_batch_size, ig_steps=opts.ig_steps, allow_bf16=not opts.no_bf16)

@@ -1,0 +1,1 @@
+"""AttributionScanner: attributions, the slicer, slice runs, mosaics, annotations, and CoRM mitigation."""

@@ -1,0 +1,98 @@
+"""The demo scenarios the demo job builds: their data generators and the pipeline settings that suit them.
+
+``waterbirds`` is synthetic (core.scenarios.waterbirds_like) and needs nothing; ``cifar10`` is made of real
+CIFAR-10 images and CIFAR-10N labels (core.scenarios.cifar10) and needs the real assets: a folder given as
+``--assets DIR`` or the ``DCD_ASSETS`` environment variable (see :func:`assets_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ASSETS_ENV = "DCD_ASSETS"
+DATASETS = ("waterbirds", "cifar10")
+SIZES = ("small", "full")
+
+
+class AssetsMissingError(FileNotFoundError):
+    """A scenario needs the real assets and they are not where it was told to look."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Pipeline settings a demo uses where the user gave none (``None`` elsewhere means: the pipeline's own
+    default). ``weights`` are paths relative to the assets folder."""
+
+    classifier: str
+    image_size: int
+    epochs: int
+    lr: float
+    finetune_epochs: int | None = None
+    embedder: str = "classifier"
+    embedder_layers: str = "penultimate"
+    weights: dict[str, str] = field(default_factory=dict)  # option name -> path under the assets folder
+
+    def values(self, assets: Path | None) -> dict[str, Any]:
+        """The settings as option values, weight paths resolved under ``assets``."""
+        out: dict[str, Any] = {"classifier": self.classifier, "image_size": self.image_size, "epochs": self.epochs,
+                               "lr": self.lr, "finetune_epochs": self.finetune_epochs, "embedder": self.embedder,
+                               "embedder_layers": self.embedder_layers}
+        for key, rel in self.weights.items():
+            out[key] = str(require_asset(assets, rel))
+        return out
+
+
+_CIFAR_WEIGHTS = {"classifier_weights": "weights/cifar10-resnets/resnet20-12fca82f.th",
+                  "embedder_weights": "weights/cifar10-resnets/resnet56-4bfd9763.th"}
+
+DEMO_SETTINGS: dict[tuple[str, str], DemoSettings] = {
+    ("waterbirds", "full"): DemoSettings("cifar_resnet20", 32, epochs=30, lr=0.1, finetune_epochs=8),
+    ("waterbirds", "small"): DemoSettings("cifar_resnet20", 32, epochs=20, lr=0.1, finetune_epochs=6),
+    ("cifar10", "full"): DemoSettings("cifar_resnet20", 32, epochs=8, lr=0.05, embedder="cifar_resnet56",
+                                      embedder_layers="multiscale", weights=_CIFAR_WEIGHTS),
+    ("cifar10", "small"): DemoSettings("cifar_resnet20", 32, epochs=6, lr=0.05, embedder="cifar_resnet56",
+                                       embedder_layers="multiscale", weights=_CIFAR_WEIGHTS),
+}
+
+
+def assets_dir(given: str | Path | None = None) -> Path | None:
+    """The real-assets folder: ``given``, else ``$DCD_ASSETS``, else None."""
+    value = given or os.environ.get(ASSETS_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def require_asset(assets: Path | None, relative: str) -> Path:
+    """``assets / relative``, or an :class:`AssetsMissingError` saying what to pass."""
+    if assets is None:
+        raise AssetsMissingError(f"this demo needs the real assets ({relative}); pass --assets DIR or set "
+                                 f"{ASSETS_ENV}=DIR")
+    path = assets / relative
+    if not path.exists():
+        raise AssetsMissingError(f"this demo needs {path}, which does not exist; pass --assets DIR (the folder "
+                                 f"holding {relative}) or set {ASSETS_ENV}")
+    return path
+
+
+def demo_settings(dataset: str, size: str) -> DemoSettings:
+    if (dataset, size) not in DEMO_SETTINGS:
+        raise ValueError(f"no demo {dataset!r} of size {size!r}; datasets: {DATASETS}, sizes: {SIZES}")
+    return DEMO_SETTINGS[(dataset, size)]
+
+
+def generate_demo(dataset: str, out_dir: Path, *, size: str, seed: int, image_size: int,
+                  assets: Path | None = None, corruption: str = "fog") -> Path:
+    """Write the demo's images and manifest under ``out_dir``; returns the manifest's path."""
+    if dataset == "waterbirds":
+        from core.scenarios.waterbirds_like import generate_waterbirds_like
+
+        return generate_waterbirds_like(out_dir, size=size, seed=seed, image_size=image_size)  # type: ignore[arg-type]
+    if dataset == "cifar10":
+        from core.scenarios.cifar10 import ZIP_NAME, build_cifar10_scenario
+
+        require_asset(assets, ZIP_NAME)
+        return build_cifar10_scenario(out_dir, assets=assets, size=size, seed=seed,  # type: ignore[arg-type]
+                                      corruption=corruption)
+    raise ValueError(f"unknown demo dataset {dataset!r}; choose one of {DATASETS}")

@@ -1,0 +1,169 @@
+"""The workspace's DuckDB schema, versioned.
+
+One DuckDB file holds everything a job computes and the app shows. Embedding vectors live in one table per
+embedder (``embeddings_<n>``) because DuckDB's fixed-size ``FLOAT[d]`` arrays need the dimension in the
+table's type; ``embedding_sets`` maps an embedder to its table. Job state and progress live in a SQLite
+file beside the DuckDB file (see ``core.store.jobs``): frequent small writes do not belong in DuckDB.
+"""
+
+from __future__ import annotations
+
+from core.data.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
+
+SCHEMA_VERSION = 1
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS classes (
+    class_id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL UNIQUE
+);
+
+-- label: the label the project trusts for that split (train as given, evaluation sets' truth);
+-- weak_label: the noisy label of pool images; group_name / true_label: ground truth when known,
+-- used only to measure quality, never by the methods.
+CREATE TABLE IF NOT EXISTS images (
+    image_id BIGINT PRIMARY KEY,
+    path VARCHAR NOT NULL UNIQUE,
+    split VARCHAR NOT NULL CHECK (split IN ({_one_of(SPLITS)})),
+    label INTEGER,
+    weak_label INTEGER,
+    group_name VARCHAR,
+    true_label INTEGER,
+    width INTEGER,
+    height INTEGER,
+    source VARCHAR,
+    ingested_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    model_id VARCHAR PRIMARY KEY,
+    role VARCHAR NOT NULL CHECK (role IN ('classifier', 'embedder')),
+    arch VARCHAR NOT NULL,
+    parent_id VARCHAR,
+    method VARCHAR,
+    checkpoint VARCHAR,
+    num_classes INTEGER,
+    embed_dim INTEGER,
+    config JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS embedding_sets (
+    embedder_id VARCHAR PRIMARY KEY,
+    table_name VARCHAR NOT NULL UNIQUE,
+    dim INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS predictions (
+    model_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    pred INTEGER NOT NULL,
+    confidence FLOAT NOT NULL,
+    probs FLOAT[] NOT NULL,
+    loss FLOAT,
+    correct BOOLEAN,
+    PRIMARY KEY (model_id, image_id)
+);
+
+CREATE TABLE IF NOT EXISTS selections (
+    selection_id VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    embedder_id VARCHAR,
+    k INTEGER,
+    budget INTEGER,
+    label_policy VARCHAR,
+    index_type VARCHAR,
+    recall FLOAT,
+    params JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS selection_items (
+    selection_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    rank INTEGER NOT NULL,
+    distance FLOAT,
+    source_image_id BIGINT,
+    label INTEGER NOT NULL,
+    status VARCHAR NOT NULL DEFAULT '{SELECTION_STATUSES[0]}'
+        CHECK (status IN ({_one_of(SELECTION_STATUSES)})),
+    PRIMARY KEY (selection_id, image_id)
+);
+
+CREATE TABLE IF NOT EXISTS metrics (
+    model_id VARCHAR NOT NULL,
+    eval_set VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE NOT NULL,
+    n INTEGER,
+    computed_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (model_id, eval_set, metric)
+);
+
+-- AttributionScanner: one row per image and classifier; the heatmap is a flattened h x w grid.
+CREATE TABLE IF NOT EXISTS attributions (
+    model_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    method VARCHAR NOT NULL,
+    heatmap_size INTEGER NOT NULL,
+    heatmap FLOAT[] NOT NULL,
+    vector FLOAT[] NOT NULL,
+    PRIMARY KEY (model_id, image_id)
+);
+
+CREATE TABLE IF NOT EXISTS slice_runs (
+    run_id VARCHAR PRIMARY KEY,
+    model_id VARCHAR NOT NULL,
+    n_slices INTEGER NOT NULL,
+    params JSON,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS slices (
+    run_id VARCHAR NOT NULL,
+    slice_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    accuracy DOUBLE,
+    error_rate DOUBLE,
+    score DOUBLE NOT NULL,
+    dominant_pred INTEGER,
+    dominant_label INTEGER,
+    confusion JSON,
+    centroid FLOAT[] NOT NULL,
+    mosaic_path VARCHAR,
+    PRIMARY KEY (run_id, slice_id)
+);
+
+CREATE TABLE IF NOT EXISTS slice_members (
+    run_id VARCHAR NOT NULL,
+    slice_id INTEGER NOT NULL,
+    image_id BIGINT NOT NULL,
+    distance FLOAT,
+    PRIMARY KEY (run_id, image_id)
+);
+
+CREATE TABLE IF NOT EXISTS annotations (
+    annotation_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    slice_id INTEGER NOT NULL,
+    kind VARCHAR NOT NULL CHECK (kind IN ({_one_of(ANNOTATION_KINDS)})),
+    note VARCHAR,
+    annotator VARCHAR,
+    relabel_to INTEGER,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
