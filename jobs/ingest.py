@@ -4,7 +4,8 @@
     python -m jobs.ingest --workspace DIR --imagefolder ROOT
 
 Prints a summary (rows added per split, rejections per reason); the rejected rows are written as CSV under
-``artifacts/ingest/``. Exits 1 when no row could be added. Options: core.runner.dcd_jobs.
+``artifacts/ingest/``. Exits 1 when no row of the input ends up in the workspace; 0 when it was all there
+already (a re-ingest). Paths outside the manifest's folder need --allow-outside. Options: core.runner.dcd_jobs.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Images are decoded once to ``uint8`` arrays at the model's resolution (square re
 (PIL and torch release the GIL) that works ahead of the consumer (the next chunk decodes during the
 current chunk's forward pass) and, for repeated use by training and evaluation, cached as a ``.npy`` file
 in the workspace's artifacts. Normalisation happens on the fly in float.
+
+Every decode goes through core.data.imagefile.read_rgb, as ingest's check does: the pixel limit
+(:data:`MAX_IMAGE_PIXELS`, ``$DCD_MAX_IMAGE_PIXELS``; a bigger image raises
+:class:`~core.data.imagefile.ImageTooLargeError` instead of filling the memory), EXIF orientation, and
+the conversion to 8-bit RGB (16-bit scaled, alpha on white).
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.data.imagefile import MAX_IMAGE_PIXELS, ImageSource, ImageTooLargeError, read_rgb, to_rgb
 from core.models.config import DataConfig
 from core.runner.progress import Progress, as_progress
+from core.store.files import atomic_path
 from core.store.workspace import Workspace
 
 DECODE_THREADS = 4
+
+__all__ = ["MAX_IMAGE_PIXELS", "ImageTooLargeError", "to_rgb", "resize_rgb", "load_rgb", "iter_decoded",
+           "decode_all", "to_tensor", "augment", "thumbnail", "pixels"]
 
 
 def resize_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -39,13 +49,14 @@ def resize_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
     return out[0].permute(1, 2, 0).contiguous().numpy()
 
 
-def load_rgb(path: str | Path, size: int) -> np.ndarray:
-    """Decode ``path`` to an RGB ``size`` x ``size`` x 3 uint8 array (JPEG draft mode for big photos)."""
-    with Image.open(path) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (size * 2, size * 2))
-        img = img.convert("RGB")
-        pixels = np.asarray(img, dtype=np.uint8)
+def load_rgb(path: ImageSource, size: int, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode ``path`` (a file or a binary stream) to an RGB ``size`` x ``size`` x 3 uint8 array.
+
+    Upright by EXIF, converted by :func:`~core.data.imagefile.to_rgb`, JPEG in draft mode for big photos;
+    raises :class:`~core.data.imagefile.ImageTooLargeError` above the pixel limit (``max_pixels``, default
+    ``$DCD_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`).
+    """
+    pixels = np.asarray(read_rgb(path, max_pixels=max_pixels, draft=(size * 2, size * 2)), dtype=np.uint8)
     return pixels if pixels.shape[:2] == (size, size) else resize_rgb(pixels, size)
 
 
@@ -106,9 +117,8 @@ def decode_all(paths: Sequence[str], size: int, *, progress: Progress | None = N
         i += len(block)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache_file)
+        with atomic_path(cache_file) as tmp:
+            np.save(tmp, out)
     return out
 
 
@@ -140,18 +150,16 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def thumbnail(path: str | Path, cache_dir: Path, image_id: int, size: int = 128) -> Path:
-    """A cached JPEG thumbnail of an image (created on first use)."""
+    """A cached JPEG thumbnail of an image (created on first use; upright, decoded as for the models)."""
     out = cache_dir / f"{image_id}-{size}.jpg"
     if not out.exists():
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            if img.width < size // 2:  # tiny images (e.g. 32 px) are upscaled to be seen
-                img = img.resize((size, size), Image.Resampling.NEAREST)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp.jpg")
-            img.save(tmp, quality=85)
-            tmp.replace(out)
+        img = read_rgb(path, draft=(size, size))
+        img.thumbnail((size, size))
+        if img.width < size // 2:  # tiny images (e.g. 32 px) are upscaled to be seen
+            img = img.resize((size, size), Image.Resampling.NEAREST)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            img.save(tmp, format="JPEG", quality=85)
     return out
 
 

@@ -1,54 +1,89 @@
 """Ingest image datasets into a workspace, validating every row.
 
-The rows come from a manifest or an ImageFolder tree (core.data.manifest).
-Every row is checked (split, labels against the class list, duplicates, the file exists, the image
-actually decodes). Good rows are kept, bad rows are reported with a machine code and a message in an
-:class:`IngestReport`, and written as CSV under ``artifacts/ingest/``: nothing is dropped silently.
+The rows come from a manifest or an ImageFolder tree (core.data.manifest). Every row is checked (split,
+labels against the class list, the path, duplicates, the file exists, the image actually decodes, as
+training will decode it) by core.data.validate. Good rows are kept, bad rows are reported with a machine
+code and a message in an :class:`IngestReport` and written as CSV under ``artifacts/ingest/``: nothing is
+dropped silently. Each message starts with the row (1-based among the input's rows; for a CSV also its
+line: ``row 4 (line 5): missing_file: no file at ...``) and the reason.
 
-Rejection reasons (``IngestReport.rejected.reason``)::
+Rejection reasons (``IngestReport.rejected.reason``, :data:`REASONS`)::
 
     empty_path          the path cell is empty
-    unknown_split       split is not one of core.data.constants.SPLITS
+    non_utf8            a file name (or cell) is not valid UTF-8; the workspace stores text as UTF-8
+    unknown_split       split is not one of core.data.constants.SPLITS (any case: "Train" is train)
     missing_label       a non-pool row without label
     missing_weak_label  a pool row without weak_label
-    unknown_label       label, weak_label or true_label is not in the class list
+    unknown_label       label, weak_label or true_label is not in the class list ("did you mean" a look-alike)
+    outside_root        the file is outside the manifest's folder (or the ImageFolder root): an absolute path
+                        elsewhere, a ../ that leaves it, a symlink out of it; allowed with --allow-outside
     duplicate_path      the same file appears earlier in the input (the first is kept) or is already ingested
-    missing_file        no file at that path
-    unreadable_image    the file does not decode as an image (not an image, truncated, too large)
+    missing_file        no file at that path (also: a folder, a broken symlink, a symlink loop)
+    unreadable_image    the file does not decode as an image (empty, not an image, truncated, corrupt)
+    too_large           more pixels than the decode limit (a decompression bomb); the message says how to raise it
 
-Labels are class *names*; numbers are read as names too (``"3"``). Class ids are given in class-list order
-starting at 0, and classes new to a workspace are appended after its existing ones.
+What ingest does with each kind of file (decoded by core.data.imagefile.read_rgb, the path training,
+embedding and thumbnails use too)::
+
+    kind of file                         what happens
+    JPEG, PNG, WebP, BMP, TIFF, GIF ...  decoded fully; kept (GIF/TIFF: the first frame)
+    RGB                                  kept as is
+    grayscale (L), 1-bit, palette (P)    converted to RGB (grey replicated, palette looked up)
+    RGBA, LA, palette with transparency  alpha composited on white (not dropped: no black backgrounds)
+    CMYK JPEG                            converted to RGB by PIL (no ICC colour management)
+    16-bit (I;16, I)                     scaled to 8 bits (value >> 8), not clipped to white
+    16-bit RGB PNG                       read by PIL as 8-bit RGB (the high byte)
+    EXIF orientation                     applied; width and height are recorded upright
+    more than MAX_IMAGE_PIXELS           too_large (100 megapixels; --max-pixels N or $DCD_MAX_IMAGE_PIXELS)
+    truncated or corrupt image           unreadable_image (truncated files are never padded)
+    zero-byte file, text named .jpg      unreadable_image (the message says empty / what the file starts with)
+    non-UTF-8 file name                  non_utf8 (the others are kept); rename it to UTF-8
+    emoji and other UTF-8 file names     kept
+    outside the input's folder           outside_root, unless --allow-outside
+    symlink inside to a file inside      kept, stored by its resolved path
+    broken symlink, symlink loop         missing_file
+
+Decisions about the input as a whole, reported as notes in the summary (:attr:`IngestReport.notes`):
+
+- A CSV's encoding is detected: UTF-8, UTF-8 with BOM (Excel's "CSV UTF-8"), UTF-16 with BOM; any other
+  file is read as cp1252 (else latin-1) with a note naming the first non-UTF-8 byte and its line. The
+  separator is detected (``,``, ``;`` as Excel writes in European locales, tab, ``|``). Extra columns are
+  ignored and named; rows whose every cell is empty are skipped and counted. Parquet is read as is.
+- Labels (core.data.classes): ``"1"`` and ``"1.0"`` are one class; integer train labels get class ids in
+  numeric order (``"2"`` before ``"10"``); ``"Cat"`` and ``"cat"`` stay two classes with a note naming them
+  (some datasets tell them apart, and merging would rewrite rows). Class ids are given in class-list
+  order starting at 0, and classes new to a workspace are appended after its existing ones.
+- Paths: relative paths resolve against the manifest's folder (the ImageFolder root); files must lie
+  inside it. A manifest normally travels with its images, so a path that leaves the folder is more
+  likely a mistake, or someone else's manifest reaching into your files, than intended; a dataset kept
+  elsewhere on purpose is one ``--allow-outside`` away.
+- Non-UTF-8 file names are rejected, not stored: DuckDB text must be valid UTF-8, and a path stored in
+  an escaped form would no longer open the file anywhere else (the app, the mosaics).
+- Re-ingesting rows already in the workspace adds nothing: they are ``duplicate_path`` rejections
+  counted in :attr:`IngestReport.n_existing`, and the ingest job succeeds ("nothing new was added"); it
+  fails only when no row of the input is in the workspace afterwards (every row bad).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageFile
 
-from core.data.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, POOL, SPLITS
-from core.data.manifest import (
-    IngestError,
-    cell_text,
-    missing_columns,
-    read_manifest,
-    scan_imagefolder,
-    text_frame,
-)
+from core.data.classes import canonical_labels, resolve_classes, similar_class_notes
+from core.data.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, SPLITS
+from core.data.imagefile import MAX_IMAGE_PIXELS, max_image_pixels, safe_text
+from core.data.manifest import IngestError, Manifest, load_imagefolder, load_manifest, missing_columns, text_frame
+from core.data.validate import ACCEPTED_COLUMNS, REASONS, REJECTION_COLUMNS, canonical_splits, validate_rows
 from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
-REJECTION_COLUMNS = ("row", "path", "reason", "message")
-REASONS = ("empty_path", "unknown_split", "missing_label", "missing_weak_label", "unknown_label",
-           "duplicate_path", "missing_file", "unreadable_image")
-ACCEPTED_COLUMNS = ("path", "split", "label", "weak_label", "group_name", "true_label", "width", "height")
+__all__ = ["ACCEPTED_COLUMNS", "MAX_IMAGE_PIXELS", "REASONS", "REJECTION_COLUMNS", "IngestError", "IngestReport",
+           "ingest_imagefolder", "ingest_manifest", "ingest_rows", "resolve_classes"]
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -59,8 +94,10 @@ class IngestReport:
     """What an ingest did.
 
     ``counts`` maps each split to the number of rows added to it; ``rejected`` has one row per rejected
-    input row with columns ``row`` (1-based position among the input rows; for a CSV, line ``row + 1``),
-    ``path``, ``reason`` (one of :data:`REASONS`) and ``message``.
+    input row with columns ``row`` (1-based position among the input rows), ``path``, ``reason`` (one of
+    :data:`REASONS`) and ``message`` (which names the row, its CSV line, and the reason). ``n_existing``
+    counts the rows rejected only because their file is already in the workspace. ``notes`` are the
+    decisions about the input as a whole (encoding, separator, ignored columns, look-alike classes).
     """
 
     source: str
@@ -70,6 +107,8 @@ class IngestReport:
     counts: dict[str, int]
     classes: list[str] = field(default_factory=list)
     rejections_path: Path | None = None
+    n_existing: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_rejected(self) -> int:
@@ -86,16 +125,22 @@ class IngestReport:
             "n_rows": self.n_rows,
             "n_added": self.n_added,
             "n_rejected": self.n_rejected,
+            "n_existing": self.n_existing,
             "counts": dict(self.counts),
             "rejections": self.rejections_by_reason(),
             "rejections_path": str(self.rejections_path) if self.rejections_path else None,
             "classes": list(self.classes),
+            "notes": list(self.notes),
         }
 
     def summary(self, *, examples: int = 5) -> str:
         """A readable table: rows added per split, rejections per reason, the first few rejected rows."""
         lines = [f"Ingest of {self.source}: {self.n_added} of {self.n_rows} rows added, "
                  f"{self.n_rejected} rejected; {len(self.classes)} classes."]
+        if self.n_added == 0 and self.n_existing:
+            lines.append(f"Nothing new was added: {self.n_existing} row(s) of the input are already in the "
+                         f"workspace (ingested earlier).")
+        lines += [f"  note: {note}" for note in self.notes]
         if self.counts:
             lines += ["", f"  {'split':<16}{'added':>8}"]
             lines += [f"  {split:<16}{n:>8}" for split, n in self.counts.items()]
@@ -103,152 +148,12 @@ class IngestReport:
             lines += ["", f"  {'rejection':<20}{'rows':>8}"]
             lines += [f"  {reason:<20}{n:>8}" for reason, n in self.rejections_by_reason().items()]
             lines += ["", "  first rejected rows:"]
-            for r in self.rejected.head(examples).itertuples(index=False):
-                lines.append(f"    row {r.row}: {r.reason}: {r.message}")
+            lines += [f"    {message}" for message in self.rejected["message"].head(examples)]
             if self.n_rejected > examples:
                 lines.append(f"    ... and {self.n_rejected - examples} more")
         if self.rejections_path:
             lines += ["", f"  all rejections: {self.rejections_path}"]
         return "\n".join(lines)
-
-
-# -- reading inputs ------------------------------------------------------------------------------------
-
-
-# -- the class list ------------------------------------------------------------------------------------
-
-
-def _clean_class_list(classes: Sequence[str]) -> list[str]:
-    """``classes`` as stripped names, refusing an empty list, empty names and repeats."""
-    names = [] if isinstance(classes, str) else [cell_text(c) for c in classes]
-    if not names or "" in names:
-        raise IngestError(f"classes must be a non-empty list of non-empty class names, got {classes!r}.")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise IngestError(f"classes lists {', '.join(dupes)} more than once; each class name must be unique.")
-    return names
-
-
-def resolve_classes(ws: Workspace, rows: pd.DataFrame, classes: Sequence[str] | None = None) -> list[str]:
-    """The class list: ``classes`` if given, else the workspace's, else the sorted ``train`` labels."""
-    if classes is not None:
-        return _clean_class_list(classes)
-    existing = ws.class_names()
-    if existing:
-        return existing
-    train = sorted({lab for lab in rows.loc[rows["split"] == "train", "label"] if lab})
-    if not train:
-        raise IngestError("No class list: the workspace has no classes yet and the input has no labelled "
-                          "train rows. Pass the class names (classes=[...] or --classes a,b,c), or include "
-                          "the train split.")
-    return train
-
-
-# -- validation ----------------------------------------------------------------------------------------
-
-
-def _resolve_path(raw: str, base_dir: Path) -> str:
-    """``raw`` made absolute against ``base_dir`` and resolved (symlinks, ``..``) where the OS allows."""
-    p = Path(raw).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    try:
-        return str(p.resolve())
-    except (OSError, ValueError, RuntimeError):  # a symlink loop, a NUL byte: reported as missing_file later
-        return os.path.abspath(p)
-
-
-def _preview(names: Sequence[str], n: int = 6) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
-
-
-def _cheap_check(row: dict[str, str], classes: set[str], class_hint: str) -> tuple[str, str] | None:
-    """The first problem found in a row's cells (no file access), as ``(reason, message)``."""
-    if not row["path"]:
-        return "empty_path", "the path cell is empty"
-    split = row["split"]
-    if split not in SPLITS:
-        return "unknown_split", f"split {split!r} is not one of {', '.join(SPLITS)}"
-    if split == POOL and not row["weak_label"]:
-        return "missing_weak_label", "pool rows need a weak_label (their label may stay empty); it is empty"
-    if split != POOL and not row["label"]:
-        return "missing_label", f"{split} rows need a label; it is empty"
-    for col in LABEL_COLUMNS:
-        if row[col] and row[col] not in classes:
-            return "unknown_label", (f"{col} {row[col]!r} is not a class ({class_hint}); to add it, "
-                                     f"pass the full class list (classes=... / --classes)")
-    return None
-
-
-def _decode(path: str) -> tuple[int, int] | str:
-    """Decode an image fully; its ``(width, height)``, or a message saying why it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError ...)
-        return f"cannot decode as an image: {type(exc).__name__}: {exc}"
-
-
-def _decode_all(paths: Sequence[str], progress: Progress) -> list[tuple[int, int] | str]:
-    """Decode ``paths`` in a thread pool (PIL releases the GIL while decoding), refusing truncated files."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    workers = min(32, 4 * (os.cpu_count() or 1))
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-decode") as pool:
-            return list(progress.iter(pool.map(_decode, paths), total=len(paths),
-                                      desc="decoding images", unit="img"))
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def _rejection(i: int, path: str, reason: str, message: str) -> dict[str, Any]:
-    return {"row": i + 1, "path": path, "reason": reason, "message": message}
-
-
-def _screen(records: list[dict[str, str]], classes: list[str], existing: set[str],
-            base_dir: Path) -> tuple[dict[int, str], list[dict[str, Any]]]:
-    """Check cells, duplicates and file existence; ``({row index: resolved path}, rejections)``."""
-    class_set, hint = set(classes), _preview(classes)
-    first_row: dict[str, int] = {}
-    rejects: list[dict[str, Any]] = []
-    for i, row in enumerate(records):
-        path = _resolve_path(row["path"], base_dir) if row["path"] else ""
-        problem = _cheap_check(row, class_set, hint)
-        if problem is None and path in existing:
-            problem = "duplicate_path", f"{path} is already in the workspace (ingested earlier)"
-        if problem is None and path in first_row:
-            problem = "duplicate_path", f"{path} repeats row {first_row[path] + 1}; only the first row is kept"
-        if problem is None and not Path(path).is_file():
-            problem = "missing_file", f"no file at {path}" + (" (it is a folder)" if Path(path).is_dir() else "")
-        if problem is not None:
-            rejects.append(_rejection(i, path or row["path"], *problem))
-        else:
-            first_row[path] = i
-    return {i: path for path, i in first_row.items()}, rejects
-
-
-def _validate(rows: pd.DataFrame, classes: list[str], existing: set[str], base_dir: Path,
-              progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``rows`` into accepted rows (resolved path, width, height) and rejections."""
-    records = rows.to_dict("records")
-    candidates, rejects = _screen(records, classes, existing, base_dir)
-    order = sorted(candidates)
-    sizes = _decode_all([candidates[i] for i in order], progress)
-    kept: list[dict[str, Any]] = []
-    for i, size in zip(order, sizes):
-        path = candidates[i]
-        if isinstance(size, str):
-            rejects.append(_rejection(i, path, "unreadable_image", f"{path}: {size}"))
-            continue
-        row = records[i]
-        kept.append({"path": path, "split": row["split"], "label": row["label"] or None,
-                     "weak_label": row["weak_label"] or None, "group_name": row["group"] or None,
-                     "true_label": row["true_label"] or None, "width": size[0], "height": size[1]})
-    rejected = pd.DataFrame(sorted(rejects, key=lambda r: r["row"]), columns=list(REJECTION_COLUMNS))
-    accepted = pd.DataFrame(kept, columns=list(ACCEPTED_COLUMNS))
-    return accepted, rejected
 
 
 # -- writing -------------------------------------------------------------------------------------------
@@ -295,10 +200,15 @@ def _save_rejections(ws: Workspace, rejected: pd.DataFrame, source: str) -> Path
 
 
 def ingest_rows(ws: Workspace, rows: pd.DataFrame, *, source: str, base_dir: Path | None = None,
-                classes: Sequence[str] | None = None, progress: Progress | None = None) -> IngestReport:
+                classes: Sequence[str] | None = None, progress: Progress | None = None,
+                lines: Sequence[int] | None = None, notes: Sequence[str] = (), max_pixels: int | None = None,
+                allow_outside: bool = False, root_name: str = "the input's folder") -> IngestReport:
     """Validate ``rows`` (columns :data:`MANIFEST_COLUMNS`, text) and append the good ones to ``ws``.
 
-    Relative paths resolve against ``base_dir`` (default: the current folder). ``source`` is recorded in
+    Relative paths resolve against ``base_dir`` (default: the current folder), and files outside it
+    are rejected as ``outside_root`` unless ``allow_outside``. ``lines`` (each row's CSV line) go into the
+    messages; ``notes`` are carried into the report. Images with more than ``max_pixels`` pixels (default
+    ``$DCD_MAX_IMAGE_PIXELS`` or :data:`MAX_IMAGE_PIXELS`) are ``too_large``. ``source`` is recorded in
     ``images.source``. Everything is checked and decoded first, then classes and images are written in
     one transaction. Returns the report even when no row is accepted (then nothing is written).
     """
@@ -307,35 +217,54 @@ def ingest_rows(ws: Workspace, rows: pd.DataFrame, *, source: str, base_dir: Pat
     if missing:
         raise IngestError(f"The rows to ingest from {source} have no {', '.join(missing)} column; "
                           f"expected columns {', '.join(MANIFEST_COLUMNS)}.")
-    rows = text_frame(rows)
+    if lines is not None and len(lines) != len(rows):
+        raise ValueError(f"lines has {len(lines)} entries for {len(rows)} rows")
+    limit = max_image_pixels(max_pixels)
+    rows, label_notes = canonical_labels(text_frame(rows))
+    rows, split_notes = canonical_splits(rows)
     base_dir = (base_dir or Path.cwd()).expanduser().resolve()
     class_list = resolve_classes(ws, rows, classes)
+    all_notes = [*notes, *split_notes, *label_notes, *similar_class_notes(class_list, rows)]
     existing = set(ws.df("SELECT path FROM images")["path"])
-    accepted, rejected = _validate(rows, class_list, existing, base_dir, progress.span(0.0, 0.95))
+    checked = validate_rows(rows, class_list, existing, base_dir=base_dir, root=None if allow_outside else base_dir,
+                            root_name=root_name, lines=lines, max_pixels=limit, progress=progress.span(0.0, 0.95))
+    accepted = checked.accepted
     if len(accepted):
         _write(ws, accepted, class_list, source)
     per_split = accepted["split"].value_counts()
     counts = {s: int(per_split[s]) for s in SPLITS if s in per_split.index}
-    report = IngestReport(source=source, n_rows=len(rows), n_added=len(accepted), rejected=rejected,
-                          counts=counts, classes=class_list)
-    if len(rejected):
-        report.rejections_path = _save_rejections(ws, rejected, source)
+    report = IngestReport(source=source, n_rows=len(rows), n_added=len(accepted), rejected=checked.rejected,
+                          counts=counts, classes=class_list, n_existing=checked.n_existing, notes=all_notes)
+    if len(checked.rejected):
+        report.rejections_path = _save_rejections(ws, checked.rejected, source)
     progress.report(1.0, f"ingested {report.n_added} of {report.n_rows} rows", force=True)
     return report
 
 
+def _ingest_read(ws: Workspace, read: Manifest, folder: Path, source: str, root_name: str,
+                 **options: Any) -> IngestReport:
+    return ingest_rows(ws, read.rows, source=source, base_dir=folder, lines=read.lines, notes=read.notes,
+                       root_name=root_name, **options)
+
+
 def ingest_manifest(ws: Workspace, manifest: str | Path, *, classes: Sequence[str] | None = None,
-                    progress: Progress | None = None) -> IngestReport:
-    """Ingest a CSV or Parquet manifest (see :func:`read_manifest`); relative paths are relative to it."""
+                    progress: Progress | None = None, max_pixels: int | None = None,
+                    allow_outside: bool = False) -> IngestReport:
+    """Ingest a CSV or Parquet manifest (see :func:`~core.data.manifest.load_manifest`).
+
+    Relative paths are relative to the manifest's folder, and files must lie in it unless
+    ``allow_outside``; ``max_pixels`` is the decode limit (see :func:`ingest_rows`).
+    """
     manifest = Path(manifest).expanduser().resolve()
-    rows = read_manifest(manifest)
-    return ingest_rows(ws, rows, source=str(manifest), base_dir=manifest.parent, classes=classes,
-                       progress=progress)
+    return _ingest_read(ws, load_manifest(manifest), manifest.parent, safe_text(str(manifest)), "the manifest's folder",
+                        classes=classes, progress=progress, max_pixels=max_pixels, allow_outside=allow_outside)
 
 
 def ingest_imagefolder(ws: Workspace, root: str | Path, *, classes: Sequence[str] | None = None,
-                       progress: Progress | None = None) -> IngestReport:
-    """Ingest an ImageFolder tree ``root/<split>/<class>/<image>`` (see :func:`scan_imagefolder`)."""
+                       progress: Progress | None = None, max_pixels: int | None = None,
+                       allow_outside: bool = False) -> IngestReport:
+    """Ingest an ImageFolder tree ``root/<split>/<class>/<image>`` (see
+    :func:`~core.data.manifest.load_imagefolder`); symlinks out of ``root`` need ``allow_outside``."""
     root = Path(root).expanduser().resolve()
-    rows = scan_imagefolder(root)
-    return ingest_rows(ws, rows, source=str(root), base_dir=root, classes=classes, progress=progress)
+    return _ingest_read(ws, load_imagefolder(root), root, safe_text(str(root)), "the ImageFolder root",
+                        classes=classes, progress=progress, max_pixels=max_pixels, allow_outside=allow_outside)
