@@ -10,8 +10,10 @@ transaction (the vectors of the whole pool are never held in memory at once).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -24,8 +26,8 @@ from core.data.images import iter_decoded
 from core.data.splits import images_df
 from core.models.catalog import (
     classifier_embedder_id,
+    insert_model_row,
     load_classifier,
-    register_model,
     require_classifier,
 )
 from core.models.factory import create_model, default_data_config
@@ -73,21 +75,22 @@ class EmbedderSpec:
 
 
 def build_embedder(ws: Workspace, spec: EmbedderSpec):
-    """(model, data config, embedder id), registering non-classifier embedders in the model registry."""
+    """(model, data config, embedder id, its model record or None): a record for embedders that are not a
+    classifier's own layers, for the caller to store with the vectors (:func:`core.models.catalog.insert_model_row`)."""
     embedder_id = spec.embedder_id(ws)
     if spec.arch == "classifier":
         model, cfg = load_classifier(ws, spec.classifier_model_id(ws))
-        return model, cfg, embedder_id
+        return model, cfg, embedder_id, None
     if spec.weights is None and not spec.hub:
         print(f"warning: embedder {spec.arch} has no weights (random init); give --embedder-weights PATH "
               f"for a meaningful feature space", flush=True)
     model = create_model(spec.arch, num_classes=0, weights=spec.weights, hub=spec.hub).eval()
     cfg = default_data_config(model, spec.image_size)
-    register_model(ws, model_id=embedder_id, role="embedder", arch=spec.arch,
-                   embed_dim=embedding_dim(model, spec.layers, cfg.image_size),
-                   config={"weights": spec.weights, "hub": spec.hub, "layers": spec.layers,
-                           "data_config": cfg.to_dict()})
-    return model, cfg, embedder_id
+    record = dict(model_id=embedder_id, role="embedder", arch=spec.arch,
+                  embed_dim=embedding_dim(model, spec.layers, cfg.image_size),
+                  config={"weights": spec.weights, "hub": spec.hub, "layers": spec.layers,
+                          "data_config": cfg.to_dict()})
+    return model, cfg, embedder_id, record
 
 
 def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[str] = DEFAULT_EMBED_SPLITS,
@@ -96,7 +99,7 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     """Embed the images of ``splits`` and store the vectors; returns a summary dict."""
     progress = as_progress(progress)
     t0, c0 = time.perf_counter(), time.process_time()
-    model, cfg, embedder_id = build_embedder(ws, spec)
+    model, cfg, embedder_id, record = build_embedder(ws, spec)
     df = images_df(ws, list(splits))
     if only_missing:
         from core.store.vectors import embedding_table
@@ -116,7 +119,9 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     print(f"embedder {embedder_id}: {'bf16' if check.bf16 else 'fp32'} ({check.reason})", flush=True)
     t_embed, c_embed = time.perf_counter(), time.process_time()
 
-    staging = ws.artifact_dir("staging", hashlib.sha1(embedder_id.encode()).hexdigest()[:10])
+    # A staging folder of this run alone: two embed jobs never share (or delete) each other's parts.
+    staging = ws.artifact_dir("staging", f"{hashlib.sha1(embedder_id.encode()).hexdigest()[:10]}-{os.getpid()}-"
+                                         f"{uuid.uuid4().hex[:6]}")
     ids = df.image_id.to_numpy(np.int64)
     del df
     try:
@@ -136,7 +141,8 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
             parts.append(part)
         decoded.close()
         t_store, c_store = time.perf_counter(), time.process_time()
-        store_embedding_files(ws, embedder_id, parts, dim=dim)
+        store_embedding_files(ws, embedder_id, parts, dim=dim,
+                              also=(lambda con: insert_model_row(con, **record)) if record else None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     t_end, c_end = time.perf_counter(), time.process_time()

@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from core.runner.progress import Progress, as_progress
+from core.store.files import atomic_path
 from core.store.vectors import iter_embeddings, pool_fingerprint, source_fingerprint
 from core.store.workspace import Workspace
 
@@ -136,9 +137,8 @@ def index_paths(ws: Workspace, embedder_id: str) -> tuple[Path, Path]:
 
 def save_index(ws: Workspace, index: faiss.Index, info: IndexInfo) -> Path:
     path, meta = index_paths(ws, info.embedder_id)
-    tmp = path.with_suffix(".tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
     meta.write_text(json.dumps(asdict(info), indent=2))
     return path
 

@@ -41,16 +41,27 @@ def new_model_id(method: str) -> str:
     return f"{re.sub(r'[^a-z0-9_]+', '_', method.lower())}-{uuid.uuid4().hex[:6]}"
 
 
-def register_model(ws: Workspace, *, model_id: str, role: str, arch: str, parent_id: str | None = None,
-                   method: str | None = None, checkpoint: str | None = None, num_classes: int | None = None,
-                   embed_dim: int | None = None, config: dict[str, Any] | None = None) -> ModelRecord:
+def insert_model_row(con: Any, *, model_id: str, role: str, arch: str, parent_id: str | None = None,
+                     method: str | None = None, checkpoint: str | None = None, num_classes: int | None = None,
+                     embed_dim: int | None = None, config: dict[str, Any] | None = None,
+                     make_current: bool = False) -> None:
+    """Inside a write transaction: record a model (replacing a record of the same id); with
+    ``make_current`` it becomes the current classifier in the same transaction."""
+    con.execute("DELETE FROM models WHERE model_id = ?", [model_id])
+    con.execute("INSERT INTO models (model_id, role, arch, parent_id, method, checkpoint, num_classes, "
+                "embed_dim, config) VALUES (?,?,?,?,?,?,?,?,?)",
+                [model_id, role, arch, parent_id, method, checkpoint, num_classes, embed_dim,
+                 json.dumps(config or {})])
+    if make_current:
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('current_classifier', ?)", [model_id])
+
+
+def register_model(ws: Workspace, **record: Any) -> ModelRecord:
+    """Record a model in one transaction (see :func:`insert_model_row` for the fields); a reader never sees
+    a new current classifier without its record."""
     with ws.write() as con:
-        con.execute("DELETE FROM models WHERE model_id = ?", [model_id])
-        con.execute("INSERT INTO models (model_id, role, arch, parent_id, method, checkpoint, num_classes, "
-                    "embed_dim, config) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [model_id, role, arch, parent_id, method, checkpoint, num_classes, embed_dim,
-                     json.dumps(config or {})])
-    return get_model(ws, model_id)
+        insert_model_row(con, **record)
+    return get_model(ws, record["model_id"])
 
 
 def get_model(ws: Workspace, model_id: str) -> ModelRecord:

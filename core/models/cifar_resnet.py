@@ -180,7 +180,7 @@ def _read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str, src: Path) -> None:
+def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str, src: Path | str) -> None:
     """Raise ValueError naming missing/unexpected/mis-shaped keys, with a hint."""
     own = model.state_dict()
     missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
@@ -207,14 +207,14 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: st
 
 
 def create_cifar_resnet(
-    name: str, *, num_classes: int = 10, checkpoint: Path | None = None
+    name: str, *, num_classes: int = 10, checkpoint: Path | dict[str, torch.Tensor] | None = None
 ) -> CifarResNet:
     """Build a CIFAR ResNet by name and optionally load weights.
 
     Args:
         name: one of ``cifar_resnet20``, ``cifar_resnet32``, ``cifar_resnet44``, ``cifar_resnet56``.
         num_classes: size of the ``linear`` head (10 for the shipped CIFAR-10 weights).
-        checkpoint: a ``.th``/``.pth`` file holding a state dict (optionally under
+        checkpoint: a state dict, or a ``.th``/``.pth``/``.safetensors`` file holding one (optionally under
             ``'state_dict'``, keys optionally prefixed ``module.``).
 
     Returns:
@@ -227,8 +227,8 @@ def create_cifar_resnet(
         raise ValueError(f"unknown CIFAR ResNet {name!r}; choose one of {list_cifar_resnets()}")
     model = CifarResNet(CIFAR_RESNET_DEPTHS[name], num_classes=num_classes)
     if checkpoint is not None:
-        state = _read_state_dict(Path(checkpoint))
-        _check_state_dict(model, state, name, Path(checkpoint))
+        state = dict(checkpoint) if isinstance(checkpoint, dict) else _read_state_dict(Path(checkpoint))
+        _check_state_dict(model, state, name, "the given state dict" if isinstance(checkpoint, dict) else checkpoint)
         model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
         model.eval()
     return model
@@ -240,13 +240,14 @@ def _register(name: str) -> Callable[..., CifarResNet]:
 
     def entry(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: dict | None = None,
               num_classes: int | None = 10, **kwargs: Any) -> CifarResNet:
-        # Weights only from a local file: there are none on any hub. num_classes 0 or None keeps the
-        # 10-class head (an embedder never uses it).
-        checkpoint = (pretrained_cfg_overlay or {}).get("file") if pretrained else None
-        if pretrained and not checkpoint:
+        # Weights only from a local file, given as its state dict (core.models.factory) or its path: there are
+        # none on any hub. num_classes 0 or None keeps the 10-class head (an embedder never uses it).
+        overlay = pretrained_cfg_overlay or {}
+        source = (overlay.get("state_dict") or overlay.get("file")) if pretrained else None
+        if pretrained and source is None:
             raise RuntimeError(f"{name} has no hub weights; pass a local weights file (--classifier-weights "
                                f"or --embedder-weights PATH)")
-        return create_cifar_resnet(name, num_classes=num_classes or 10, checkpoint=checkpoint)
+        return create_cifar_resnet(name, num_classes=num_classes or 10, checkpoint=source)
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = f"CIFAR ResNet-{6 * CIFAR_RESNET_DEPTHS[name] + 2} ({CIFAR_RESNET_DEPTHS[name]} blocks per stage)."

@@ -21,7 +21,7 @@ import timm
 from torch import nn
 
 from core.models import cifar_resnet  # noqa: F401  (registers the cifar_resnet* architectures with timm)
-from core.models.checkpoints import is_classifier_checkpoint, read_weights
+from core.models.checkpoints import is_classifier_checkpoint, read_weights, state_dict_of
 from core.models.config import DataConfig, ModelError
 
 
@@ -36,36 +36,57 @@ def _check_weights(weights: str | Path | None) -> Path | None:
 
 def create_model(arch: str, *, num_classes: int, weights: str | Path | None = None,
                  hub: bool = False) -> nn.Module:
-    """Build ``arch`` with ``num_classes`` outputs (0: no head, an embedder), loading ``weights``."""
+    """Build ``arch`` with ``num_classes`` outputs (0: no head, an embedder), loading ``weights``.
+
+    A DCD Studio checkpoint in ``weights`` is a complete classifier: it is loaded as it was saved (its own
+    architecture and classes). Other weights are a state dict for ``arch``, read without pickle
+    (core.models.checkpoints) and handed to timm, which drops a head of another class count.
+    """
     path = _check_weights(weights)
-    if path is not None and is_classifier_checkpoint(read_weights(path)):
-        return load_checkpoint(path)[0]
+    obj = read_weights(path) if path is not None else None
+    if obj is not None and is_classifier_checkpoint(obj):
+        return model_from_checkpoint(obj, source=path)[0]
     try:
-        if path is not None:
-            return timm.create_model(arch, pretrained=True, num_classes=num_classes,
-                                     pretrained_cfg_overlay=dict(file=str(path)))
+        if obj is not None:
+            state = state_dict_of(obj)
+            if state is None:
+                raise ModelError(f"{path} holds no state dict (no tensors found, nor a 'state_dict' / 'model' "
+                                 f"entry of tensors)")
+            model = timm.create_model(arch, pretrained=True, num_classes=num_classes,
+                                      pretrained_cfg_overlay=dict(state_dict=state))
+            (getattr(model, "pretrained_cfg", None) or {}).pop("state_dict", None)  # do not keep a second copy
+            return model
         return timm.create_model(arch, pretrained=hub, num_classes=num_classes)
     except RuntimeError as exc:  # e.g. unknown model, or weights of another architecture
         if "Unknown model" in str(exc):
             raise ModelError(f"{arch!r} is not a timm architecture; see timm.list_models('{arch[:4]}*')") \
                 from exc
         raise ModelError(f"could not build {arch!r} from {path or ('the hub' if hub else 'scratch')}: "
-                         f"{exc}") from exc
+                         f"{str(exc).splitlines()[0][:500]}") from exc
+
+
+def model_from_checkpoint(obj: dict[str, Any], *, source: Path | str = "") -> tuple[nn.Module, dict[str, Any]]:
+    """The classifier (eval mode) and its info (arch, num_classes, data_config, class_names) from a checkpoint
+    read by :func:`core.models.checkpoints.read_weights`."""
+    try:
+        model = create_model(obj["arch"], num_classes=int(obj["num_classes"]))
+        model.load_state_dict(obj["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise ModelError(f"the classifier checkpoint {source} does not load: {str(exc).splitlines()[0][:500]}") \
+            from exc
+    model.eval()
+    info = {k: v for k, v in obj.items() if k != "state_dict"}
+    info["data_config"] = DataConfig.from_dict(info["data_config"])
+    return model, info
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load a classifier saved by :func:`core.models.checkpoints.save_checkpoint`: the model (eval mode)
     and its info (arch, num_classes, data_config, class_names)."""
-    path = Path(path)
     obj = read_weights(path)
     if not is_classifier_checkpoint(obj):
         raise ModelError(f"{path} is not a DCD Studio classifier checkpoint")
-    model = create_model(obj["arch"], num_classes=obj["num_classes"])
-    model.load_state_dict(obj["state_dict"])
-    model.eval()
-    info = {k: v for k, v in obj.items() if k != "state_dict"}
-    info["data_config"] = DataConfig.from_dict(info["data_config"])
-    return model, info
+    return model_from_checkpoint(obj, source=path)
 
 
 def default_data_config(model: nn.Module, image_size: int | None = None) -> DataConfig:

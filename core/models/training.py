@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,16 +25,10 @@ from torch import nn
 from core.data.images import augment, pixels, to_tensor
 from core.data.splits import images_df, require_split
 from core.dcd.selection import selection_items
-from core.models.catalog import (
-    get_model,
-    load_classifier,
-    new_model_id,
-    register_model,
-    set_current_classifier,
-)
-from core.models.checkpoints import save_checkpoint, weights_include_head
-from core.models.config import DataConfig
-from core.models.factory import create_model, default_data_config
+from core.models.catalog import get_model, load_classifier, new_model_id, register_model
+from core.models.checkpoints import is_classifier_checkpoint, read_weights, save_checkpoint, weights_include_head
+from core.models.config import DataConfig, ModelError
+from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
 from core.models.features import feature_dim
 from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace
@@ -141,21 +136,53 @@ def class_index(ws: Workspace) -> int:
     return n
 
 
+def _checked_checkpoint(obj: dict, weights: str | Path, arch: str, classes: list[str]) -> tuple[nn.Module, str,
+                                                                                             DataConfig]:
+    """A DCD Studio classifier checkpoint given as ``weights``, checked against the workspace's classes:
+    (model, its architecture, its data config)."""
+    model, info = model_from_checkpoint(obj, source=weights)
+    theirs = info.get("class_names")
+    if int(info["num_classes"]) != len(classes):
+        raise ModelError(f"{weights} is a classifier of {info['num_classes']} classes ({theirs}); this workspace "
+                         f"has {len(classes)} ({classes}). Train one for this workspace instead (leave out "
+                         f"--classifier-weights, or give backbone weights to fine-tune)")
+    if theirs is not None and list(theirs) != list(classes):
+        same = sorted(theirs) == sorted(classes)
+        raise ModelError(f"{weights} was trained on the classes {theirs}, this workspace has {classes}"
+                         + (" (the same classes in another order: its predictions would be permuted)" if same
+                            else "") + "; use it on a workspace with those classes, or train a new classifier")
+    if info["arch"] != arch:
+        print(f"note: {weights} is a {info['arch']} classifier; using its architecture, not {arch}", flush=True)
+    return model, info["arch"], info["data_config"]
+
+
 def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hub: bool = False,
                      image_size: int | None = None, config: TrainConfig = TrainConfig(),
                      model_id: str | None = None, progress: Progress | None = None) -> str:
     """Train (or load) the classifier under debug on ``train``; register it and make it current.
 
-    With ``weights`` holding a complete classifier for this workspace's classes (a DCD Studio checkpoint,
-    or a checkpoint whose head has as many outputs as there are classes), the model is used as is. With
-    backbone-only weights (e.g. ImageNet), the head is new and the model is fine-tuned on ``train``.
+    With ``weights`` holding a complete classifier for this workspace's classes (a DCD Studio checkpoint
+    whose class names are the workspace's, or a checkpoint whose head has as many outputs as there are
+    classes), the model is used as is. With backbone-only weights (e.g. ImageNet), the head is new and the
+    model is fine-tuned on ``train``. The classifier is registered and made current only once its saved
+    checkpoint has loaded back and fits the workspace's classes.
     """
     progress = as_progress(progress)
     num_classes = class_index(ws)
+    classes = ws.class_names()
     torch.manual_seed(config.seed)  # the initial weights (a new head, or the whole model) follow --seed
-    model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
-    data_config = default_data_config(model, image_size)
-    trained_already = weights is not None and weights_include_head(model, weights, num_classes)
+    obj = read_weights(weights) if weights is not None else None
+    if obj is not None and is_classifier_checkpoint(obj):
+        model, arch, data_config = _checked_checkpoint(obj, weights, arch, classes)
+        trained_already = True
+    else:
+        model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
+        data_config = default_data_config(model, image_size)
+        trained_already = weights is not None and weights_include_head(model, weights, num_classes)
+        if trained_already:
+            print(f"note: {weights} has a head of {num_classes} outputs and is used as is; its class order cannot "
+                  f"be checked and is taken to be the workspace's: {classes}", flush=True)
+    del obj
     model_id = model_id or new_model_id("baseline")
     if not trained_already:
         train = images_df(ws, ["train"])
@@ -165,14 +192,30 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
         px = pixels(ws, train.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
         cfg = config if weights is None else config.finetune()
         fit(model, px, train.label.to_numpy(), data_config, cfg, progress=progress.span(0.1, 1.0))
-    ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=arch,
-                           num_classes=num_classes, data_config=data_config, class_names=ws.class_names())
+    ckpt = save_verified(model, ws, model_id, arch=arch, num_classes=num_classes, data_config=data_config)
     register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
                    checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),
                    config={"weights": weights, "hub": hub, "data_config": data_config.to_dict(),
-                           "train": asdict(config), "trained_here": not trained_already})
-    set_current_classifier(ws, model_id)
+                           "train": asdict(config), "trained_here": not trained_already}, make_current=True)
     return model_id
+
+
+def save_verified(model: nn.Module, ws: Workspace, model_id: str, *, arch: str, num_classes: int,
+                  data_config: DataConfig) -> Path:
+    """Save a classifier's checkpoint under ``artifacts/models`` and load it back: the path of a checkpoint
+    that is known to load and to have ``num_classes`` outputs for the workspace's class names."""
+    ckpt = save_checkpoint(model, ws.artifact_dir("models") / model_id, arch=arch, num_classes=num_classes,
+                           data_config=data_config, class_names=ws.class_names())
+    try:
+        back, info = load_checkpoint(ckpt)
+        out = back(torch.zeros(1, 3, data_config.image_size, data_config.image_size))
+        if out.shape[-1] != num_classes or info["class_names"] != ws.class_names():
+            raise ModelError(f"gives {out.shape[-1]} outputs for {num_classes} classes")
+    except Exception as exc:
+        ckpt.unlink(missing_ok=True)
+        raise ModelError(f"the trained classifier {model_id} did not load back from its checkpoint ({exc}); "
+                         f"nothing was registered") from exc
+    return ckpt
 
 
 def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] | None = None,
@@ -228,9 +271,8 @@ def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, meth
         samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
         progress=progress.span(0.1, 1.0))
     model_id = new_model_id(method)
-    ckpt = save_checkpoint(model, ws.artifact_dir("models") / f"{model_id}.pt", arch=base.arch,
-                           num_classes=int(base.num_classes or 0), data_config=data_config,
-                           class_names=ws.class_names())
+    ckpt = save_verified(model, ws, model_id, arch=base.arch, num_classes=int(base.num_classes or 0),
+                         data_config=data_config)
     register_model(ws, model_id=model_id, role="classifier", arch=base.arch, parent_id=base_model_id,
                    method=method, checkpoint=str(ckpt), num_classes=base.num_classes,
                    embed_dim=base.embed_dim,

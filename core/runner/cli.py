@@ -14,19 +14,22 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.models.checkpoints import allow_pickle
 from core.runner.options import Option, split_values
 from core.runner.progress import Progress
 from core.runner.registry import JobSpec, get_job
 from core.store.jobs import HEARTBEAT_SECONDS, JobStore
-from core.store.workspace import Workspace, WorkspaceError
+from core.store.workspace import Workspace, WorkspaceError, set_write_guard
 
-#: Flags every job has; the launcher sets them itself.
-COMMON_DESTS = ("workspace", "json", "job_id")
+#: Flags every job has besides its options (the launcher sets workspace and job id; the app never trusts).
+COMMON_DESTS = ("workspace", "json", "job_id", "debug", "trust_checkpoint")
+QUEUE_POLL_SECONDS = 1.0
 _ALIAS_PREFIX = "_alias__"
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "text": str, "path": str, "choice": str,
                                           "list": str}
@@ -62,6 +65,10 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
                    help="workspace folder (default: $DCD_WORKSPACE)")
     p.add_argument("--json", type=Path, default=None, help="also write the job's result as JSON here")
     p.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the app's launcher
+    p.add_argument("--debug", action="store_true", help="also print the traceback of an error")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="let weight files that need pickle load (pickle can run code: only for files you trust; "
+                        "never available from the app)")
     exclusive: dict[str, Any] = {}
     for names in spec.one_of:
         group = p.add_mutually_exclusive_group(required=True)
@@ -122,7 +129,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(name: str, argv: Sequence[str] | None = None, *,
          report: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Run job ``name`` from the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code;
-    ``report(result)`` prints the result for a person."""
+    ``report(result)`` prints the result for a person. Errors are one line on stderr; the traceback goes to
+    the job's log file (and to stderr too with ``--debug``)."""
     spec = get_job(name)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(spec, argv_list)
@@ -132,25 +140,69 @@ def main(name: str, argv: Sequence[str] | None = None, *,
     try:
         ws = (Workspace.create(opts.workspace, exist_ok=True) if spec.creates_workspace
               else Workspace.open(opts.workspace))
-    except WorkspaceError as exc:
+    except (WorkspaceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_recorded(spec, ws, opts, argv_list, report=report)
+    allow_pickle(opts.trust_checkpoint)
+    try:
+        return run_recorded(spec, ws, opts, argv_list, report=report)
+    finally:
+        allow_pickle(False)
+
+
+class JobLostError(RuntimeError):
+    """The job's row is no longer this process's (marked failed while it was paused): it must not commit."""
+
+
+def _wait_for_turn(store: JobStore, job_id: str, kind: str) -> None:
+    """Block while another job of the same kind runs on this workspace (the row stays queued)."""
+    said = None
+    while (other := store.claim(job_id, os.getpid())) is not None:
+        if other != said:
+            print(f"{kind}: queued behind job {other} (the same kind of job is running on this workspace)",
+                  file=sys.stderr, flush=True)
+            said = other
+        time.sleep(QUEUE_POLL_SECONDS)
+
+
+def _log_failure(log_path: Path, spec: JobSpec, exc: BaseException) -> None:
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n--- {spec.name} failed: {type(exc).__name__}: {exc}\n")
+            log.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        pass
 
 
 def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: list[str], *,
                  report: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """Run ``spec`` as a job recorded in the workspace's job table; returns the process exit code."""
+    """Run ``spec`` as a job recorded in the workspace's job table; returns the process exit code.
+
+    The job waits its turn behind a running job of the same kind, keeps a heartbeat, and commits nothing
+    once its row is no longer its own (:func:`core.store.workspace.set_write_guard`)."""
     store = ws.jobs()
     store.init()
     job_id = opts.job_id or store.create(spec.name, argv)
-    store.start(job_id, os.getpid())
+    log_path = Path(store.get(job_id).log_path or ws.artifact_dir("logs") / f"{job_id}.log")
+    if not opts.job_id:
+        store.set_log_path(job_id, str(log_path))
     signal.signal(signal.SIGTERM, _on_sigterm)
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True).start()
+    pid = os.getpid()
+
+    def guard() -> None:
+        if not store.owns(job_id, pid):
+            raise JobLostError(f"job {job_id} is no longer running in the job table (it was marked "
+                               f"{store.get(job_id).state} while this process was paused or cut off); its results "
+                               f"were not saved. Run the command again.")
+
     progress = Progress(lambda f, m: store.update(job_id, progress=f, message=m))
     try:
+        _wait_for_turn(store, job_id, spec.name)
+        set_write_guard(guard)
         result = spec.run(ws, opts, progress) or {}
+        guard()
         if report is not None:
             report(result)
         if opts.json:
@@ -163,11 +215,15 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
         print(f"{spec.name}: cancelled", file=sys.stderr)
         return 130
     except Exception as exc:
-        traceback.print_exc()
+        _log_failure(log_path, spec, exc)
         store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        if opts.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        print(f"(details: {log_path})", file=sys.stderr)
         return 1
     finally:
+        set_write_guard(None)
         stop.set()
 
 

@@ -36,12 +36,14 @@ class NothingIngestedError(RuntimeError):
 def _ingest(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.data.ingest import ingest_imagefolder, ingest_manifest
 
+    options = {"classes": opts.classes, "progress": progress, "max_pixels": opts.max_pixels,
+               "allow_outside": opts.allow_outside}
     if opts.manifest is not None:
-        report = ingest_manifest(ws, Path(opts.manifest), classes=opts.classes, progress=progress)
+        report = ingest_manifest(ws, Path(opts.manifest), **options)
     else:
-        report = ingest_imagefolder(ws, Path(opts.imagefolder), classes=opts.classes, progress=progress)
+        report = ingest_imagefolder(ws, Path(opts.imagefolder), **options)
     print(report.summary())
-    if report.n_added == 0:
+    if report.n_added == 0 and report.n_existing == 0:  # re-ingesting the same input is not a failure
         reasons = ", ".join(f"{reason}: {n}" for reason, n in report.rejections_by_reason().items())
         raise NothingIngestedError(
             f"no row of {report.source} was added ({report.n_rows} rows, all rejected: {reasons or 'none'}). "
@@ -49,14 +51,29 @@ def _ingest(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     return report.to_dict()
 
 
+def _ingest_options() -> tuple[Option, ...]:
+    from core.data.imagefile import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
+    return (
+        Option("manifest", "path", help="CSV or Parquet with columns path,label,split[,weak_label][,group]"
+                                        "[,true_label]; any encoding and separator Excel writes"),
+        Option("imagefolder", "path", help="folder laid out as ROOT/<split>/<class>/<image>; under ROOT/pool/ the "
+                                           "class folder is the weak label"),
+        Option("classes", "list", help="class names in class-id order (default: the workspace's classes, else the "
+                                       "sorted labels of the train split, numerically if all are integers)"),
+        Option("max_pixels", "int", advanced=True,
+               help=f"refuse images with more pixels than this, as too_large (default ${MAX_PIXELS_ENV}, else "
+                    f"{MAX_IMAGE_PIXELS}); for this ingest only: set ${MAX_PIXELS_ENV} to let training and "
+                    f"embedding decode them too"),
+        Option("allow_outside", "flag", False, advanced=True,
+               help="accept files outside the manifest's folder (ImageFolder root): absolute paths elsewhere, "
+                    "../ that leaves it, symlinks out of it (default: rejected as outside_root)"),
+    )
+
+
 register_job(JobSpec(
     "ingest", "Ingest an image dataset (a CSV/Parquet manifest or an ImageFolder tree) into a workspace.",
-    (Option("manifest", "path", help="CSV or Parquet with columns path,label,split[,weak_label][,group][,true_label]"),
-     Option("imagefolder", "path", help="folder laid out as ROOT/<split>/<class>/<image>; under ROOT/pool/ the "
-                                        "class folder is the weak label"),
-     Option("classes", "list", help="class names in class-id order (default: the workspace's classes, else the "
-                                    "sorted labels of the train split)")),
-    _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True))
+    _ingest_options(), _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True))
 
 
 # -- train, predict, evaluate ---------------------------------------------------------------------------

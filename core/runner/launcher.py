@@ -39,6 +39,26 @@ def form_defaults(kind: str) -> dict[str, Any]:
     return {o.name: o.default for o in job_options(kind)}
 
 
+def check_paths(kind: str, values: Mapping[str, Any], roots: Sequence[str | Path]) -> None:
+    """Refuse form values of path options that lie outside every folder of ``roots`` (the app's data roots):
+    someone who can open the app must not make a job read or create files anywhere on the server."""
+    spec = get_job(kind)
+    resolved = [Path(r).expanduser().resolve() for r in roots]
+    for name, value in values.items():
+        opt = spec.option(name) if name in {o.name for o in spec.options} else None
+        if opt is None or opt.kind != "path" or value is None or not str(value).strip():
+            continue
+        path = Path(str(value).strip()).expanduser()
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"{opt.flag}: {value} cannot be resolved ({exc})") from None
+        if not any(path.is_relative_to(r) for r in resolved):
+            raise ValueError(f"{opt.flag}: {path} is outside the data roots this app may use "
+                             f"({', '.join(map(str, resolved))}); start the app with --data-root DIR to allow "
+                             f"another folder")
+
+
 def build_args(kind: str, values: Mapping[str, Any]) -> list[str]:
     """Command-line arguments for job ``kind`` from form values keyed by option name.
 
@@ -84,7 +104,7 @@ def _waiter(ws: Workspace, job_id: str, proc: subprocess.Popen) -> None:
             if code in (-signal.SIGTERM, 130, -signal.SIGINT):
                 store.finish(job_id, "cancelled", error="cancelled before the job started")
             else:
-                tail = log_tail(job, lines=5).strip()
+                tail = log_tail(job, lines=5, ws=ws).strip()
                 store.finish(job_id, "failed", error=f"the job's process exited with code {code}"
                              + (f": {tail.splitlines()[-1]}" if tail else ""))
     except Exception:  # the row is reconciled on the next Jobs page render anyway
@@ -94,6 +114,10 @@ def _waiter(ws: Workspace, job_id: str, proc: subprocess.Popen) -> None:
 def launch(ws: Workspace, kind: str, args: Sequence[str] = ()) -> str:
     """Start ``jobs.<kind>`` with ``args`` (an argv list, no shell) in the background; returns its job id."""
     get_job(kind)  # an unknown kind fails here
+    args = [str(a) for a in args]
+    if any(a == "--trust-checkpoint" or a.startswith("--trust-checkpoint=") for a in args):
+        raise ValueError("--trust-checkpoint lets a weights file run code when it loads; it is refused for jobs "
+                         "started from the app (run the job from the command line if you trust the file)")
     store = ws.jobs()
     store.init()
     logs = ws.artifact_dir("logs")
@@ -133,10 +157,14 @@ def cancel(ws: Workspace, job_id: str) -> bool:
     return True
 
 
-def log_tail(job: Job, lines: int = 40, max_bytes: int = 64_000) -> str:
-    """The last ``lines`` lines of a job's log ('' if it has none). Progress-bar redraws are collapsed."""
-    if not job.log_path or not Path(job.log_path).exists():
+def log_tail(job: Job, lines: int = 40, max_bytes: int = 64_000, *, ws: Workspace | None = None) -> str:
+    """The last ``lines`` lines of a job's log ('' if it has none). Progress-bar redraws are collapsed.
+    With ``ws``, a log path outside that workspace's folder is not read (the job table is data: it could
+    name any file)."""
+    if not job.log_path or not Path(job.log_path).is_file():
         return ""
+    if ws is not None and not ws.contains(job.log_path):
+        return f"(the log path {job.log_path} is outside the workspace; it is not shown)"
     with open(job.log_path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -161,4 +189,4 @@ def wait(ws: Workspace, job_id: str, timeout: float = 120.0, poll: float = 0.2) 
         time.sleep(poll)
 
 
-__all__ = ["build_args", "cancel", "form_defaults", "job_kinds", "job_options", "launch", "log_tail", "wait"]
+__all__ = ["build_args", "cancel", "check_paths", "form_defaults", "job_kinds", "job_options", "launch", "log_tail", "wait"]

@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from core.data.imagefile import read_rgb
+from core.store.files import atomic_path
+
 MODES = ("crop", "overlay")
 LAYOUTS = ("grid", "confusion")
 CELLS = ("TP", "FP", "FN", "TN")
@@ -75,15 +78,14 @@ def make_tile(path: str | Path, heatmap: np.ndarray, *, tile: int = 64, mode: st
     if mode not in MODES:
         raise ValueError(f"mosaic mode must be one of {MODES}, got {mode!r}")
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if mode == "crop":
-                img = img.crop(attribution_box(heatmap, img.width, img.height, crop_frac))
-                img = img.resize((tile, tile), Image.Resampling.BILINEAR)
-            else:
-                img = img.resize((tile, tile), Image.Resampling.BILINEAR)
-                img = Image.blend(img, _heat_rgb(heatmap, (tile, tile)), 0.45)
-    except OSError:  # moved, deleted or unreadable since ingest: keep the mosaic, mark the gap
+        img = read_rgb(path)  # the same upright 8-bit RGB the model saw
+        if mode == "crop":
+            img = img.crop(attribution_box(heatmap, img.width, img.height, crop_frac))
+            img = img.resize((tile, tile), Image.Resampling.BILINEAR)
+        else:
+            img = img.resize((tile, tile), Image.Resampling.BILINEAR)
+            img = Image.blend(img, _heat_rgb(heatmap, (tile, tile)), 0.45)
+    except (OSError, ValueError, Image.DecompressionBombError):  # moved, deleted or unreadable since ingest: keep the mosaic, mark the gap
         img = Image.new("RGB", (tile, tile), (200, 200, 200))
         draw = ImageDraw.Draw(img)
         draw.line([0, 0, tile - 1, tile - 1], fill=(150, 150, 150), width=2)
@@ -150,9 +152,8 @@ def make_mosaic(paths: Sequence[str], heatmaps: np.ndarray, *, errors: Sequence[
 
 def save_png(img: Image.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 

@@ -4,8 +4,11 @@ Jobs report progress many times a minute while the app polls; DuckDB allows one 
 readers beside it, SQLite in WAL mode allows one writer and any number of readers. Writes use
 ``BEGIN IMMEDIATE`` with a busy timeout, so concurrent writers wait instead of failing.
 
-A job row is the truth the Jobs page shows. A running job whose process has died (killed, machine
-restarted) is reported as failed by :meth:`JobStore.reconcile`, never as running forever.
+A job row is the truth every page shows. A queued or running job whose process has died (killed, machine
+restarted) or stopped reporting is marked failed by :meth:`JobStore.reconcile`, which every read
+(:meth:`JobStore.get`, :meth:`JobStore.list`) runs first, so no page shows it as running forever. Two jobs
+of the same kind never run at once on one workspace: :meth:`JobStore.claim` starts a job only when no other
+job of its kind runs, else the job stays queued behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core.store.workspace import transaction
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
@@ -114,13 +119,8 @@ class JobStore:
         try:
             con.execute("PRAGMA busy_timeout = 30000")
             if write:
-                con.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(con, "BEGIN IMMEDIATE"):
                     yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
             else:
                 yield con
         finally:
@@ -159,6 +159,33 @@ class JobStore:
         with self._con(write=True) as con:
             con.execute("UPDATE jobs SET pid=? WHERE job_id=?", (pid, job_id))
 
+    def claim(self, job_id: str, pid: int) -> str | None:
+        """Start ``job_id`` in process ``pid`` unless another job of its kind is running (atomically: two
+        claims never both win). Returns None when started, else the id of the job it waits for (this row
+        then stays queued, with its pid and a message saying so)."""
+        now = time.time()
+        with self._con(write=True) as con:
+            kind = con.execute("SELECT kind FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if kind is None:
+                raise KeyError(f"no job {job_id!r} in {self.path}")
+            others = con.execute("SELECT job_id, pid, heartbeat_at FROM jobs WHERE kind=? AND state='running' "
+                                 "AND job_id<>?", (kind[0], job_id)).fetchall()
+            blocking = [r["job_id"] for r in others if pid_alive(r["pid"])
+                        and not (r["heartbeat_at"] and now - r["heartbeat_at"] > STALE_AFTER_SECONDS)]
+            if blocking:
+                con.execute("UPDATE jobs SET pid=?, heartbeat_at=?, message=? WHERE job_id=? AND state='queued'",
+                            (pid, now, f"queued: waiting for {blocking[0]} ({kind[0]}) to finish", job_id))
+                return blocking[0]
+            con.execute("UPDATE jobs SET state='running', pid=?, started_at=?, heartbeat_at=?, message='' "
+                        "WHERE job_id=? AND state='queued'", (pid, now, now, job_id))
+        return None
+
+    def owns(self, job_id: str, pid: int) -> bool:
+        """True if ``job_id`` is running in process ``pid`` (a job checks this before it commits results)."""
+        with self._con() as con:
+            row = con.execute("SELECT state, pid FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return row is not None and row["state"] == "running" and row["pid"] == pid
+
     def update(self, job_id: str, *, progress: float | None = None, message: str | None = None) -> None:
         sets, params = ["heartbeat_at=?"], [time.time()]
         if progress is not None:
@@ -168,7 +195,7 @@ class JobStore:
             sets.append("message=?")
             params.append(message)
         with self._con(write=True) as con:
-            con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id=? AND state='running'",
+            con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id=? AND state IN ('queued','running')",
                         (*params, job_id))
 
     def finish(self, job_id: str, state: str, *, error: str | None = None,
@@ -187,18 +214,23 @@ class JobStore:
         """Mark running or queued jobs whose process is gone as failed; return their ids."""
         dead = []
         now = time.time()
-        for job in self.list(active_only=True):
+        for job in self._list(active_only=True):
             gone = not pid_alive(job.pid) if job.pid else (now - job.created_at > STALE_AFTER_SECONDS)
             stale = job.heartbeat_at is not None and now - job.heartbeat_at > STALE_AFTER_SECONDS
             if gone or stale:
-                why = "the job's process died" if gone else "the job stopped reporting (no heartbeat)"
-                self.finish(job.job_id, "failed", error=f"{why}; see its log for the last output")
+                why = ("the job's process died" if gone else
+                       f"the job stopped reporting for over {STALE_AFTER_SECONDS:.0f} s (no heartbeat); if it goes "
+                       f"on, it saves nothing")
+                log = f"; its log: {job.log_path}" if job.log_path else ""
+                self.finish(job.job_id, "failed", error=f"{why}{log}")
                 dead.append(job.job_id)
         return dead
 
     # -- reading --------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
+        """A job's row, after :meth:`reconcile` (so a dead job reads as failed)."""
+        self.reconcile()
         with self._con() as con:
             row = con.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         if row is None:
@@ -206,6 +238,11 @@ class JobStore:
         return _row_to_job(row)
 
     def list(self, *, active_only: bool = False, limit: int = 200) -> list[Job]:
+        """Jobs, newest first, after :meth:`reconcile` (so a dead job reads as failed)."""
+        self.reconcile()
+        return self._list(active_only=active_only, limit=limit)
+
+    def _list(self, *, active_only: bool = False, limit: int = 200) -> list[Job]:
         where = "WHERE state IN ('queued','running')" if active_only else ""
         with self._con() as con:
             rows = con.execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?",

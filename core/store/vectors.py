@@ -6,13 +6,14 @@ extra copy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from core.store.workspace import Workspace
+from core.store.workspace import Workspace, quote_ident
 
 STORE_MEMORY_LIMIT = "1GB"  # DuckDB's memory cap while storing vectors
 SCAN_MEMORY_LIMIT = "256MB"  # and while streaming them out
@@ -25,7 +26,7 @@ class EmbeddingsMissingError(LookupError):
 def embedding_table(ws: Workspace, embedder_id: str) -> tuple[str, int] | None:
     """(table name, dimension) of an embedder's vectors, or None if it has none yet."""
     row = ws.fetchone("SELECT table_name, dim FROM embedding_sets WHERE embedder_id = ?", [embedder_id])
-    return (row[0], int(row[1])) if row else None
+    return (quote_ident(row[0]), int(row[1])) if row else None
 
 
 def list_embedders(ws: Workspace) -> list[str]:
@@ -54,7 +55,7 @@ def _store_staged(con, embedder_id: str, dim: int, staging: str) -> str:
     row = con.execute("SELECT table_name, dim FROM embedding_sets WHERE embedder_id = ?",
                       [embedder_id]).fetchone()
     if row and int(row[1]) != dim:
-        con.execute(f"DROP TABLE IF EXISTS {row[0]}")
+        con.execute(f"DROP TABLE IF EXISTS {quote_ident(row[0])}")
         con.execute("DELETE FROM embedding_sets WHERE embedder_id = ?", [embedder_id])
         row = None
     if row is None:
@@ -63,11 +64,14 @@ def _store_staged(con, embedder_id: str, dim: int, staging: str) -> str:
         while con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
                           [table]).fetchone()[0]:
             table += "_"
-        con.execute(f"CREATE TABLE {table} (image_id BIGINT PRIMARY KEY, vector FLOAT[{dim}] NOT NULL)")
+        con.execute(f"CREATE TABLE {quote_ident(table)} (image_id BIGINT PRIMARY KEY, vector FLOAT[{int(dim)}] "
+                    f"NOT NULL)")
         con.execute("INSERT INTO embedding_sets (embedder_id, table_name, dim, n) VALUES (?, ?, ?, 0)",
                     [embedder_id, table, dim])
     else:
         table = row[0]
+    name, table = table, quote_ident(table)
+    if row is not None:
         con.execute(f"DELETE FROM {table} WHERE image_id IN (SELECT image_id FROM {staging})")
     # Embedding floats barely compress (ALP saves ~10-25%) but compressing makes the insert ~2x and every
     # full read of the vectors (index builds) 2-4x slower; this connection closes after this transaction.
@@ -78,7 +82,7 @@ def _store_staged(con, embedder_id: str, dim: int, staging: str) -> str:
     con.execute(f"INSERT INTO {table} SELECT image_id, vector::FLOAT[{dim}] FROM {staging}")
     con.execute(f"UPDATE embedding_sets SET n = (SELECT count(*) FROM {table}), "
                 f"created_at = current_timestamp WHERE embedder_id = ?", [embedder_id])
-    return table
+    return name
 
 
 def store_embeddings(ws: Workspace, embedder_id: str, image_ids: np.ndarray, vectors: np.ndarray) -> str:
@@ -95,10 +99,12 @@ def store_embeddings(ws: Workspace, embedder_id: str, image_ids: np.ndarray, vec
     return table
 
 
-def store_embedding_files(ws: Workspace, embedder_id: str, parts: Sequence[str | Path], *, dim: int) -> str:
+def store_embedding_files(ws: Workspace, embedder_id: str, parts: Sequence[str | Path], *, dim: int,
+                          also: Callable[[Any], None] | None = None) -> str:
     """Store vectors staged in Parquet files (columns image_id, vector) in one transaction.
 
-    DuckDB reads the files itself, so the vectors never pass through Python memory.
+    DuckDB reads the files itself, so the vectors never pass through Python memory. ``also(con)`` runs in
+    the same transaction (the embed job records its embedder there, so no embedder exists without vectors).
     """
     if not parts:
         raise ValueError("no staged Parquet parts to store")
@@ -109,6 +115,8 @@ def store_embedding_files(ws: Workspace, embedder_id: str, parts: Sequence[str |
         con.read_parquet(files).create_view("staging_vectors", replace=True)
         table = _store_staged(con, embedder_id, dim, "staging_vectors")
         con.execute("DROP VIEW staging_vectors")
+        if also is not None:
+            also(con)
     return table
 
 
@@ -125,7 +133,7 @@ def _table_in(con, ws: Workspace, embedder_id: str) -> tuple[str, int]:
         raise EmbeddingsMissingError(
             f"no embeddings for embedder {embedder_id!r} in {ws.root}; run `python -m jobs.embed "
             f"--workspace {ws.root} --embedder ...` first (known: {known or 'none'})")
-    return row[0][0], int(row[0][1])
+    return quote_ident(row[0][0]), int(row[0][1])
 
 
 def _batch_arrays(batch: pa.RecordBatch, dim: int) -> tuple[np.ndarray, np.ndarray]:

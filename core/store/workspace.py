@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ DB_FILE = "workspace.duckdb"
 JOBS_FILE = "jobs.sqlite"
 ARTIFACTS_DIR = "artifacts"
 
+WAIT_NOTICE_SECONDS = 5.0  # a writer waiting longer than this for the file says so once
 _LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "different configuration", "database is locked")
 _process_locks: dict[str, threading.RLock] = {}
 _process_locks_guard = threading.Lock()
@@ -54,6 +56,29 @@ class SchemaVersionError(WorkspaceError):
 
 class WorkspaceBusyError(WorkspaceError):
     pass
+
+
+_write_guard: Callable[[], None] | None = None
+
+
+def set_write_guard(guard: Callable[[], None] | None) -> None:
+    """Call ``guard()`` before every write transaction of this process commits; if it raises, the transaction
+    is rolled back. A job uses it to never commit once its row in the job table is no longer its own (it was
+    marked failed while the process was paused, say)."""
+    global _write_guard
+    _write_guard = guard
+
+
+@contextmanager
+def transaction(con: Any, begin: str = "BEGIN TRANSACTION") -> Iterator[Any]:
+    """``begin`` on a DuckDB or SQLite connection; COMMIT when the block succeeds, ROLLBACK when it raises."""
+    con.execute(begin)
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _process_lock(path: Path) -> threading.RLock:
@@ -87,6 +112,14 @@ class Workspace:
     def artifacts(self) -> Path:
         return self.root / ARTIFACTS_DIR
 
+    def contains(self, path: str | Path) -> bool:
+        """True if ``path`` (symlinks resolved) lies inside this workspace's folder: the app reads or serves a
+        file named in the workspace (a log, a mosaic, a checkpoint) only then."""
+        try:
+            return Path(path).resolve().is_relative_to(self.root.resolve())
+        except (OSError, ValueError, RuntimeError):
+            return False
+
     def artifact_dir(self, *parts: str) -> Path:
         """A folder under ``artifacts/``, created on demand."""
         d = self.artifacts.joinpath(*parts)
@@ -99,6 +132,8 @@ class Workspace:
     def create(cls, root: str | Path, *, exist_ok: bool = False) -> "Workspace":
         """Create a new, empty workspace at ``root`` (a folder that is empty or does not exist)."""
         root = Path(root).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise NotAWorkspaceError(f"{root} is a file, not a folder; give a folder for the workspace.")
         if (root / DB_FILE).exists():
             if exist_ok:
                 return cls.open(root)
@@ -122,6 +157,8 @@ class Workspace:
     def open(cls, root: str | Path) -> "Workspace":
         """Open an existing workspace, checking that it is one and that its schema is this version's."""
         root = Path(root).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise NotAWorkspaceError(f"{root} is a file, not a workspace folder (a folder holding {DB_FILE}).")
         if not root.is_dir():
             raise NotAWorkspaceError(f"{root} does not exist. Create a workspace with `python -m jobs.demo` "
                                      f"or `python -m jobs.ingest --workspace {root} ...`.")
@@ -138,19 +175,31 @@ class Workspace:
         return ws
 
     def schema_version(self) -> int | None:
+        """The schema version recorded in the workspace (None if it records none)."""
         try:
             row = self.fetchone("SELECT value FROM meta WHERE key = 'schema_version'")
         except duckdb.CatalogException:
             return None
-        return int(row[0]) if row else None
+        except WorkspaceError:
+            raise
+        except duckdb.Error as exc:  # not a DuckDB file, a damaged one, another database's file...
+            raise NotAWorkspaceError(f"{self.db_path} is not a DuckDB database this DCD Studio can read "
+                                     f"({str(exc).splitlines()[0][:200]}). Point at a workspace folder, or "
+                                     f"move this file away and re-create the workspace.") from None
+        try:
+            return int(row[0]) if row else None
+        except ValueError:
+            return None
 
     # -- connections ----------------------------------------------------------------------------
 
     @contextmanager
     def _connect(self, *, read_only: bool, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
         lock = _process_lock(self.db_path)
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         delay = 0.005
+        said = False
         with lock:
             while True:
                 try:
@@ -165,6 +214,10 @@ class Workspace:
                                 f"The workspace {self.root} stayed locked by another process for "
                                 f"{timeout:.0f} s. Is a job stuck? See the Jobs page.") from exc
                         raise
+                    if not read_only and not said and time.monotonic() - start > WAIT_NOTICE_SECONDS:
+                        print(f"waiting for the workspace {self.root}: another process holds it (a job writing, "
+                              f"or readers); up to {timeout:.0f} s", file=sys.stderr, flush=True)
+                        said = True
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 1.6, 0.25)
             try:
@@ -181,14 +234,10 @@ class Workspace:
     @contextmanager
     def write(self, *, timeout: float = 300.0) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short read-write transaction: committed on success, rolled back on error."""
-        with self._connect(read_only=False, timeout=timeout) as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+        with self._connect(read_only=False, timeout=timeout) as con, transaction(con):
+            yield con
+            if _write_guard is not None:
+                _write_guard()
 
     def df(self, sql: str, params: list[Any] | tuple[Any, ...] | None = None) -> pd.DataFrame:
         """Run a read query and return a DataFrame."""
@@ -227,15 +276,22 @@ class Workspace:
         return JobStore(self.jobs_path)
 
 
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a table or column name read from a workspace file is data, and
+    goes into SQL only through here; values always go through parameters)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
 def replace_model_rows(con: duckdb.DuckDBPyConnection, table: str, staging: Any, *, model_id: str, key: str,
                        columns: Sequence[str] | None = None) -> None:
     """Inside a write transaction: replace ``table``'s rows of ``model_id`` whose ``key`` is among the staged
     rows (a pandas DataFrame or Arrow table) with the staged rows."""
     con.register("staging_rows", staging)
     try:
+        table, key = quote_ident(table), quote_ident(key)
         con.execute(f"DELETE FROM {table} WHERE model_id = ? AND {key} IN (SELECT {key} FROM staging_rows)",
                     [model_id])
-        cols = ", ".join(columns) if columns else "*"
+        cols = ", ".join(map(quote_ident, columns)) if columns else "*"
         target = f"{table} ({cols})" if columns else table
         con.execute(f"INSERT INTO {target} SELECT {cols} FROM staging_rows")
     finally:
