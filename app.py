@@ -2,14 +2,14 @@
 
     streamlit run app.py -- --workspace DIR        (or DCD_WORKSPACE=DIR streamlit run app.py)
 
-The router: the sidebar opens a workspace (pages/_shared.py) and st.navigation shows the pages, each a thin
+The router: the sidebar opens a workspace (pages/_session.py) and st.navigation shows the pages, each a thin
 view over core/. """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pages import _shared
+from pages._session import sidebar
 
 st.set_page_config(page_title="DCD Studio", page_icon=":material/troubleshoot:", layout="wide")
 
@@ -24,6 +24,6 @@ pages = [
 
 page = st.navigation(pages)
 st.sidebar.markdown("### :material/troubleshoot: DCD Studio")
-if _shared.sidebar() is None:
+if sidebar() is None:
     st.stop()
 page.run()

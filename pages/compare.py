@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.app import charts
-from core.app.queries import comparison_table
+from core.app import charts, queries
 from core.app.report import comparison_csv, comparison_html
-from pages._shared import pct, view, workspace
+from pages._session import view, workspace
+from pages._widgets import pct
 
 ws = workspace()
 st.title("Before / after")
 
-classifiers = view("classifier_ids")
+classifiers = view(queries.classifier_ids)
 if len(classifiers) < 2:
     st.info("Comparing needs two classifiers: retrain one on a debug-train selection (Jobs page → retrain).")
     if not classifiers:
         st.stop()
-labels = view("model_labels", classifiers)
-current = view("current_classifier_id")
+labels = view(queries.model_labels, classifiers)
+current = view(queries.current_classifier_id)
 default = ([current] if current in classifiers else []) + [m for m in classifiers if m != current]
 chosen = st.multiselect("Classifiers (the first is the reference: 'before')", classifiers, default=default,
                         format_func=lambda m: labels.get(m, m), key="compare_models")
@@ -27,11 +27,11 @@ if not chosen:
     st.stop()
 reference = chosen[0]
 
-long = view("comparison_long", chosen)
+long = view(queries.comparison_long, chosen)
 if long.empty:
     st.info("No metrics for these classifiers yet: run the evaluate job.")
     st.stop()
-table = comparison_table(long, chosen, reference)
+table = queries.comparison_table(long, chosen, reference)
 
 head = table[(table.metric == "accuracy") & table.eval_set.isin(["test", "error_heldout"])].set_index("eval_set")
 cols = st.columns(max(1, len(chosen)))

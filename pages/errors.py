@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.app import charts
-from pages._shared import gallery, pct, view, workspace
+from core.app import charts, queries
+from pages._session import view, workspace
+from pages._widgets import gallery, pct
 
 ws = workspace()
 st.title("Errors")
 
-classifiers = view("classifier_ids")
+classifiers = view(queries.classifier_ids)
 if not classifiers:
     st.warning("No classifier yet: run the train job (Jobs page) or the pipeline.")
     st.stop()
-current = view("current_classifier_id")
-labels = view("model_labels", classifiers)
+current = view(queries.current_classifier_id)
+labels = view(queries.model_labels, classifiers)
 c1, c2 = st.columns(2)
 model_id = c1.selectbox("Classifier", classifiers, index=classifiers.index(current) if current in classifiers else 0,
                         format_func=lambda m: labels.get(m, m) + (" · current" if m == current else ""),
                         key="errors_model")
-splits = view("predicted_splits", model_id)
+splits = view(queries.predicted_splits, model_id)
 if not splits:
     st.info(f"No predictions of `{model_id}` yet: run the predict (or evaluate) job.")
     st.stop()
 split = c2.selectbox("Evaluation set", splits, key="errors_split",
                      index=splits.index("error_heldout") if "error_heldout" in splits else 0)
 
-conf = view("confusion", model_id, split)
+conf = view(queries.confusion, model_id, split)
 n_total = int(conf.n.sum())
 n_wrong = int(conf.loc[conf.label != conf.pred, "n"].sum())
 m1, m2, m3 = st.columns(3)
@@ -58,12 +59,12 @@ with left:
 with right:
     tab_g, tab_c = st.tabs(["Per group", "Per class"])
     with tab_g:
-        acc_g = view("accuracy_by", model_id, split, by="group")
+        acc_g = view(queries.accuracy_by, model_id, split, by="group")
         st.altair_chart(charts.accuracy_bars(acc_g), key="errors_groups_chart")
         st.dataframe(acc_g.rename(columns={"key": "group"}), hide_index=True, key="errors_groups",
                      column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
     with tab_c:
-        acc_c = view("accuracy_by", model_id, split, by="class")
+        acc_c = view(queries.accuracy_by, model_id, split, by="class")
         st.altair_chart(charts.accuracy_bars(acc_c), key="errors_classes_chart")
         st.dataframe(acc_c.rename(columns={"key": "class"}), hide_index=True, key="errors_classes",
                      column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
@@ -71,13 +72,13 @@ with right:
 if cells:
     label, pred = st.session_state["errors_cell"]
     st.subheader(f"Images: true {names[label]}, predicted {names[pred]}")
-    imgs = view("cell_images", model_id, split, label, pred, limit=24)
+    imgs = view(queries.cell_images, model_id, split, label, pred, limit=24)
     gallery(ws, imgs, lambda r: f"#{r.image_id} · conf {r.confidence:.2f}" +
             (f" · {r.group_name}" if r.group_name else ""), columns=8)
 
 st.subheader("Most confident mistakes")
 limit = st.slider("How many", 6, 60, 18, step=6, key="errors_limit")
-mistakes = view("confident_mistakes", model_id, split, limit=limit)
+mistakes = view(queries.confident_mistakes, model_id, split, limit=limit)
 if mistakes.empty:
     st.success(f"No mistakes on {split}.")
 else:

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.app import queries
 from core.runner import launcher
 from core.runner.options import Option
 from core.runner.registry import get_job
 from core.store.workspace import Workspace, WorkspaceError
-from pages._shared import refresh, view, workspace
+from pages._session import data_roots, died_jobs, refresh, view, workspace
 
 ws = workspace()
 st.title("Jobs")
 store = ws.jobs()
 store.init()
-dead = store.reconcile()
+dead = died_jobs(ws)
 if dead:
     st.warning(f"{len(dead)} job(s) whose process had died are now marked failed: {', '.join(dead)}")
 
@@ -25,15 +26,15 @@ if dead:
 
 def _picker_options(what: str) -> tuple[list[str], dict[str, str]]:
     if what == "classifier":
-        ids = view("classifier_ids")
-        return ids, view("model_labels", ids)
+        ids = view(queries.classifier_ids)
+        return ids, view(queries.model_labels, ids)
     if what == "selection":
-        sels = view("selections")
+        sels = view(queries.selections)
         return sels.selection_id.tolist(), {r.selection_id: f"{r.selection_id} · {r.name} ({r.n_items} images)"
                                             for r in sels.itertuples()}
     if what == "slice_run":
-        return view("slice_runs").run_id.tolist(), {}
-    return view("embedders").embedder_id.tolist(), {}
+        return view(queries.slice_runs).run_id.tolist(), {}
+    return view(queries.embedders).embedder_id.tolist(), {}
 
 
 def _option_widget(kind: str, opt: Option):
@@ -96,10 +97,16 @@ with st.expander("Launch a job", expanded=True):
         submitted = st.form_submit_button(f"Launch {kind}", type="primary")
     if submitted:
         try:
+            roots = data_roots(ws)
+            launcher.check_paths(kind, values, roots)  # job paths only inside the data roots
             args = launcher.build_args(kind, values)
             run_ws = ws
             if target is not None:
-                run_ws = Workspace.create(Path(target or "").expanduser(), exist_ok=True)
+                target_path = Path(target or "").expanduser().resolve()
+                if not any(target_path.is_relative_to(r) for r in roots):
+                    raise ValueError(f"{target_path} is outside the data roots this app may use "
+                                     f"({', '.join(map(str, roots))}); start the app with --data-root DIR")
+                run_ws = Workspace.create(target_path, exist_ok=True)
             job_id = launcher.launch(run_ws, kind, args)
         except (ValueError, SystemExit, WorkspaceError) as exc:
             st.error(f"Could not launch {kind}: {exc if str(exc) not in ('2', '') else 'invalid arguments'}")
@@ -140,7 +147,7 @@ def job_list() -> None:
             st.toast(f"Cancelling {j.job_id}…")
 
     st.subheader("All jobs")
-    table = view("jobs_table", limit=100)
+    table = view(queries.jobs_table, limit=100)
     if table.empty:
         st.info("No jobs yet.")
         return
@@ -160,7 +167,7 @@ def job_list() -> None:
         st.error(job.error)
     elif job.state == "cancelled":
         st.warning(job.error or "cancelled")
-    tail = launcher.log_tail(job, lines=30)
+    tail = launcher.log_tail(job, lines=30, ws=ws)
     st.code(tail or "(no log output)", language=None)
     if job.result:
         with st.expander("Result"):

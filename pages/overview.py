@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import pct, view, workspace
+from core.app import queries
+from pages._session import view, workspace
+from pages._widgets import pct
 
 ws = workspace()
 st.title("Overview")
 
-head = view("headline_metrics")
+head = view(queries.headline_metrics)
 if head["model_id"] is None:
     st.warning("No classifier yet: run the train job (Jobs page) or the pipeline.")
 else:
@@ -24,13 +26,13 @@ else:
         st.info("The current classifier has no metrics yet: run the evaluate job.")
 
 st.subheader("Dataset")
-counts = view("split_class_table")
+counts = view(queries.split_class_table)
 st.dataframe(counts, hide_index=True, key="overview_counts")
 st.caption("Images per split and class (pool images by their weak label). error_sample: the few images of "
            "the failure mode we retrieve for; error_heldout: where success is measured.")
 
 st.subheader("Models")
-models = view("models_table")
+models = view(queries.models_table)
 if models.empty:
     st.info("No models yet.")
 else:
@@ -40,7 +42,7 @@ else:
                                                                                   format="percent")})
 
 st.subheader("Latest jobs")
-jobs = view("jobs_table", limit=5)
+jobs = view(queries.jobs_table, limit=5)
 if jobs.empty:
     st.info("No jobs yet: launch one from the Jobs page.")
 else:

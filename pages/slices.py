@@ -3,7 +3,6 @@ numbers, annotation, and spuriousness propagation."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -14,38 +13,13 @@ from core.app import charts
 from core.data.constants import ANNOTATION_KINDS
 from core.scanner import annotations as ann
 from core.scanner import runs as sl
-from core.store.workspace import Workspace
-from pages._shared import gallery, launch_button, pct, refresh, workspace
+from pages._session import refresh, slice_mosaic_png, view, workspace
+from pages._widgets import gallery, launch_button, pct
 
 ws = workspace()
 st.title("Slices")
 
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _q(name: str, root: str, version: str, *args):
-    """Cached reads of core.scanner.runs / core.scanner.annotations, refreshed when the workspace changes."""
-    w = Workspace(Path(root))
-    fn = {"runs": sl.list_runs, "slices": sl.get_slices, "members": sl.slice_members,
-          "annotations": ann.list_annotations, "current": ann.current_annotations,
-          "suggestions": ann.propagation_suggestions}[name]
-    return fn(w, *args)
-
-
-@st.cache_data(show_spinner="Drawing the mosaic…", max_entries=32)
-def _mosaic_png(root: str, version: str, run_id: str, slice_id: int, layout: str, mode: str) -> bytes:
-    from core.scanner.runs import render_slice_mosaic
-
-    img = render_slice_mosaic(Workspace(Path(root)), run_id, slice_id, layout=layout, mode=mode)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def q(name: str, *args):
-    return _q(name, str(ws.root), ws.data_version(), *args)
-
-
-runs = q("runs")
+runs = view(sl.list_runs)
 if runs.empty:
     st.info("No slices yet. Slices come from the classifier's attributions: run the **slices** job "
             "(`python -m jobs.slices --workspace DIR`), which computes them first if needed.")
@@ -61,8 +35,8 @@ st.caption(f"k = {params.get('k')} ({params.get('k_chosen', '?')}), {params.get(
            f"{', '.join(params.get('splits', []))}, attributions: {params.get('attribution_method', '?')}. "
            "Ranked by score = errors × error rate: large, low-accuracy slices first.")
 
-slices = q("slices", run_id)
-current = q("current", run_id)
+slices = view(sl.get_slices, run_id)
+current = view(ann.current_annotations, run_id)
 kind_of = dict(zip(current.slice_id.astype(int), current.kind))
 slices = slices.assign(annotation=[kind_of.get(int(i), "") for i in slices.slice_id])
 
@@ -113,11 +87,13 @@ with c_mosaic:
                       format_func=lambda v: "grid" if v == "grid" else "by TP / FP / FN / TN")
     mode = o2.radio("Tiles", ["crop", "overlay"], horizontal=True, key="slices_mode",
                     format_func=lambda v: "crop to attribution" if v == "crop" else "heatmap overlay")
-    stored = s.mosaic_path if isinstance(s.mosaic_path, str) and Path(s.mosaic_path).exists() else None
+    stored = s.mosaic_path if isinstance(s.mosaic_path, str) and Path(s.mosaic_path).is_file() else None
+    if stored and not ws.contains(stored):  # the workspace names a file elsewhere: never read or serve it
+        stored = None
     if layout == "grid" and mode == "crop" and stored:
         png = Path(stored).read_bytes()
     else:
-        png = _mosaic_png(str(ws.root), ws.data_version(), run_id, slice_id, layout, mode)
+        png = slice_mosaic_png(ws, run_id, slice_id, layout=layout, mode=mode)
     st.image(png, caption=f"slice {slice_id}: {layout}, {mode}")
     st.download_button("Export mosaic (PNG)", png, file_name=f"{run_id}-slice-{slice_id}-{layout}-{mode}.png",
                        mime="image/png", key="slices_download")
@@ -130,7 +106,7 @@ with c_numbers:
     st.caption(f"Mostly predicted **{name_of.get(s.dominant_pred, '?')}**, mostly labelled "
                f"**{name_of.get(s.dominant_label, '?')}**.")
 
-members = q("members", run_id, slice_id)
+members = view(sl.slice_members, run_id, slice_id)
 with st.expander(f"Members ({len(members):,}): errors first", expanded=False):
     show = members.assign(_err=~members.correct.fillna(True).astype(bool)) \
         .sort_values(["_err", "distance"], ascending=[False, True]).head(48)
@@ -158,21 +134,20 @@ with st.form("slices_annotate", clear_on_submit=True):
             st.error(str(exc))
         else:
             refresh()
-            _q.clear()
             st.session_state["slices_flash"] = f"Saved: slice {slice_id} annotated {kind}."
             st.rerun()
 if st.session_state.get("slices_flash"):
     st.success(st.session_state.pop("slices_flash"))
 
 st.subheader("Annotations")
-listed = q("annotations", run_id)
+listed = view(ann.list_annotations, run_id)
 if listed.empty:
     st.caption("No annotations in this run yet.")
 else:
     st.dataframe(listed.drop(columns=["run_id"]), hide_index=True, width="stretch")
 
 st.subheader("Propagation suggestions")
-sugg = q("suggestions", run_id)
+sugg = view(ann.propagation_suggestions, run_id)
 if sugg.empty:
     st.caption("No unannotated slice is close to an annotated one.")
 for r in sugg.itertuples():
@@ -182,11 +157,11 @@ for r in sugg.itertuples():
     if c2.button("Confirm", key=f"sugg_ok_{r.slice_id}_{r.source_slice_id}"):
         ann.confirm_suggestion(ws, run_id, r.slice_id, r.source_slice_id,
                                annotator=st.session_state.get("ann_annotator") or None)
-        _q.clear()
+        refresh()
         st.rerun()
     if c3.button("Dismiss", key=f"sugg_no_{r.slice_id}_{r.source_slice_id}"):
         ann.dismiss_suggestion(ws, run_id, r.slice_id, r.source_slice_id)
-        _q.clear()
+        refresh()
         st.rerun()
 
 if kind_of:

@@ -1,0 +1,113 @@
+"""The query part of the Retrieval page: the embedder, the search options and the images to search for,
+returned as the candidates to review (pages/retrieval.py reviews them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core.app import queries
+from core.dcd.index import IndexInfo
+from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES, default_budget, default_k
+from core.models.catalog import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
+from core.store.workspace import Workspace
+from pages._session import UPLOAD_MAX_BYTES, find_candidates, find_candidates_for_upload, pool_index, view
+from pages._widgets import gallery, launch_button
+
+POLICY_NAMES = {"weak": "pool's weak label", "source": "error image's label", "agree": "both agree"}
+EMBED_ARGS = ["--splits", "error_sample,pool"]
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the person asked for: the feature space, neighbours per image, budget and label policy."""
+
+    embedder_id: str
+    k: int
+    budget: int
+    label_policy: str
+
+
+def embedder_ui(ws: Workspace) -> tuple[str, IndexInfo]:
+    """The chosen embedder and its pool index's description; stops the page (offering the embed job) without."""
+    emb = view(queries.embedders)
+    if emb.empty:
+        st.warning("No embeddings yet: run the embed job (it embeds the error sample and the pool and builds the "
+                   "pool index).")
+        launch_button(ws, "Run the embed job (current classifier's features)", "embed", EMBED_ARGS,
+                      key="retr_launch_embed")
+        st.stop()
+    embedder_id = st.selectbox("Embedder", emb.embedder_id.tolist(), key="retr_embedder",
+                               help="The feature space to search in (the paper finds DINO ViTs find similar "
+                                    "images best)")
+    found = pool_index(ws, embedder_id)
+    if found is None:
+        st.warning(f"No pool index for `{embedder_id}` yet: run the embed job (it builds the index).")
+        base_id, layers = split_embedder_id(embedder_id)
+        args = list(EMBED_ARGS)
+        if base_id.startswith(CLASSIFIER_EMBEDDER_PREFIX):
+            args += ["--classifier-id", base_id[len(CLASSIFIER_EMBEDDER_PREFIX):]]
+        launch_button(ws, "Run the embed job", "embed", [*args, "--embedder-layers", layers], key="retr_launch_index")
+        st.stop()
+    info = found[1]
+    st.caption(f"Pool index: {info.index_type}, {info.n:,} images, {info.dim}-d, recall@{info.recall_k} "
+               f"{info.recall_at_k:.3f}")
+    return embedder_id, info
+
+
+def search_ui(embedder_id: str) -> Search:
+    """k, budget and label policy (defaults as in the select job)."""
+    counts = view(queries.split_class_table).set_index("split")["total"]
+    n_es, n_pool = max(1, int(counts.get("error_sample", 0))), max(1, int(counts.get("pool", 0)))
+    budget0 = default_budget(n_es, n_pool)
+    c1, c2, c3 = st.columns(3)
+    k = c1.number_input("k: neighbours per image", 1, 1000, min(1000, default_k(budget0, n_es)), key="retr_k")
+    budget = c2.number_input("Budget: most images to select", 1, n_pool, min(budget0, n_pool), key="retr_budget")
+    policy = c3.radio("Label to train with", list(LABEL_POLICIES), key="retr_policy", horizontal=True,
+                      index=LABEL_POLICIES.index(DEFAULT_LABEL_POLICY), format_func=POLICY_NAMES.get,
+                      help="'both agree' keeps only the pool images whose weak label is the error image's label")
+    return Search(embedder_id, int(k), int(budget), policy)
+
+
+def query_ui(ws: Workspace, search: Search, classes: list[str]) -> tuple[pd.DataFrame, tuple] | None:
+    """(candidates, what they were searched for) for chosen error-sample images or an upload, else None."""
+    source = st.radio("Query", ["error sample", "upload"], key="retr_source", horizontal=True,
+                      format_func={"error sample": "Error-sample images", "upload": "Upload an image"}.get)
+    opts = {"k": search.k, "budget": search.budget, "label_policy": search.label_policy}
+    if source == "error sample":
+        es = view(queries.error_sample_images, view(queries.current_classifier_id))
+        if es.empty:
+            st.warning("The workspace has no error-sample images: ingest some (split 'error_sample').")
+            st.stop()
+        n_wrong = int((es.correct == False).sum())  # noqa: E712 (nullable column)
+        describe = {r.image_id: f"#{r.image_id} · {r.label_name}" +
+                    (f" · pred {r.pred_name} {'✓' if r.correct else '✗'}" if isinstance(r.pred_name, str) else "")
+                    for r in es.itertuples()}
+        options = es.image_id.tolist()
+        chosen = st.multiselect("Error-sample images", options, default=options, key="retr_sources",
+                                format_func=lambda i: describe.get(i, str(i)),
+                                help=f"{n_wrong} of {len(es)} are misclassified by the current classifier")
+        gallery(ws, es[es.image_id.isin(chosen)], lambda r: describe[r.image_id], width=96)
+        if not chosen:
+            return None
+        return find_candidates(ws, search.embedder_id, chosen, **opts), (search, tuple(chosen))
+    up = st.file_uploader("An image of the failure mode", type=["png", "jpg", "jpeg", "webp", "bmp"],
+                          key="retr_upload")
+    label = st.selectbox("Its label (used with 'error image's label' and 'both agree')", range(len(classes)),
+                         format_func=lambda c: classes[c], key="retr_upload_label")
+    if up is None:
+        return None
+    data = up.getvalue()
+    if len(data) > UPLOAD_MAX_BYTES:
+        st.error(f"{up.name} is {len(data) / 2**20:.1f} MB; upload an image of at most {UPLOAD_MAX_BYTES // 2**20} MB.")
+        return None
+    try:
+        found = find_candidates_for_upload(ws, search.embedder_id, data, label=label, **opts)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # not an image, truncated, too large
+        st.error(f"{up.name} cannot be used as a query image: {str(exc).splitlines()[0][:300]}")
+        return None
+    st.image(data, width=128, caption=up.name)
+    return found, (search, hash(data), label)
