@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,34 +40,39 @@ def wait_idle(page, title: str | None = None, timeout: float = 90_000) -> None:
         if charts.nth(i).is_visible():
             charts.nth(i).locator("canvas, svg").first.wait_for(state="attached", timeout=timeout)
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=timeout)
-    page.wait_for_timeout(500)
+    # and nothing left over from the previous run (Streamlit greys out stale elements until they are replaced)
+    page.wait_for_function("() => document.fonts.status === 'loaded' && !document.querySelector(\"[data-stale='true']\")",
+                           timeout=timeout)
 
 
 @contextmanager
-def running_app(src: Path, tmp_path: Path):
-    """`streamlit run app.py` on a copy of workspace ``src``: yields (base url, workspace dir); always stopped."""
-    ws_dir = tmp_path / "ws"
-    shutil.copytree(src, ws_dir)
+def running_app(ws_dir: Path, tmp_path: Path):
+    """`streamlit run app.py` on the workspace ``ws_dir`` (give it a copy: the app writes to it): yields
+    (base url, workspace dir); always stopped."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "DCD_WORKSPACE"}
-    log = open(tmp_path / "streamlit.log", "wb")
+    log_path = tmp_path / "streamlit.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--", "--workspace", str(ws_dir)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n" + log_path.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
-            time.sleep(0.3)
+        try:
+            wait_until(healthy, 60, f"streamlit to answer on {url}/_stcore/health", interval=0.3)
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}:\n" + log_path.read_text()[-3000:]) from None
         yield url, ws_dir
     finally:
         try:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import copy_workspace
 from PIL import Image
 
-ASSETS = Path(os.environ.get("DCD_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+from core.scenarios.demos import assets_dir
+
+# The real assets come from one setting, $DCD_ASSETS (`make test ASSETS=DIR`); tests that need them skip
+# with that reason when it is unset.
+ASSETS = assets_dir()
 TINY_ARCH = "test_resnet"
 
 
@@ -68,9 +73,17 @@ def tiny_pipeline_workspace(tmp_path_factory, tiny_manifest):
 
 
 @pytest.fixture()
-def app_server(tiny_pipeline_workspace, tmp_path):
+def ws_copy(tiny_pipeline_workspace, tmp_path):
+    """A private copy of the tiny pipeline workspace at ``tmp_path / "ws"`` (the test may write to it) and the
+    pipeline's report: (Workspace, report dict)."""
+    src, report_path = tiny_pipeline_workspace
+    return copy_workspace(src, tmp_path / "ws"), json.loads(report_path.read_text())
+
+
+@pytest.fixture()
+def app_server(ws_copy, tmp_path):
     """The real app (`streamlit run`) on a copy of the tiny workspace: (base url, workspace dir); always stopped."""
     from browser_app import running_app
 
-    with running_app(tiny_pipeline_workspace[0], tmp_path) as served:
+    with running_app(ws_copy[0].root, tmp_path) as served:
         yield served

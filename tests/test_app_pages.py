@@ -5,36 +5,27 @@ their actions write."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import streamlit as st
+from helpers import copy_workspace
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.app import queries as views
 from core.runner import launcher
-from core.store.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 PLAN = {"train": 120, "test": 40, "error_sample": 8, "error_heldout": 24, "pool": 200}
 
 
-@pytest.fixture(scope="module")
-def ws_copy(tiny_pipeline_workspace, tmp_path_factory) -> tuple[Workspace, dict]:
-    """A private copy (the pages write to it) and the pipeline's report."""
-    src, report_path = tiny_pipeline_workspace
-    dst = tmp_path_factory.mktemp("app-ws") / "ws"
-    shutil.copytree(src, dst)
-    return Workspace.open(dst), json.loads(report_path.read_text())
-
-
 @pytest.fixture()
 def app(ws_copy, monkeypatch):
-    """A fresh AppTest on the workspace (given by DCD_WORKSPACE), with Streamlit's caches cleared."""
+    """A fresh AppTest on the test's private copy of the tiny pipeline workspace (``ws_copy`` of conftest, given
+    by DCD_WORKSPACE; the pages write to it), with Streamlit's caches cleared."""
     ws, _ = ws_copy
     monkeypatch.setenv("DCD_WORKSPACE", str(ws.root))
     st.cache_data.clear()
@@ -224,11 +215,12 @@ def test_the_app_says_clearly_when_the_path_is_not_usable(case, ws_copy, tmp_pat
     if case == "missing":
         path, expected = tmp_path / "nope", "does not exist"
     elif case == "not_a_workspace":
-        path, expected = tmp_path, "not a DCD Studio workspace"
+        path, expected = tmp_path / "empty", "not a DCD Studio workspace"
+        path.mkdir()
     else:
         path = tmp_path / "old"
-        shutil.copytree(ws_copy[0].root, path, ignore=shutil.ignore_patterns("artifacts"))
-        with Workspace(path).write() as con:
+        old = copy_workspace(ws_copy[0].root, path, ignore=shutil.ignore_patterns("artifacts"))
+        with old.write() as con:
             con.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
         expected = "Schema from another version"
     monkeypatch.setenv("DCD_WORKSPACE", str(path))

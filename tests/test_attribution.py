@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -88,18 +86,17 @@ def test_bad_config_is_a_value_error():
         AttributionConfig(target="truth")
 
 
-def test_attribute_job_stores_one_row_per_image(tiny_pipeline_workspace, tmp_path):
+def test_attribute_job_stores_one_row_per_image(ws_copy, tmp_path):
     from core.models.catalog import current_classifier
     from core.scanner.attribution import load_attributions
-    from core.store.workspace import Workspace
     from jobs import attribute
 
-    src, _ = tiny_pipeline_workspace
-    shutil.copytree(src, tmp_path / "ws")
+    ws, _ = ws_copy
     out = tmp_path / "attr.json"
-    assert attribute.main(["--workspace", str(tmp_path / "ws"), "--json", str(out), "--heatmap-size", "5"]) == 0
-    ws = Workspace.open(tmp_path / "ws")
-    n = ws.scalar("SELECT count(*) FROM images WHERE split IN ('train', 'test', 'error_heldout')")
+    assert attribute.main(["--workspace", str(ws.root), "--json", str(out), "--heatmap-size", "5"]) == 0
+    ids = ws.df("SELECT image_id FROM images WHERE split IN ('train', 'test', 'error_heldout')").image_id
     att = load_attributions(ws, current_classifier(ws))
-    assert len(att.image_ids) == n and att.heatmaps.shape[1:] == (5, 5)
+    # one row per image: every image of those splits exactly once, one map and one vector each
+    assert sorted(int(i) for i in att.image_ids) == sorted(int(i) for i in ids)
+    assert att.heatmaps.shape == (len(ids), 5, 5) and len(att.vectors) == len(ids)
     assert np.isfinite(att.vectors).all() and att.method == "gradcam:label"

@@ -6,13 +6,13 @@ model on the Before/after page. Screenshots of every page go to test-output/scre
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from browser_app import CHROMIUM, CHROMIUM_ARGS, SHOTS, wait_idle
+from helpers import wait_until
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser` (apt-get install "
                                                      "chromium) to run the browser test"),
 ]
@@ -50,16 +50,16 @@ def test_every_page_and_a_job_end_to_end(app_server):
             page.get_by_role("option", name="retrain", exact=True).click()
             wait_idle(page)
             page.get_by_role("textbox", name="finetune epochs", exact=True).fill("1")
-            page.get_by_role("textbox", name="method", exact=True).fill("browser_finetune")
+            page.get_by_text("Advanced", exact=True).click()  # the model's name in the report is an advanced option
+            page.get_by_role("textbox", name="record as", exact=True).fill("browser_finetune")
             page.get_by_role("button", name="Launch retrain").click()
             expect(page.get_by_text("Launched").first).to_be_visible(timeout=30_000)
             job = ws.jobs().list(limit=1)[0]
             assert job.kind == "retrain"
             assert job.args[job.args.index("--finetune-epochs") + 1] == "1"
             page.screenshot(path=str(SHOTS / "jobs-running.png"), full_page=True)
-            deadline = time.monotonic() + 150
-            while ws.jobs().get(job.job_id).is_active and time.monotonic() < deadline:
-                time.sleep(1)
+            wait_until(lambda: not ws.jobs().get(job.job_id).is_active, 150, f"retrain job {job.job_id} to finish",
+                       interval=1)
             job = ws.jobs().get(job.job_id)
             assert job.state == "succeeded", f"{job.state}: {job.error}"
             # The polling fragment shows it finished without a manual reload.

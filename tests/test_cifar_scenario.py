@@ -1,13 +1,12 @@
 """Tests for the CIFAR ResNet (core.models.cifar_resnet) and the CIFAR-10 DCD scenario (core.scenarios.cifar10).
 
 Tests that need the real assets skip when the shared assets folder is absent (as on a fresh machine):
-set DCD_ASSETS, or place it at ``<repo>/../shared/assets``.
+set DCD_ASSETS (``make test ASSETS=DIR``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,14 @@ from core.scenarios.cifar10 import (
     build_cifar10_scenario,
 )
 from core.scenarios.corruptions import CORRUPTIONS, apply_corruption
+from core.scenarios.demos import assets_dir
 
-ASSETS = Path(os.environ.get("DCD_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+ASSETS = assets_dir() or Path("DCD_ASSETS-is-unset")
 HAS_CIFAR = (ASSETS / "cifar10" / "cifar10-jpg.zip").is_file() and (
     ASSETS / "cifar10" / "CIFAR-10_human.pt").is_file()
 RESNET20 = sorted((ASSETS / "weights" / "cifar10-resnets").glob("resnet20-*.th"))
-SKIP_REASON = f"CIFAR-10 assets not found under {ASSETS} (set DCD_ASSETS)"
+SKIP_REASON = (f"CIFAR-10 assets not found under {ASSETS} (set DCD_ASSETS=DIR, or make test ASSETS=DIR)"
+               if assets_dir() else "the real assets are not given: set DCD_ASSETS=DIR (or make test ASSETS=DIR)")
 needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
 needs_weights = pytest.mark.skipif(not RESNET20, reason=f"resnet20 weights not found under {ASSETS}/weights")
 COLUMNS = ["path", "label", "split", "weak_label", "group", "true_label"]

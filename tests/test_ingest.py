@@ -197,7 +197,10 @@ def test_relative_paths_resolve_against_the_manifest_folder(ws: Workspace, tmp_p
                           {"path": str(absolute), "label": "dog", "split": "train"}], ["path", "label", "split"])
     monkeypatch.chdir(tmp_path / "elsewhere")  # the working folder must not matter
 
-    report = ingest_manifest(ws, manifest, progress=QUIET)
+    refused = ingest_manifest(ws, manifest, progress=QUIET)  # both leave the manifest's folder
+    assert refused.n_added == 0 and set(refused.rejected.reason) == {"outside_root"}
+
+    report = ingest_manifest(ws, manifest, progress=QUIET, allow_outside=True)
 
     assert report.n_added == 2 and report.rejections_path is None
     assert list(ws.df("SELECT path FROM images ORDER BY image_id")["path"]) == [str(image.resolve()),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -69,13 +68,43 @@ def test_masks_upsample_and_threshold():
 
 
 def test_loss_hook_moves_mask_with_the_augmentation():
+    """The hook flips and shifts image and mask together: after augmentation the noise covers exactly the
+    (moved) masked region. A cue of value 3.0 is planted exactly under each mask, so the noised image must
+    keep no 3.0 pixel, and every pixel outside the moved cue must be the augmented clean pixel."""
     grids = np.zeros((4, 7, 7), np.float32)
-    grids[:2] = 1.0
-    fn = make_corm_loss(grids, 16, CormConfig(lam=1.0, sigma=0.5))
-    model = _model().train()
-    loss = fn(model, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]), torch.arange(4))
+    grids[0, :, :3] = 1.0   # row 0: the left part is spurious
+    grids[1, 4:, :] = 1.0   # row 1: the bottom part
+    size, cue = 16, 3.0
+    masks = upsample_masks(grids, size, CormConfig().mask_threshold)
+    idx = torch.tensor([1, 3, 0, 2])  # a batch is any rows of the training arrays, in any order
+    x = (cue * masks[idx]).expand(-1, 3, -1, -1).contiguous()  # the cue lies exactly under each row's mask
+    x[masks[idx, 0].flatten(1).amax(1) == 0] = -1.0  # rows without a mask: plain images, never noised
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, batch):
+            seen.append(batch.clone())
+            return torch.zeros(len(batch), 2, requires_grad=True)
+
+    fn = make_corm_loss(grids, size, CormConfig(lam=1.0, sigma=0.5), seed=0)
+    moved = False
+    for _ in range(4):  # several batches: flips and shifts differ from draw to draw
+        seen.clear()
+        fn(Probe(), x, torch.tensor([0, 1, 0, 1]), idx)
+        (batch,) = seen
+        clean, noised = batch[:4], batch[4:]
+        assert len(noised) == 2  # only the masked rows (batch positions 0 and 2) get a noised copy
+        moved |= not torch.equal(clean[[0, 2]], x[[0, 2]])
+        for j, row in zip((0, 2), noised):
+            region = clean[j] == cue  # where the augmented mask now is
+            assert region.any() and not (row == cue).any()  # the moved cue is all noise
+            assert torch.equal(row[~region], clean[j][~region])  # and nothing else changed
+    assert moved, "the augmentation never moved an image: the test would not see a mask left behind"
+
+    model = _model().train()  # and the real thing trains through it
+    loss = make_corm_loss(grids, size, CormConfig(lam=1.0, sigma=0.5))(model, x, torch.tensor([0, 1, 0, 1]), idx)
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and next(model.parameters()).grad is not None
 
 
 def test_config_validation():
@@ -86,12 +115,10 @@ def test_config_validation():
 
 
 @pytest.fixture()
-def annotated_ws(tiny_pipeline_workspace, tmp_path):
+def annotated_ws(ws_copy):
     from jobs import annotate_demo, slices
 
-    src, _ = tiny_pipeline_workspace
-    ws_dir = tmp_path / "ws"
-    shutil.copytree(src, ws_dir)
+    ws_dir = ws_copy[0].root
     assert slices.main(["--workspace", str(ws_dir), "--k", "5", "--no-mosaics"]) == 0
     assert annotate_demo.main(["--workspace", str(ws_dir), "--min-purity", "0.5"]) == 0
     from core.scanner.annotations import annotate, annotated_slices
@@ -105,6 +132,7 @@ def annotated_ws(tiny_pipeline_workspace, tmp_path):
     return ws_dir
 
 
+@pytest.mark.slow
 def test_corm_retrain_job_reports_baseline_and_corm(annotated_ws, tmp_path):
     from core.scanner.annotations import annotated_slices
     from core.scanner.runs import latest_run

@@ -46,11 +46,9 @@ def test_dcd_retrieves_the_planted_minority_groups(tiny_pipeline_workspace):
     assert share["dcd"] > share["random"] + 0.2
 
 
-def test_multiscale_classifier_embedding_is_its_own_embedder(tiny_pipeline_workspace, tmp_path):
+def test_multiscale_classifier_embedding_is_its_own_embedder(ws_copy, tmp_path):
     """jobs.embed --embedder-layers multiscale stores a separate, wider embedding set and builds its index;
     the app can rebuild that embedder from its id."""
-    import shutil
-
     import numpy as np
 
     from core.models.catalog import current_classifier, load_embedder, split_embedder_id
@@ -58,13 +56,11 @@ def test_multiscale_classifier_embedding_is_its_own_embedder(tiny_pipeline_works
     from core.store.vectors import load_embeddings
     from jobs import embed as embed_job
 
-    ws_dir = tmp_path / "ws"
-    shutil.copytree(tiny_pipeline_workspace[0], ws_dir)
+    ws, _ = ws_copy
     out = tmp_path / "embed.json"
-    assert embed_job.main(["--workspace", str(ws_dir), "--splits", "error_sample,pool", "--embedder-layers",
+    assert embed_job.main(["--workspace", str(ws.root), "--splits", "error_sample,pool", "--embedder-layers",
                            "multiscale", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
-    ws = Workspace.open(ws_dir)
     embedder_id = summary["embedder_id"]
     assert embedder_id == f"classifier:{current_classifier(ws)}+multiscale"
     assert split_embedder_id(embedder_id) == (f"classifier:{current_classifier(ws)}", "multiscale")

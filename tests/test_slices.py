@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from core.scanner.mosaic import attribution_box, grid_shape, make_mosaic, mosaic_size
+from core.scanner.mosaic import (
+    BACKGROUND,
+    ERROR_COLOUR,
+    GAP,
+    HEADER,
+    attribution_box,
+    grid_shape,
+    make_mosaic,
+    mosaic_size,
+)
 from core.scanner.slicer import (
     AttributionSlicer,
     slice_features,
@@ -75,17 +83,36 @@ def test_mosaic_has_the_expected_tile_grid(tmp_path):
     heat = np.random.default_rng(0).random((10, 7, 7))
     img = make_mosaic(paths, heat, tile=32)
     assert grid_shape(10) == (3, 4) and img.size == mosaic_size(10, 32) == (4 * 32 + 3 * 2, 3 * 32 + 2 * 2)
+    # tile i (image i is uniformly 20 * i grey) sits row by row at (col * (32 + gap), row * (32 + gap))
+    step = 32 + GAP
+    for i in range(10):
+        row, col = divmod(i, 4)
+        assert img.getpixel((col * step + 16, row * step + 16)) == (20 * i,) * 3, i
+    assert img.getpixel((32, 16)) == BACKGROUND  # the gap between tiles
+    assert img.getpixel((2 * step + 16, 2 * step + 16)) == BACKGROUND  # the empty end of the last row
+
+    # with cells: four labelled panels TP | FP over FN | TN, each a grid of its own tiles; errors framed red
     cells = ["TP"] * 4 + ["FP"] * 3 + ["FN"] * 2 + ["TN"]
-    assert make_mosaic(paths, heat, tile=32, cells=cells, errors=[c in ("FP", "FN") for c in cells]).size[0] > 0
+    errors = [c in ("FP", "FN") for c in cells]
+    panels = make_mosaic(paths, heat, tile=32, cells=cells, errors=errors)
+    tp, fp, fn, tn = (mosaic_size(n, 32) for n in (4, 3, 2, 1))  # each panel's tile grid (below its header)
+    sep = 3 * GAP
+    assert panels.size == (max(tp[0] + fp[0], fn[0] + tn[0]) + 2 * sep,
+                           max(tp[1], fp[1]) + max(fn[1], tn[1]) + 2 * HEADER + 2 * sep)
+    y2 = max(tp[1], fp[1]) + HEADER + sep  # top of the FN / TN row
+    first_tile = {"TP": (0, HEADER, 0), "FP": (tp[0] + sep, HEADER, 4), "FN": (0, y2 + HEADER, 7),
+                  "TN": (fn[0] + sep, y2 + HEADER, 9)}
+    for cell, (x, y, i) in first_tile.items():
+        assert panels.getpixel((x + 16, y + 16)) == (20 * i,) * 3, cell  # the panel's first member
+        corner = panels.getpixel((x, y))
+        assert (corner == ERROR_COLOUR) == (cell in ("FP", "FN")), (cell, corner)
 
 
 @pytest.fixture()
-def sliced_ws(tiny_pipeline_workspace, tmp_path):
+def sliced_ws(ws_copy, tmp_path):
     from jobs import slices
 
-    src, _ = tiny_pipeline_workspace
-    ws_dir = tmp_path / "ws"
-    shutil.copytree(src, ws_dir)
+    ws_dir = ws_copy[0].root
     out = tmp_path / "slices.json"
     assert slices.main(["--workspace", str(ws_dir), "--json", str(out), "--k", "5"]) == 0
     return ws_dir, json.loads(out.read_text())
@@ -109,6 +136,18 @@ def test_slices_job_reports_ranked_slices_with_ground_truth(sliced_ws):
     assert sum(r["size"] for r in report["slices"]) == ws.scalar(
         "SELECT count(*) FROM images WHERE split IN ('train', 'test', 'error_heldout')")
     assert len(list_runs(ws)) == 1
+    # every image in exactly one slice, and each slice's numbers are its members' (the planted ground truth)
+    members = ws.df("SELECT m.slice_id, m.image_id, i.group_name, p.correct FROM slice_members m "
+                    "JOIN slice_runs r USING (run_id) JOIN images i USING (image_id) "
+                    "LEFT JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
+                    "WHERE m.run_id = ?", [report["run_id"]])
+    assert members.image_id.is_unique
+    for r in report["slices"]:
+        part = members[members.slice_id == r["slice_id"]]
+        groups = part.group_name.value_counts()
+        assert r["size"] == len(part)
+        assert r["accuracy"] == pytest.approx(part.correct.astype(float).mean(), abs=1e-4)
+        assert r["group"] == groups.index[0] and r["purity"] == pytest.approx(groups.iloc[0] / len(part), abs=1e-4)
 
 
 def test_annotations_and_propagation(sliced_ws):

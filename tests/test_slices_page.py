@@ -3,7 +3,6 @@ real-browser run of the same flow."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def sliced_copy(tiny_pipeline_workspace, tmp_path):
+def sliced_copy(ws_copy):
     from jobs import slices
 
-    src, _ = tiny_pipeline_workspace
-    ws_dir = tmp_path / "ws"
-    shutil.copytree(src, ws_dir)
+    ws_dir = ws_copy[0].root
     assert slices.main(["--workspace", str(ws_dir), "--k", "4"]) == 0
     return ws_dir
 
@@ -70,6 +67,7 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`")
 def test_slices_page_in_a_browser(app_server):
     """The same flow in headless Chromium, on the app server fixture of tests/conftest.py."""

@@ -48,6 +48,7 @@ def test_fit_draws_in_proportion_to_sample_weights():
         _tiny_fit(np.ones(39), [])
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_from_the_seed(tmp_path, tiny_manifest):
     from core.models.catalog import load_classifier
     from core.models.training import train_classifier

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 
 import duckdb
 import pytest
@@ -63,25 +62,32 @@ def test_open_explains_what_is_wrong(tmp_path):
         Workspace.create(tmp_path / "old")
 
 
-def _writer(root: str, n: int) -> None:
+def _writer(root: str, n: int, read_done) -> None:
+    """``n`` short write transactions, each one only after the other process has finished a read since the
+    last one, so reads and writes interleave however fast either side is."""
     ws = Workspace(root)
     for i in range(n):
+        if not read_done.wait(60):
+            raise TimeoutError(f"no read finished in 60 s before write {i}")
+        read_done.clear()
         with ws.write() as con:
             con.execute("INSERT INTO meta VALUES (?, ?)", [f"k{i}", "v"])
-        time.sleep(0.01)
 
 
 def test_reads_and_writes_from_two_processes_all_succeed(tmp_path):
     ws = Workspace.create(tmp_path / "ws")
-    proc = mp.get_context("spawn").Process(target=_writer, args=(str(ws.root), 60))
+    ctx = mp.get_context("spawn")
+    read_done = ctx.Event()
+    proc = ctx.Process(target=_writer, args=(str(ws.root), 60, read_done))
     proc.start()
     reads = 0
     while proc.is_alive():
         ws.scalar("SELECT count(*) FROM meta")  # must never raise a lock error
         reads += 1
+        read_done.set()
     proc.join()
     assert proc.exitcode == 0
-    assert reads > 0
+    assert reads >= 60  # every write waited for a read that ended after the previous write
     assert ws.scalar("SELECT count(*) FROM meta WHERE key LIKE 'k%'") == 60
 
 
@@ -92,9 +98,10 @@ def test_job_store_lifecycle_and_dead_process_is_failed(tmp_path):
     assert store.get(job).state == "queued"
     store.start(job, pid=2 ** 22 + 12345)  # no such process
     store.update(job, progress=0.5, message="half")
-    assert (store.get(job).progress, store.get(job).message) == (0.5, "half")
-    assert store.reconcile() == [job]
+    # every read reconciles first: the dead job reads as failed at once, keeping its last progress
     failed = store.get(job)
+    assert (failed.progress, failed.message) == (0.5, "half")
+    assert store.reconcile() == []  # nothing left to reconcile
     assert failed.state == "failed" and "died" in failed.error
 
     ok = store.create("select", [])
