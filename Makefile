@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKSPACE ?= workspaces/demo
-ASSETS ?= ../shared/assets
+# The real assets (CIFAR-10 images, CIFAR ResNet weights) for the CIFAR demo, its tests and the benchmarks:
+# a folder given as ASSETS=DIR or DCD_ASSETS=DIR; without it those tests skip and the benchmarks use
+# generated images.
+ASSETS ?= $(DCD_ASSETS)
 PORT ?= 8501
 
 .PHONY: install run demo-workspace test browser bench clean
@@ -33,10 +36,10 @@ browser:
 	  else echo "warning: chromium missing and not root; the browser test will be skipped"; fi; }
 
 test: install browser
-	$(PY) -m pytest -q
+	DCD_ASSETS=$(ASSETS) $(PY) -m pytest -q
 
 bench: install
-	$(PY) -m bench.run --assets $(ASSETS)
+	$(PY) -m bench.run $(if $(ASSETS),--assets $(ASSETS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output

@@ -8,7 +8,7 @@ path's rate counts its streaming phase and the final write (``seconds.embed + se
 one-off setup (model build, bf16-vs-fp32 check on 128 images) is reported apart, with its share of a
 1M-image pool.
 
-    python -m bench.embed [--assets ../shared/assets] [--n-images 384] [--batch-size 64]
+    python -m bench.embed [--assets DIR] [--n-images 384] [--batch-size 64]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run the whole benchmark suite and write bench/results.json and bench/RESULTS.md.
 
-    python -m bench.run [--assets ../shared/assets] [--work /tmp/dcd-bench] [--only embed,retrieval,...]
+    python -m bench.run [--assets DIR] [--work /tmp/dcd-bench] [--only embed,retrieval,...]
                         [--fresh] [--n-pool 1000000]
 
 Each benchmark runs in its own child process (isolated peak memory; one failing does not stop the rest).
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.common import ROOT, machine, run_child
 from bench.report import write_report
+from core.scenarios.demos import assets_dir
 
 BENCHES = ("lpips", "embed", "scale", "retrieval", "memory", "pages")
 SCALE_VERSION = "2"
@@ -48,7 +49,8 @@ def _scale_workspace(work: Path, n_pool: int, fresh: bool, log: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--assets", type=Path, default=ROOT.parent / "shared" / "assets")
+    p.add_argument("--assets", type=Path, default=assets_dir(),
+                   help="real assets folder (default: $DCD_ASSETS); without it, generated images")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("DCD_BENCH_WORK", "/tmp/dcd-bench")))
     p.add_argument("--only", default=",".join(BENCHES))
     p.add_argument("--fresh", action="store_true", help="rebuild the synthetic scale workspace")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["errors"][name] = f"{type(exc).__name__}: {exc}"[-2000:]
         raw["seconds"][name] = time.perf_counter() - t
 
-    assets = args.assets.resolve() if args.assets.exists() else None
+    assets = args.assets.resolve() if args.assets and args.assets.exists() else None
     if "lpips" in only:
         step("lpips", lambda: run_child("bench.lpips", []))
     if "embed" in only:
