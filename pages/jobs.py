@@ -127,8 +127,7 @@ def _elapsed(seconds: float | None) -> str:
 
 
 def job_list() -> None:
-    jobs = store.list(limit=100)
-    store.reconcile()
+    jobs = store.list(limit=100)  # reconciled: a dead job reads as failed
     active = [j for j in jobs if j.is_active]
     was_active = st.session_state.get("jobs_active_ids", set())
     now_active = {j.job_id for j in active}

@@ -134,13 +134,14 @@ def save_checkpoint(model: nn.Module, path: Path, *, arch: str, num_classes: int
     return path
 
 
-def weights_include_head(model: nn.Module, weights: str | Path, num_classes: int) -> bool:
-    """True if ``weights`` hold a trained classifier head with ``num_classes`` outputs for ``model``.
+def weights_include_head(model: nn.Module, weights: str | Path | Any, num_classes: int) -> bool:
+    """True if ``weights`` (a file, or what :func:`read_weights` returned for it) hold a trained classifier
+    head with ``num_classes`` outputs for ``model``.
 
     A DCD Studio checkpoint always does; a timm/ImageNet backbone file whose head has another class count
     does not (its head was dropped, the model must be trained on this workspace's classes).
     """
-    obj = read_weights(weights)
+    obj = read_weights(weights) if isinstance(weights, (str, Path)) else weights
     if is_classifier_checkpoint(obj):
         return True
     state = state_dict_of(obj) or {}

@@ -178,7 +178,7 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
     else:
         model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
         data_config = default_data_config(model, image_size)
-        trained_already = weights is not None and weights_include_head(model, weights, num_classes)
+        trained_already = obj is not None and weights_include_head(model, obj, num_classes)  # no second read
         if trained_already:
             print(f"note: {weights} has a head of {num_classes} outputs and is used as is; its class order cannot "
                   f"be checked and is taken to be the workspace's: {classes}", flush=True)

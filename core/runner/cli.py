@@ -27,8 +27,6 @@ from core.runner.registry import JobSpec, get_job
 from core.store.jobs import HEARTBEAT_SECONDS, JobStore
 from core.store.workspace import Workspace, WorkspaceError, set_write_guard
 
-#: Flags every job has besides its options (the launcher sets workspace and job id; the app never trusts).
-COMMON_DESTS = ("workspace", "json", "job_id", "debug", "trust_checkpoint")
 QUEUE_POLL_SECONDS = 1.0
 _ALIAS_PREFIX = "_alias__"
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "text": str, "path": str, "choice": str,

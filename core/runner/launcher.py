@@ -185,8 +185,7 @@ def wait(ws: Workspace, job_id: str, timeout: float = 120.0, poll: float = 0.2) 
             return job
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job.state} after {timeout:.0f} s")
-        store.reconcile()
-        time.sleep(poll)
+        time.sleep(poll)  # store.get reconciles: a dead job reads as failed on the next round
 
 
 __all__ = ["build_args", "cancel", "check_paths", "form_defaults", "job_kinds", "job_options", "launch", "log_tail", "wait"]

@@ -17,7 +17,6 @@ from core.store.workspace import Workspace
 def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.data.ingest import ingest_manifest
     from core.dcd.pipeline import run_pipeline
-    from core.models.training import TrainConfig
     from core.scenarios.demos import assets_dir, demo_settings, generate_demo
 
     if ws.scalar("SELECT count(*) FROM images"):
@@ -26,8 +25,6 @@ def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[s
     for key, value in demo_settings(opts.dataset, opts.size).values(assets).items():
         if getattr(opts, key) is None:  # what the user did not give
             setattr(opts, key, value)
-    opts.epochs = opts.epochs or TrainConfig().epochs
-    opts.lr = opts.lr or TrainConfig().lr
     data_dir = Path(opts.data_dir) if opts.data_dir else ws.root / "data"
     progress.report(0.0, f"generating the {opts.dataset} scenario", force=True)
     manifest = generate_demo(opts.dataset, data_dir, size=opts.size, seed=opts.seed, image_size=opts.image_size,
