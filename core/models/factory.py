@@ -8,8 +8,10 @@ Two kinds of model play a part:
 Weights: ``weights=PATH`` loads a local file: either a checkpoint written by
 :func:`core.models.checkpoints.save_checkpoint` (a complete classifier), or a timm/ImageNet-style state dict
 (``pretrained_cfg_overlay=dict(file=PATH)``: its classifier head is dropped when the class count differs).
-``hub=True`` asks timm's hub, which needs network access. The classic CIFAR ResNets are registered with timm
-as ``cifar_resnet20/32/44/56`` (core.models.cifar_resnet), so they are built like any other architecture.
+``hub=True`` asks timm's hub, which needs network access. Named pretrained backbones
+(``efficientnet_lite0.imagenet``, core.models.pretrained) load their packaged ImageNet weights with no hub.
+The classic CIFAR ResNets are registered with timm as ``cifar_resnet20/32/44/56`` (core.models.cifar_resnet),
+so they are built like any other architecture.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 from core.models import cifar_resnet  # noqa: F401  (registers the cifar_resnet* architectures with timm)
 from core.models.checkpoints import is_classifier_checkpoint, read_weights, state_dict_of
 from core.models.config import DataConfig, ModelError
+from core.models.pretrained import resolve
 
 
 def _check_weights(weights: str | Path | None) -> Path | None:
@@ -40,9 +43,12 @@ def create_model(arch: str, *, num_classes: int, weights: str | Path | None = No
 
     A DCD Studio checkpoint in ``weights`` is a complete classifier: it is loaded as it was saved (its own
     architecture and classes). Other weights are a state dict for ``arch``, read without pickle
-    (core.models.checkpoints) and handed to timm, which drops a head of another class count.
+    (core.models.checkpoints) and handed to timm, which drops a head of another class count. ``arch`` may
+    name a pretrained backbone (core.models.pretrained.BACKBONES): its packaged weights are used unless
+    ``weights`` or ``hub`` say otherwise.
     """
-    path = _check_weights(weights)
+    resolved = resolve(arch, weights=_check_weights(weights), hub=hub)
+    arch, path, hub = resolved.arch, resolved.weights, resolved.hub
     obj = read_weights(path) if path is not None else None
     if obj is not None and is_classifier_checkpoint(obj):
         return model_from_checkpoint(obj, source=path)[0]
