@@ -25,7 +25,7 @@ from core.scenarios.cifar10 import (
     SCENARIO_SIZES,
     build_cifar10_scenario,
 )
-from core.scenarios.corruptions import CORRUPTIONS, apply_corruption
+from core.scenarios.corruptions import CIFAR_C_CORRUPTIONS, CORRUPTIONS, apply_corruption
 from core.scenarios.demos import assets_dir
 
 ASSETS = assets_dir() or Path("DCD_ASSETS-is-unset")
@@ -149,7 +149,7 @@ def test_scenario_splits_and_groups(scenario: Path) -> None:
     pool_groups = df[df.split == "pool"].group.value_counts(normalize=True)
     assert pool_groups["fog"] == pytest.approx(0.10, abs=0.005)
     assert 0.2 <= 1 - pool_groups["clean"] <= 0.3
-    assert set(pool_groups.index) == {"clean", *CORRUPTIONS}
+    assert set(pool_groups.index) == {"clean", *CIFAR_C_CORRUPTIONS}
     assert df.path.is_unique
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from core.data.constants import MANIFEST_COLUMNS
-from core.scenarios.corruptions import CORRUPTIONS, DEFAULT_SEVERITY, apply_corruption
+from core.scenarios.corruptions import CIFAR_C_CORRUPTIONS, CORRUPTIONS, DEFAULT_SEVERITY, apply_corruption
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -151,7 +151,7 @@ def _torch_load_numpy_dict(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in obj.items()}
 
 
-def _split_indices(
+def split_indices(
     rng: np.random.Generator, per_class: int, counts: list[int]
 ) -> list[np.ndarray]:
     """Draw disjoint per-class index sets: for each count, a (10 x count/10) array of image numbers."""
@@ -213,7 +213,7 @@ def _make_rows(
     return rows
 
 
-def _assign_corruptions(
+def assign_corruptions(
     rng: np.random.Generator, shape: tuple[int, ...], mix: dict[str, int]
 ) -> np.ndarray:
     """Array of ``shape`` filled with 'clean' except ``mix[name]`` random cells per corruption name."""
@@ -273,8 +273,8 @@ def build_cifar10_scenario(
     """
     if size not in SCENARIO_SIZES:
         raise ValueError(f"size must be one of {sorted(SCENARIO_SIZES)}, got {size!r}")
-    if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; choose one of {sorted(CORRUPTIONS)}")
+    if corruption not in CIFAR_C_CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; choose one of {sorted(CIFAR_C_CORRUPTIONS)}")
     zip_path, human_path = Path(assets) / ZIP_NAME, Path(assets) / HUMAN_LABELS_NAME
     for p in (zip_path, human_path):
         if not p.is_file():
@@ -303,10 +303,10 @@ def _scenario_rows(
     weak: np.ndarray,
 ) -> tuple[list[_Rows], dict[str, int]]:
     """Choose the images of every split and the corruption of each; build their rows."""
-    train_idx, pool_idx = _split_indices(rng, TRAIN_PER_CLASS, [sizes.train, sizes.pool])
-    test_idx, sample_idx, heldout_idx = _split_indices(
+    train_idx, pool_idx = split_indices(rng, TRAIN_PER_CLASS, [sizes.train, sizes.pool])
+    test_idx, sample_idx, heldout_idx = split_indices(
         rng, TEST_PER_CLASS, [sizes.test, sizes.error_sample, sizes.error_heldout])
-    others = [c for c in CORRUPTIONS if c != corruption]
+    others = [c for c in CIFAR_C_CORRUPTIONS if c != corruption]
     n_pool = pool_idx.size
     n_other = round(n_pool * sizes.pool_other_frac)
     pool_mix = {corruption: round(n_pool * sizes.pool_error_frac)}
@@ -320,7 +320,7 @@ def _scenario_rows(
     ]
     rows = []
     for split, source, index, mix, weak_labels in plan:
-        groups = _assign_corruptions(rng, index.shape, mix)
+        groups = assign_corruptions(rng, index.shape, mix)
         rows.append(_make_rows(zf, rng, split=split, source=source, index=index,
                                corruption_of=groups, severity=severity, weak=weak_labels))
     counts = {split: index.size for split, _, index, _, _ in plan}

@@ -1,6 +1,6 @@
 """Image corruptions in numpy, in the spirit of CIFAR-10-C (Hendrycks & Dietterich 2019).
 
-``fog``, ``motion_blur``, ``snow``, ``gaussian_noise``, ``contrast``: float images in [0, 1], shape
+``fog``, ``motion_blur``, ``snow``, ``gaussian_noise``, ``contrast``, ``low_light``: float images in [0, 1], shape
 N x H x W x 3, deterministic given one ``numpy.random.Generator`` for the whole batch. :func:`apply_corruption`
 takes and returns uint8 images.
 """
@@ -115,13 +115,35 @@ def contrast(x: np.ndarray, rng: np.random.Generator, severity: np.ndarray) -> n
     return (x - mean) * keep + mean
 
 
+def low_light(x: np.ndarray, rng: np.random.Generator, severity: np.ndarray) -> np.ndarray:
+    """A photo taken in poor light: under-exposed in linear light, a street-lamp or moonlight colour cast,
+    and the sensor's signal-dependent shot noise plus read noise (per pixel, at the image's resolution)."""
+    n = len(x)
+    linear = x ** 2.2
+    exposure = _col(np.clip(0.34 - 0.05 * severity, 0.05, 1.0))
+    casts = np.array([[1.15, 1.0, 0.7], [0.85, 0.95, 1.15]], dtype=np.float32)  # sodium lamp, moonlight
+    cast = casts[rng.integers(0, 2, size=n)][:, None, None, :]
+    signal = linear * exposure * cast
+    shot = _col(0.004 + 0.003 * severity)
+    read = _col(0.002 + 0.001 * severity)
+    sigma = np.sqrt(signal * shot + read ** 2)
+    noisy = signal + sigma * rng.standard_normal(size=x.shape, dtype=np.float32)
+    return np.clip(noisy, 0.0, 1.0) ** (1 / 2.2)
+
+
 CORRUPTIONS: dict[str, Callable[[np.ndarray, np.random.Generator, np.ndarray], np.ndarray]] = {
     "fog": fog,
     "motion_blur": motion_blur,
     "snow": snow,
     "gaussian_noise": gaussian_noise,
     "contrast": contrast,
+    "low_light": low_light,
 }
+
+
+#: The CIFAR-10-C-style corruptions (what the CIFAR-10 scenario's pool mixes); ``low_light`` is the photo
+#: scenario's, applied at photo resolution.
+CIFAR_C_CORRUPTIONS: tuple[str, ...] = ("fog", "motion_blur", "snow", "gaussian_noise", "contrast")
 
 
 def apply_corruption(
@@ -153,5 +175,5 @@ def apply_corruption(
 #: Default severity per corruption: the shipped resnet20 (81% on clean JPEG test images) drops to
 #: about 50% (fog, motion_blur); the pool's other corruptions are of comparable strength.
 DEFAULT_SEVERITY: dict[str, float] = {
-    "fog": 3.0, "motion_blur": 3.0, "snow": 3.0, "gaussian_noise": 3.0, "contrast": 3.0,
+    "fog": 3.0, "motion_blur": 3.0, "snow": 3.0, "gaussian_noise": 3.0, "contrast": 3.0, "low_light": 3.0,
 }

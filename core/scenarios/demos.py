@@ -2,7 +2,9 @@
 
 ``waterbirds`` is synthetic (core.scenarios.waterbirds_like) and needs nothing; ``cifar10`` is made of real
 CIFAR-10 images and CIFAR-10N labels (core.scenarios.cifar10) and needs the real assets: a folder given as
-``--assets DIR`` or the ``DCD_ASSETS`` environment variable (see :func:`assets_dir`).
+``--assets DIR`` or the ``DCD_ASSETS`` environment variable (see :func:`assets_dir`). ``photos`` is real
+CIFAR-10 images as 224 px photos with a low-light failure (core.scenarios.photos), from the assets or, with
+no assets folder, from torchvision's downloader; it runs the pipeline's own (pretrained-first) defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ASSETS_ENV = "DCD_ASSETS"
-DATASETS = ("waterbirds", "cifar10")
+DATASETS = ("waterbirds", "cifar10", "photos")
 SIZES = ("small", "full")
 
 
@@ -23,23 +25,24 @@ class AssetsMissingError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Pipeline settings a demo uses where the user gave none (``None`` elsewhere means: the pipeline's own
-    default). ``weights`` are paths relative to the assets folder."""
+    """Pipeline settings a demo uses where the user gave none (``None`` means: the pipeline's own default).
+    ``weights`` are paths relative to the assets folder."""
 
-    classifier: str
-    image_size: int
-    epochs: int
-    lr: float
+    classifier: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
     finetune_epochs: int | None = None
-    embedder: str = "classifier"
-    embedder_layers: str = "penultimate"
+    embedder: str | None = "classifier"
+    embedder_layers: str | None = "penultimate"
     weights: dict[str, str] = field(default_factory=dict)  # option name -> path under the assets folder
 
     def values(self, assets: Path | None) -> dict[str, Any]:
-        """The settings as option values, weight paths resolved under ``assets``."""
-        out: dict[str, Any] = {"classifier": self.classifier, "image_size": self.image_size, "epochs": self.epochs,
-                               "lr": self.lr, "finetune_epochs": self.finetune_epochs, "embedder": self.embedder,
-                               "embedder_layers": self.embedder_layers}
+        """The settings as option values (those set), weight paths resolved under ``assets``."""
+        out: dict[str, Any] = {k: v for k, v in (
+            ("classifier", self.classifier), ("image_size", self.image_size), ("epochs", self.epochs),
+            ("lr", self.lr), ("finetune_epochs", self.finetune_epochs), ("embedder", self.embedder),
+            ("embedder_layers", self.embedder_layers)) if v is not None}
         for key, rel in self.weights.items():
             out[key] = str(require_asset(assets, rel))
         return out
@@ -55,6 +58,9 @@ DEMO_SETTINGS: dict[tuple[str, str], DemoSettings] = {
                                       embedder_layers="multiscale", weights=_CIFAR_WEIGHTS),
     ("cifar10", "small"): DemoSettings("cifar_resnet20", 32, epochs=6, lr=0.05, embedder="cifar_resnet56",
                                        embedder_layers="multiscale", weights=_CIFAR_WEIGHTS),
+    # The pipeline's own defaults: the packaged ImageNet backbone, fine-tuned and frozen as the embedder.
+    ("photos", "full"): DemoSettings(embedder=None, embedder_layers=None),
+    ("photos", "small"): DemoSettings(embedder=None, embedder_layers=None),
 }
 
 
@@ -89,6 +95,10 @@ def generate_demo(dataset: str, out_dir: Path, *, size: str, seed: int, image_si
         from core.scenarios.waterbirds_like import generate_waterbirds_like
 
         return generate_waterbirds_like(out_dir, size=size, seed=seed, image_size=image_size)  # type: ignore[arg-type]
+    if dataset == "photos":
+        from core.scenarios.photos import build_photo_scenario
+
+        return build_photo_scenario(out_dir, assets=assets, size=size, seed=seed)
     if dataset == "cifar10":
         from core.scenarios.cifar10 import ZIP_NAME, build_cifar10_scenario
 
