@@ -6,15 +6,15 @@ imported only when a name is first used (``import core`` stays instant)::
     import core
     ws = core.Workspace.create("ws")                    # or core.Workspace.open("ws")
     core.ingest_manifest(ws, "data/manifest.csv")
-    report = core.run_pipeline(ws, core.PipelineConfig(classifier="resnet18"))
+    report = core.run_pipeline(ws, core.PipelineConfig())  # pretrained backbone, fine-tuned and as embedder
     run = core.find_slices(ws)                          # after core.attribute(ws)
 
 The sub-packages, lowest layer first:
 
 - ``core.store``: the workspace (DuckDB file, connections), its schema, embedding vectors, the job table;
 - ``core.data``: the vocabulary (splits, manifest columns), reading manifests, ingest, image decoding;
-- ``core.models``: building timm models, checkpoints, the workspace's model catalog, inference, training,
-  evaluation;
+- ``core.models``: building timm models, the packaged pretrained backbones, checkpoints, the workspace's
+  model catalog, inference, training schedules, training, evaluation;
 - ``core.dcd``: Data-Centric Debugging: embedding, the faiss pool index, selection strategies, the pipeline;
 - ``core.scanner``: AttributionScanner: attributions, the slicer, slice runs, mosaics, annotations, CoRM;
 - ``core.app``: the read-only queries, charts and reports the dashboard shows (no Streamlit);
@@ -38,7 +38,9 @@ _API = {
     "create_model": "core.models.factory",
     "train_classifier": "core.models.training",
     "retrain": "core.models.training",
-    "TrainConfig": "core.models.training",
+    "TrainConfig": "core.models.schedules",
+    "PRETRAINED_SCHEDULE": "core.models.schedules",
+    "BACKBONES": "core.models.pretrained",
     "evaluate": "core.models.evaluation",
     "predict": "core.models.evaluation",
     "current_classifier": "core.models.catalog",

@@ -67,7 +67,8 @@ def tiny_pipeline_workspace(tmp_path_factory, tiny_manifest):
     out = ws_dir.parent / "report.json"
     assert ingest.main(["--workspace", str(ws_dir), "--manifest", str(tiny_manifest)]) == 0
     code = pipeline.main(["--workspace", str(ws_dir), "--json", str(out), "--classifier", TINY_ARCH,
-                          "--image-size", "24", "--epochs", "3", "--finetune-epochs", "2", "--batch-size", "32"])
+                          "--image-size", "24", "--epochs", "3", "--finetune-epochs", "2", "--batch-size", "32",
+                          "--embedder", "classifier"])
     assert code == 0
     return ws_dir, out
 

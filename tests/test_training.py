@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from core.models.config import DataConfig
 from core.models.factory import create_model
-from core.models.training import TrainConfig, fit, share_weights
+from core.models.schedules import TrainConfig
+from core.models.training import fit, share_weights
 
 
 def test_share_weights_give_the_added_images_their_share_whatever_the_sizes():

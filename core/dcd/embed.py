@@ -34,6 +34,7 @@ from core.models.factory import create_model, default_data_config
 from core.models.features import EMBEDDING_LAYERS, embedding_dim, embedding_function
 from core.models.inference import choose_precision, run_model
 from core.models.inference import embed as embed_pixels
+from core.models.pretrained import DEFAULT_BACKBONE, is_backbone_name
 from core.runner.progress import Progress, as_progress
 from core.store.vectors import store_embedding_files, vectors_to_arrow
 from core.store.workspace import Workspace
@@ -44,9 +45,10 @@ PART_ROWS = 8192  # images per staged Parquet part
 
 @dataclass(frozen=True)
 class EmbedderSpec:
-    """Which feature space to embed in. ``arch='classifier'`` means the current classifier's own."""
+    """Which feature space to embed in: a pretrained backbone (default), any timm architecture with weights,
+    or ``arch='classifier'``: the current classifier's own penultimate layer."""
 
-    arch: str = "classifier"
+    arch: str = DEFAULT_BACKBONE
     weights: str | None = None
     hub: bool = False
     image_size: int | None = None
@@ -67,7 +69,8 @@ class EmbedderSpec:
         return self._model_embedder_id() + suffix
 
     def _model_embedder_id(self) -> str:
-        tag = "hub" if self.hub else (Path(self.weights).stem if self.weights else "random")
+        tag = "hub" if self.hub else (Path(self.weights).stem if self.weights else
+                                      "packaged" if is_backbone_name(self.arch) else "random")
         if self.weights:
             tag += "-" + hashlib.sha1(str(Path(self.weights).resolve()).encode()).hexdigest()[:6]
         size = f"@{self.image_size}" if self.image_size else ""
@@ -81,7 +84,7 @@ def build_embedder(ws: Workspace, spec: EmbedderSpec):
     if spec.arch == "classifier":
         model, cfg = load_classifier(ws, spec.classifier_model_id(ws))
         return model, cfg, embedder_id, None
-    if spec.weights is None and not spec.hub:
+    if spec.weights is None and not spec.hub and not is_backbone_name(spec.arch):
         print(f"warning: embedder {spec.arch} has no weights (random init); give --embedder-weights PATH "
               f"for a meaningful feature space", flush=True)
     model = create_model(spec.arch, num_classes=0, weights=spec.weights, hub=spec.hub).eval()

@@ -1,8 +1,10 @@
 """The whole DCD loop on an ingested workspace, as one function.
 
 1. the classifier under debug: trained on ``train`` unless one is given (a workspace model id, or a
-   checkpoint file);
-2. the embedder: embeds error_sample and pool (and the evaluation splits, for the app);
+   checkpoint file). Without flags: the packaged ImageNet backbone fine-tuned (core.models.schedules'
+   pretrained schedule);
+2. the embedder: embeds error_sample and pool. Without flags: the same pretrained backbone, frozen, at its
+   own resolution (DCD's feature space); ``classifier`` uses the classifier's own penultimate layer;
 3. selections: ``dcd`` and, with the same number of images, the baselines ``random``, ``all_pool`` and
    ``error_sample_only``;
 4. each selection fine-tunes the classifier (same schedule for all), every model is evaluated;
@@ -13,32 +15,33 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from core.data.splits import split_counts
 from core.dcd.embed import EmbedderSpec, embed_split_images
 from core.dcd.strategies import DEFAULT_LABEL_POLICY, METHODS, SelectionRequest, default_budget, default_k, select
 from core.models.catalog import get_model
 from core.models.evaluation import evaluate, metrics_summary
-from core.models.training import TrainConfig, retrain, train_classifier
+from core.models.pretrained import DEFAULT_BACKBONE
+from core.models.schedules import finetune_schedule, initial_schedule
+from core.models.training import retrain, train_classifier
 from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace
-
-DEFAULT_CLASSIFIER = "resnet18"
-DEFAULT_IMAGE_SIZE = 64
 
 
 @dataclass
 class PipelineConfig:
-    classifier: str = DEFAULT_CLASSIFIER
+    classifier: str = DEFAULT_BACKBONE
     classifier_weights: str | None = None
     classifier_id: str | None = None  # an existing classifier of the workspace: skip training
     hub: bool = False
-    image_size: int | None = DEFAULT_IMAGE_SIZE
+    image_size: int | None = None  # None: core.models.schedules.default_image_size
     embedder: EmbedderSpec = field(default_factory=EmbedderSpec)
     k: int | None = None
     budget: int | None = None
     label_policy: str = DEFAULT_LABEL_POLICY
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # Training settings the user gave (TrainConfig field -> value); the rest follow the model's schedule.
+    train: dict[str, Any] = field(default_factory=dict)
     finetune_epochs: int | None = None
     methods: tuple[str, ...] = METHODS
     seed: int = 0
@@ -62,8 +65,10 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     if config.classifier_id:
         base_id = get_model(ws, config.classifier_id).model_id
     else:
+        schedule = initial_schedule(config.classifier, weights=config.classifier_weights, hub=config.hub,
+                                    overrides=config.train)
         base_id = train_classifier(ws, arch=config.classifier, weights=config.classifier_weights,
-                                   hub=config.hub, image_size=config.image_size, config=config.train,
+                                   hub=config.hub, image_size=config.image_size, config=schedule,
                                    progress=progress.span(0.0, 0.25))
     timed("train", t)
     t = time.perf_counter()
@@ -93,11 +98,12 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     timed("select", t)
 
     n_sel = max(1, len(selections))
+    schedule = finetune_schedule(ws, base_id, config.train)
     for i, (method, sel) in enumerate(selections.items()):
         t = time.perf_counter()
         span = progress.span(0.4 + 0.6 * i / n_sel, 0.4 + 0.6 * (i + 1) / n_sel)
         model_id = retrain(ws, base_model_id=base_id, selection_id=sel.selection_id, method=method,
-                           config=config.train, epochs=config.finetune_epochs, progress=span.span(0, 0.9))
+                           config=schedule, epochs=config.finetune_epochs, progress=span.span(0, 0.9))
         metrics = evaluate(ws, model_id, progress=span.span(0.9, 1.0))
         results[method] = {**metrics_summary(metrics), "n_added": len(sel.items), "model_id": model_id,
                            "selection_id": sel.selection_id}
@@ -106,7 +112,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     info = selections["dcd"].index_info if "dcd" in selections else None
     report = {
         "methods": results,
-        "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch},
+        "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch, "finetune": asdict(schedule)},
         "embedder": {"embedder_id": embedder_id, "precision": emb.get("precision")},
         "selection": {"k": k, "budget": budget, "label_policy": config.label_policy,
                       "index_type": info.index_type if info else None,

@@ -1,4 +1,5 @@
-"""Training and fine-tuning classifiers on in-memory image arrays (CPU, fp32).
+"""Training and fine-tuning classifiers on in-memory image arrays (CPU, fp32); the schedules they follow
+are core.models.schedules.
 
 :func:`fit` is the one training loop: SGD with momentum, cosine learning rate with warm-up, light
 augmentation, optional per-image loss hook (used by CoRM mitigation). :func:`train_classifier` trains the
@@ -13,7 +14,7 @@ import copy
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,37 +31,78 @@ from core.models.checkpoints import is_classifier_checkpoint, read_weights, save
 from core.models.config import DataConfig, ModelError
 from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
 from core.models.features import feature_dim
+from core.models.pretrained import resolve
+from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedules are used through here too)
+    FINETUNE_EPOCH_CAP,
+    PRETRAINED_SCHEDULE,
+    SCRATCH_SCHEDULE,
+    TrainConfig,
+    default_image_size,
+    default_schedule,
+    finetune_schedule,
+    initial_schedule,
+    schedule_of,
+)
 from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace
-
-# Fine-tuning draws this share of its batches from the added selection (see TrainConfig.added_share).
-ADDED_SHARE = 0.5
-# Fine-tuning visits at most this many times the train set's size per epoch, whatever was added.
-FINETUNE_EPOCH_CAP = 2
 
 # loss_fn(model, x, y, index) -> scalar loss; ``index`` are the rows of the batch in the training arrays.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    augment: bool = True
-    seed: int = 0
-    # Fine-tuning only: the share of every batch drawn from the added (debug-train) images, whatever their
-    # number, so that a few hundred targeted images are not drowned by train; None samples all alike.
-    added_share: float | None = ADDED_SHARE
+def freeze_early_stages(model: nn.Module, trainable_stages: int | None) -> list[nn.Module]:
+    """Freeze all but the last ``trainable_stages`` stages and the head (timm's ``group_matcher``); returns
+    the frozen modules, which must stay in eval mode while training. A model without stage groups (or
+    ``None``) is left whole."""
+    if trainable_stages is None or not hasattr(model, "group_matcher"):
+        return []
+    from timm.models import group_parameters
 
-    def finetune(self, epochs: int | None = None, lr: float | None = None) -> "TrainConfig":
-        """The schedule used to fine-tune an already trained classifier."""
-        return replace(self, epochs=epochs or max(3, self.epochs // 2), lr=lr or self.lr * 0.2,
-                       warmup_epochs=0.0)
+    groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
+    head = getattr(model, "get_classifier", lambda: None)()
+    head_names = {f"{n}" for n, p in model.named_parameters() if head is not None and
+                  any(p is q for q in head.parameters())}
+    stages = [g for g in groups if not set(g) <= head_names]
+    frozen_names = {n for g in stages[:max(0, len(stages) - trainable_stages)] for n in g}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen_names)
+    return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))
+            and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+PROBE_WEIGHT_DECAY = 1e-2
+
+
+def fit_linear_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig, *,
+                    weight_decay: float = PROBE_WEIGHT_DECAY, progress: Progress | None = None) -> bool:
+    """Fit the model's linear head on its frozen penultimate features of ``images`` (multinomial logistic
+    regression, L-BFGS, L2 ``weight_decay``); False (nothing done) if the head is not one linear layer."""
+    from core.models.inference import choose_precision, embed
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        return False
+    _set_threads()
+    model.eval()
+    check = choose_precision(model, images[:128], data_config, embedding=True)  # bf16 where it matches fp32
+    feats = torch.from_numpy(embed(model, images, data_config, bf16=check.bf16, progress=progress)).float()
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    probe = nn.Linear(feats.shape[1], head.out_features)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(probe(feats), y) + weight_decay * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        head.weight.copy_(probe.weight)
+        head.bias.copy_(probe.bias)
+    acc = float((probe(feats).argmax(1) == y).float().mean())
+    print(f"linear probe on frozen features: train accuracy {acc:.3f}", flush=True)
+    return True
 
 
 def _set_threads() -> None:
@@ -93,7 +135,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    frozen = freeze_early_stages(model, config.trainable_stages)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warmup) if s < warmup
@@ -104,6 +147,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
 
     loss_fn = loss_fn or default_loss
     model.train()
+    for module in frozen:  # frozen stages keep their (pretrained) BatchNorm statistics
+        module.eval()
     step = 0
     for epoch in range(config.epochs):
         order = (torch.randperm(len(images), generator=gen)[:per_epoch] if weights is None
@@ -126,6 +171,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
             progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
         print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
     model.eval()
+    for param in model.parameters():
+        param.requires_grad_(True)
     return model
 
 
@@ -157,7 +204,7 @@ def _checked_checkpoint(obj: dict, weights: str | Path, arch: str, classes: list
 
 
 def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hub: bool = False,
-                     image_size: int | None = None, config: TrainConfig = TrainConfig(),
+                     image_size: int | None = None, config: TrainConfig | None = None,
                      model_id: str | None = None, progress: Progress | None = None) -> str:
     """Train (or load) the classifier under debug on ``train``; register it and make it current.
 
@@ -166,8 +213,14 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
     classes), the model is used as is. With backbone-only weights (e.g. ImageNet), the head is new and the
     model is fine-tuned on ``train``. The classifier is registered and made current only once its saved
     checkpoint has loaded back and fits the workspace's classes.
+
+    ``arch`` may name a pretrained backbone (core.models.pretrained). Without ``config`` / ``image_size``
+    the schedule and resolution are :func:`default_schedule` / :func:`default_image_size` for a pretrained
+    start (packaged, hub or backbone weights) or a start from scratch.
     """
     progress = as_progress(progress)
+    requested, resolved = arch, resolve(arch, weights=weights, hub=hub)
+    config = config or default_schedule(resolved.pretrained)
     num_classes = class_index(ws)
     classes = ws.class_names()
     torch.manual_seed(config.seed)  # the initial weights (a new head, or the whole model) follow --seed
@@ -177,7 +230,8 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
         trained_already = True
     else:
         model = create_model(arch, num_classes=num_classes, weights=weights, hub=hub)
-        data_config = default_data_config(model, image_size)
+        arch = resolved.arch
+        data_config = default_data_config(model, image_size or default_image_size(resolved.pretrained))
         trained_already = obj is not None and weights_include_head(model, obj, num_classes)  # no second read
         if trained_already:
             print(f"note: {weights} has a head of {num_classes} outputs and is used as is; its class order cannot "
@@ -190,12 +244,14 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
         if train["label"].isna().any():
             raise ValueError("some train images have no label")
         px = pixels(ws, train.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
-        cfg = config if weights is None else config.finetune()
-        fit(model, px, train.label.to_numpy(), data_config, cfg, progress=progress.span(0.1, 1.0))
+        if config.probe_first and resolved.pretrained:
+            fit_linear_head(model, px, train.label.to_numpy(), data_config, progress=progress.span(0.1, 0.2))
+        fit(model, px, train.label.to_numpy(), data_config, config, progress=progress.span(0.2, 1.0))
     ckpt = save_verified(model, ws, model_id, arch=arch, num_classes=num_classes, data_config=data_config)
     register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
                    checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),
-                   config={"weights": weights, "hub": hub, "data_config": data_config.to_dict(),
+                   config={"requested": requested, "weights": weights, "hub": hub, "pretrained": resolved.pretrained,
+                           "data_config": data_config.to_dict(),
                            "train": asdict(config), "trained_here": not trained_already}, make_current=True)
     return model_id
 
@@ -248,16 +304,18 @@ def share_weights(is_added: np.ndarray, added_share: float | None) -> np.ndarray
 
 
 def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, method: str,
-            config: TrainConfig = TrainConfig(), epochs: int | None = None,
+            config: TrainConfig | None = None, epochs: int | None = None,
             loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
             drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
             progress: Progress | None = None) -> str:
     """Fine-tune ``base_model_id`` on train + selection; register the new classifier and return its id.
 
     ``config.added_share`` (0 < share < 1) draws that share of every fine-tuning batch from the selection's
-    images and the rest from ``train``, whatever their sizes; ``None`` samples all images alike.
+    images and the rest from ``train``, whatever their sizes; ``None`` samples all images alike. Without
+    ``config``, the base's own schedule (:func:`schedule_of`) is fine-tuned with.
     """
     progress = as_progress(progress)
+    config = config or schedule_of(ws, base_model_id)
     base = get_model(ws, base_model_id)
     model, data_config = load_classifier(ws, base_model_id)
     model = copy.deepcopy(model)
@@ -277,6 +335,6 @@ def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, meth
                    method=method, checkpoint=str(ckpt), num_classes=base.num_classes,
                    embed_dim=base.embed_dim,
                    config={"selection_id": selection_id, "data_config": data_config.to_dict(),
-                           "train": asdict(cfg), "n_train": len(df),
+                           "train": asdict(config), "finetune": asdict(cfg), "n_train": len(df),
                            "n_added": int((df.source == "selection").sum())})
     return model_id

@@ -17,8 +17,8 @@ from core.runner.options import (
     embedder_options,
     embedder_spec,
     selection_options,
-    train_config,
     train_options,
+    train_overrides,
 )
 from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
@@ -80,10 +80,13 @@ register_job(JobSpec(
 
 def _train(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.models.evaluation import evaluate, metrics_summary
+    from core.models.schedules import initial_schedule
     from core.models.training import train_classifier
 
+    schedule = initial_schedule(opts.classifier, weights=opts.classifier_weights, hub=opts.hub,
+                                overrides=train_overrides(opts))
     model_id = train_classifier(ws, arch=opts.classifier, weights=opts.classifier_weights, hub=opts.hub,
-                                image_size=opts.image_size, config=train_config(opts), progress=progress.span(0, 0.9))
+                                image_size=opts.image_size, config=schedule, progress=progress.span(0, 0.9))
     metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
     return {"model_id": model_id, **metrics_summary(metrics)}
 
@@ -188,7 +191,8 @@ def _select_options() -> tuple[Option, ...]:
     return (
         Option("method", "choice", "dcd", choices=METHODS, help="how to choose the debug-train set (dcd)"),
         Option("embedder_id", picker="embedder",
-               help="embedder whose vectors to search (default: the current classifier's own)"),
+               help="embedder whose vectors to search (default: jobs.embed's default embedder, the "
+                    "pretrained backbone)"),
         *(o for o in selection_options() if o.name != "budget"),
         Option("budget", "int", aliases=("--n",), group="selection",
                help=budget.help + "; for random: how many"),
@@ -205,6 +209,7 @@ register_job(JobSpec("select", "Select a debug-train set from the pool: DCD retr
 
 def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: Progress) -> dict[str, Any]:
     from core.models.evaluation import compute_metrics, evaluate, metrics_summary
+    from core.models.schedules import finetune_schedule
     from core.scanner.mitigation import CormConfig, corm_retrain
 
     if opts.selection_id:
@@ -217,7 +222,8 @@ def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: 
     except ValueError:
         before = evaluate(ws, base, progress=progress.span(0, 0.05))
     model_id, summary = corm_retrain(ws, base_model_id=base, run_id=opts.run_id, config=config,
-                                     train_config=train_config(opts), progress=progress.span(0.05, 0.9))
+                                     train_config=finetune_schedule(ws, base, train_overrides(opts)),
+                                     progress=progress.span(0.05, 0.9))
     after = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
     return {"methods": {"baseline": {**metrics_summary(before), "model_id": base},
                         "corm": {**metrics_summary(after), "model_id": model_id}},
@@ -227,6 +233,7 @@ def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: 
 def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.models.catalog import require_classifier
     from core.models.evaluation import evaluate, metrics_summary
+    from core.models.schedules import finetune_schedule
     from core.models.training import retrain
 
     base = require_classifier(ws, opts.classifier_id, purpose="fine-tune")
@@ -238,7 +245,8 @@ def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dic
         if method is None:
             raise ValueError(f"no selection {opts.selection_id!r} in the workspace")
     model_id = retrain(ws, base_model_id=base, selection_id=opts.selection_id, method=method or "finetune",
-                       config=train_config(opts), epochs=opts.finetune_epochs, progress=progress.span(0, 0.9))
+                       config=finetune_schedule(ws, base, train_overrides(opts)), epochs=opts.finetune_epochs,
+                       progress=progress.span(0, 0.9))
     metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
     return {"methods": {method or "finetune": {**metrics_summary(metrics), "model_id": model_id}}}
 
@@ -291,10 +299,10 @@ def pipeline_options() -> tuple[Option, ...]:
 def pipeline_config(opts: argparse.Namespace):
     from core.dcd.pipeline import PipelineConfig
 
-    return PipelineConfig(classifier=opts.classifier, classifier_weights=opts.classifier_weights,
+    return PipelineConfig(classifier=opts.classifier or PipelineConfig.classifier, classifier_weights=opts.classifier_weights,
                           classifier_id=opts.classifier_id, hub=opts.hub, image_size=opts.image_size,
                           embedder=embedder_spec(opts), k=opts.neighbours, budget=opts.budget,
-                          label_policy=opts.label_policy, train=train_config(opts),
+                          label_policy=opts.label_policy, train=train_overrides(opts),
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed)
 
 

@@ -70,29 +70,35 @@ def split_values(values: list[str] | None) -> list[str] | None:
 # -- groups shared by several jobs ------------------------------------------------------------------
 
 def classifier_options() -> tuple[Option, ...]:
-    from core.dcd.pipeline import DEFAULT_CLASSIFIER, DEFAULT_IMAGE_SIZE
+    from core.models.pretrained import DEFAULT_BACKBONE
+    from core.models.schedules import PRETRAINED_IMAGE_SIZE, SCRATCH_IMAGE_SIZE
 
     g = "classifier"
     return (
-        Option("classifier", default=DEFAULT_CLASSIFIER, group=g,
-               help=f"timm architecture, e.g. resnet18 or cifar_resnet20 (default {DEFAULT_CLASSIFIER})"),
+        Option("classifier", default=DEFAULT_BACKBONE, group=g,
+               help=f"a pretrained backbone to fine-tune (default {DEFAULT_BACKBONE}, ImageNet weights installed "
+                    f"with the project), or any timm architecture (resnet50, vit_small_patch16_224.dino, "
+                    f"cifar_resnet20 ...): from scratch, or from --classifier-weights / --hub"),
         Option("classifier_weights", "path", group=g,
                help="local checkpoint: a trained classifier, or backbone weights to fine-tune"),
         Option("classifier_id", group=g, picker="classifier", help="use this classifier of the workspace as is"),
         Option("hub", "flag", False, group=g, advanced=True, help="download pretrained weights from timm's hub"),
-        Option("image_size", "int", DEFAULT_IMAGE_SIZE, group=g,
-               help=f"input resolution for a classifier trained here (default {DEFAULT_IMAGE_SIZE})"),
+        Option("image_size", "int", group=g,
+               help=f"input resolution for a classifier trained here (default {PRETRAINED_IMAGE_SIZE} from "
+                    f"pretrained weights, {SCRATCH_IMAGE_SIZE} from scratch)"),
     )
 
 
 def embedder_options() -> tuple[Option, ...]:
     from core.models.features import EMBEDDING_LAYERS
+    from core.models.pretrained import DEFAULT_BACKBONE
 
     g = "embedder"
     return (
-        Option("embedder", default="classifier", group=g,
-               help="timm architecture (e.g. vit_small_patch16_224.dino, resnet50, cifar_resnet56), or "
-                    "'classifier' for the classifier's own penultimate layer (default)"),
+        Option("embedder", default=DEFAULT_BACKBONE, group=g,
+               help=f"the frozen feature space: a pretrained backbone (default {DEFAULT_BACKBONE}), any timm "
+                    f"architecture with --embedder-weights or --embedder-hub (vit_small_patch16_224.dino, "
+                    f"resnet50, cifar_resnet56 ...), or 'classifier' for the classifier's own penultimate layer"),
         Option("embedder_weights", "path", group=g, help="local weights file for the embedder"),
         Option("embedder_hub", "flag", False, group=g, advanced=True,
                help="download the embedder's weights from the hub"),
@@ -104,19 +110,27 @@ def embedder_options() -> tuple[Option, ...]:
 
 
 def train_options() -> tuple[Option, ...]:
-    from core.models.training import TrainConfig
+    from core.models.schedules import PRETRAINED_SCHEDULE as P
+    from core.models.schedules import SCRATCH_SCHEDULE as S
 
-    d, g = TrainConfig(), "training"
+    g = "training"
+
+    def both(field: str) -> str:
+        return f"default {getattr(P, field)} from pretrained weights, {getattr(S, field)} from scratch"
+
     return (
-        Option("epochs", "int", d.epochs, group=g, help=f"epochs to train the classifier ({d.epochs})"),
+        Option("epochs", "int", group=g, help=f"epochs to train the classifier ({both('epochs')})"),
         Option("finetune_epochs", "int", group=g,
-               help="epochs to fine-tune on train + selection (default: half of --epochs, at least 3)"),
-        Option("added_share", "float", d.added_share, group=g, advanced=True,
-               help=f"share of every fine-tuning batch drawn from the added selection ({d.added_share}); "
+               help="epochs to fine-tune on train + selection (default: half of the classifier's epochs, at least 3)"),
+        Option("trainable_stages", "text", group=g, advanced=True,
+               help=f"train only the last N stages and the head, or 'all' ({both('trainable_stages')}; "
+                    f"None: all)"),
+        Option("added_share", "float", P.added_share, group=g, advanced=True,
+               help=f"share of every fine-tuning batch drawn from the added selection ({P.added_share}); "
                     f"0 samples train and selection alike"),
-        Option("batch_size", "int", d.batch_size, group=g, advanced=True),
-        Option("lr", "float", d.lr, group=g, advanced=True, help=f"learning rate ({d.lr})"),
-        Option("seed", "int", d.seed, group=g, help="random seed of data order and initial weights"),
+        Option("batch_size", "int", group=g, advanced=True, help=f"images per step ({P.batch_size})"),
+        Option("lr", "float", group=g, advanced=True, help=f"learning rate ({both('lr')})"),
+        Option("seed", "int", P.seed, group=g, help="random seed of data order and initial weights"),
     )
 
 
@@ -163,18 +177,28 @@ def selection_options() -> tuple[Option, ...]:
 
 # -- from parsed values to core's config objects ------------------------------------------------------
 
-def train_config(opts: argparse.Namespace):
-    from core.models.training import TrainConfig
-
-    return TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed,
-                       added_share=opts.added_share or None)
+def train_overrides(opts: argparse.Namespace) -> dict[str, Any]:
+    """The training settings the user gave (the rest comes from the schedule that fits the model:
+    core.models.training.initial_schedule / finetune_schedule)."""
+    given = {k: getattr(opts, k) for k in ("epochs", "batch_size", "lr", "seed") if getattr(opts, k) is not None}
+    given["added_share"] = opts.added_share or None  # 0: sample train and selection alike
+    stages = opts.trainable_stages
+    if stages is not None:
+        if str(stages).strip().lower() in ("all", "none"):
+            given["trainable_stages"] = None
+        elif str(stages).strip().isdigit() and int(stages) > 0:
+            given["trainable_stages"] = int(stages)
+        else:
+            raise ValueError(f"--trainable-stages takes a positive number or 'all', got {stages!r}")
+    return given
 
 
 def embedder_spec(opts: argparse.Namespace):
     from core.dcd.embed import EmbedderSpec
 
-    return EmbedderSpec(arch=opts.embedder, weights=opts.embedder_weights, hub=opts.embedder_hub,
-                        image_size=opts.embedder_image_size, layers=opts.embedder_layers,
+    default = EmbedderSpec()  # where a caller left an option unset (None)
+    return EmbedderSpec(arch=opts.embedder or default.arch, weights=opts.embedder_weights, hub=opts.embedder_hub,
+                        image_size=opts.embedder_image_size, layers=opts.embedder_layers or default.layers,
                         classifier_id=getattr(opts, "classifier_id", None))
 
 

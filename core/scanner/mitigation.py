@@ -45,7 +45,8 @@ from torch import nn
 from core.data.images import augment, to_tensor
 from core.models.catalog import load_classifier
 from core.models.factory import last_conv_block
-from core.models.training import LossFn, TrainConfig, retrain
+from core.models.schedules import TrainConfig
+from core.models.training import LossFn, retrain
 from core.runner.progress import Progress, as_progress
 from core.scanner.annotations import annotated_slices, current_annotations
 from core.scanner.attribution import _Capture
