@@ -44,7 +44,7 @@ def test_every_registered_job_has_its_command_and_every_command_a_job():
 
 
 def test_build_args_keeps_only_what_differs_from_the_defaults():
-    assert launcher.build_args("retrain", {"finetune_epochs": "1", "lr": "0.05", "selection_id": "",
+    assert launcher.build_args("retrain", {"finetune_epochs": "1", "seed": "0", "selection_id": "",
                                            "record_as": None}) == ["--finetune-epochs", "1"]
     assert launcher.build_args("evaluate", {"classifier_id": ["a", "b"]}) == ["--classifier-id", "a", "b"]
     assert launcher.build_args("embed", {"only_missing": True, "no_bf16": False}) == ["--only-missing"]

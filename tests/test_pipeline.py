@@ -58,8 +58,8 @@ def test_multiscale_classifier_embedding_is_its_own_embedder(ws_copy, tmp_path):
 
     ws, _ = ws_copy
     out = tmp_path / "embed.json"
-    assert embed_job.main(["--workspace", str(ws.root), "--splits", "error_sample,pool", "--embedder-layers",
-                           "multiscale", "--json", str(out)]) == 0
+    assert embed_job.main(["--workspace", str(ws.root), "--splits", "error_sample,pool", "--embedder", "classifier",
+                           "--embedder-layers", "multiscale", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
     embedder_id = summary["embedder_id"]
     assert embedder_id == f"classifier:{current_classifier(ws)}+multiscale"
@@ -73,3 +73,13 @@ def test_multiscale_classifier_embedding_is_its_own_embedder(ws_copy, tmp_path):
     again = embed(model, load_rgb(pool_row.path[0], cfg.image_size)[None], cfg, layers="multiscale")
     stored = vecs[list(ids).index(int(pool_row.image_id[0]))]
     assert np.allclose(again[0], stored, atol=0.05)
+
+
+def test_select_without_an_embedder_searches_what_the_workspace_has(ws_copy):
+    """The tiny workspace was embedded with the classifier's own layer only: jobs.select without
+    --embedder-id searches that, not the default backbone it has no vectors for."""
+    from core.dcd.embed import default_search_embedder
+    from core.store.vectors import list_embedders
+
+    ws, report = ws_copy
+    assert default_search_embedder(ws) == list_embedders(ws)[-1] == report["embedder"]["embedder_id"]

@@ -77,6 +77,21 @@ class EmbedderSpec:
         return f"{self.arch}:{tag}{size}"
 
 
+def default_search_embedder(ws: Workspace) -> str:
+    """The embedder a DCD search uses when none is named: the default embedder if it has vectors here, else
+    the one embedded most recently; a :class:`ValueError` saying what to run if there is none."""
+    from core.store.vectors import list_embedders
+
+    known = list_embedders(ws)
+    default = EmbedderSpec().embedder_id(ws)
+    if default in known:
+        return default
+    if not known:
+        raise ValueError(f"the workspace has no embeddings yet; run `python -m jobs.embed --workspace {ws.root}` "
+                         f"first (default embedder: {EmbedderSpec().arch})")
+    return known[-1]
+
+
 def build_embedder(ws: Workspace, spec: EmbedderSpec):
     """(model, data config, embedder id, its model record or None): a record for embedders that are not a
     classifier's own layers, for the caller to store with the vectors (:func:`core.models.catalog.insert_model_row`)."""
@@ -158,4 +173,4 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
                             "store": round(c_end - c_store, 3)}}
 
 
-__all__ = ["EmbedderSpec", "build_embedder", "embed_split_images", "embed_pixels"]
+__all__ = ["EmbedderSpec", "build_embedder", "default_search_embedder", "embed_split_images", "embed_pixels"]

@@ -169,12 +169,12 @@ register_job(JobSpec("embed", "Embed images with a frozen embedder and build the
 
 
 def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from core.dcd.embed import EmbedderSpec
+    from core.dcd.embed import default_search_embedder
     from core.dcd.strategies import SelectionRequest, select
 
     embedder_id = None
     if opts.method == "dcd":
-        embedder_id = opts.embedder_id or EmbedderSpec().embedder_id(ws)
+        embedder_id = opts.embedder_id or default_search_embedder(ws)
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=embedder_id,
                                label_policy=opts.label_policy, seed=opts.seed, name=opts.name)
     sel = select(ws, opts.method, request, progress=progress)
@@ -191,8 +191,8 @@ def _select_options() -> tuple[Option, ...]:
     return (
         Option("method", "choice", "dcd", choices=METHODS, help="how to choose the debug-train set (dcd)"),
         Option("embedder_id", picker="embedder",
-               help="embedder whose vectors to search (default: jobs.embed's default embedder, the "
-                    "pretrained backbone)"),
+               help="embedder whose vectors to search (default: the pretrained backbone's if embedded, else "
+                    "the most recently embedded)"),
         *(o for o in selection_options() if o.name != "budget"),
         Option("budget", "int", aliases=("--n",), group="selection",
                help=budget.help + "; for random: how many"),
