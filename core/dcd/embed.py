@@ -20,10 +20,12 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 from core.data.images import iter_decoded
 from core.data.splits import images_df
+from core.engines.ray_data import RayConfig, map_images
 from core.models.catalog import (
     classifier_embedder_id,
     insert_model_row,
@@ -35,6 +37,7 @@ from core.models.features import EMBEDDING_LAYERS, embedding_dim, embedding_func
 from core.models.inference import choose_precision, run_model
 from core.models.inference import embed as embed_pixels
 from core.models.pretrained import DEFAULT_BACKBONE, is_backbone_name
+from core.models.tasks import EmbedTask
 from core.runner.progress import Progress, as_progress
 from core.store.vectors import store_embedding_files, vectors_to_arrow
 from core.store.workspace import Workspace
@@ -113,8 +116,12 @@ def build_embedder(ws: Workspace, spec: EmbedderSpec):
 
 def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[str] = DEFAULT_EMBED_SPLITS,
                        only_missing: bool = False, batch_size: int = 128, allow_bf16: bool = True,
-                       progress: Progress | None = None) -> dict:
-    """Embed the images of ``splits`` and store the vectors; returns a summary dict."""
+                       ray: RayConfig | None = None, progress: Progress | None = None) -> dict:
+    """Embed the images of ``splits`` and store the vectors; returns a summary dict.
+
+    With ``ray``, the images are decoded and embedded on Ray Data (core.engines.ray_data) instead of in this
+    process; the precision check, the staging and the store are the same.
+    """
     progress = as_progress(progress)
     t0, c0 = time.perf_counter(), time.process_time()
     model, cfg, embedder_id, record = build_embedder(ws, spec)
@@ -142,22 +149,16 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
                                          f"{uuid.uuid4().hex[:6]}")
     ids = df.image_id.to_numpy(np.int64)
     del df
+    engine: dict = {"engine": "local"}
     try:
-        # One decode stream for all images (it decodes ahead across part boundaries); a Parquet part per
-        # ``chunk_rows`` images, so memory holds one part of vectors, never the whole pool's.
-        batches_per_part = max(1, PART_ROWS // batch_size)
-        chunk_rows = batches_per_part * batch_size
-        decoded = iter_decoded(paths, cfg.image_size, chunk=batch_size)
-        parts = []
-        for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
-            n_sub = min(chunk_rows, len(paths) - start)
-            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
-            vecs = run_model(embed_fn, islice(decoded, batches_per_part), n_sub, cfg,
-                             bf16=check.bf16, progress=span, desc="embed")
-            part = staging / f"part-{n_chunk:05d}.parquet"
-            pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
-            parts.append(part)
-        decoded.close()
+        if ray is None:
+            parts = _embed_local(paths, ids, embed_fn, cfg, staging, batch_size=batch_size, bf16=check.bf16,
+                                 progress=progress)
+        else:
+            frame = pd.DataFrame({"image_id": ids, "path": paths})
+            task = EmbedTask(model, cfg, layers=spec.layers, bf16=check.bf16)
+            parts, engine = map_images(frame, task, image_size=cfg.image_size, staging=staging, config=ray,
+                                       batch_size=batch_size, progress=progress.span(0, 0.95))
         t_store, c_store = time.perf_counter(), time.process_time()
         store_embedding_files(ws, embedder_id, parts, dim=dim,
                               also=(lambda con: insert_model_row(con, **record)) if record else None)
@@ -166,11 +167,33 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     t_end, c_end = time.perf_counter(), time.process_time()
     progress.report(1.0, f"embedded {len(ids)} images", force=True)
     return {"embedder_id": embedder_id, "n_embedded": int(len(ids)), "precision": "bf16" if check.bf16 else
-            "fp32", "precision_check": check.reason, "dim": dim,
+            "fp32", "precision_check": check.reason, "dim": dim, **engine,
             "seconds": {"setup": round(t_embed - t0, 3), "embed": round(t_store - t_embed, 3),
                         "store": round(t_end - t_store, 3)},
             "cpu_seconds": {"setup": round(c_embed - c0, 3), "embed": round(c_store - c_embed, 3),
                             "store": round(c_end - c_store, 3)}}
+
+
+def _embed_local(paths: list[str], ids: np.ndarray, embed_fn, cfg, staging: Path, *, batch_size: int,
+                 bf16: bool, progress: Progress) -> list[Path]:
+    """Embed in this process: one decode stream for all images (it decodes ahead across part boundaries), a
+    Parquet part per ``chunk_rows`` images, so memory holds one part of vectors, never the whole pool's."""
+    batches_per_part = max(1, PART_ROWS // batch_size)
+    chunk_rows = batches_per_part * batch_size
+    decoded = iter_decoded(paths, cfg.image_size, chunk=batch_size)
+    parts = []
+    try:
+        for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
+            n_sub = min(chunk_rows, len(paths) - start)
+            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
+            vecs = run_model(embed_fn, islice(decoded, batches_per_part), n_sub, cfg, bf16=bf16, progress=span,
+                             desc="embed")
+            part = staging / f"part-{n_chunk:05d}.parquet"
+            pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
+            parts.append(part)
+    finally:
+        decoded.close()
+    return parts
 
 
 __all__ = ["EmbedderSpec", "build_embedder", "default_search_embedder", "embed_split_images", "embed_pixels"]

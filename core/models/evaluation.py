@@ -13,26 +13,41 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.data.images import pixels
+from core.data.images import iter_decoded, pixels
 from core.data.splits import images_df
+from core.engines.ray_data import RayConfig, map_images_to_arrays, ray_staging
 from core.models.catalog import load_classifier
 from core.models.inference import choose_precision, predict_probs
+from core.models.tasks import PredictTask
 from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace, replace_model_rows
 
 
 def predict(ws: Workspace, model_id: str, *, splits: Sequence[str] = ("train", "test", "error_sample",
                                                                       "error_heldout"),
-            allow_bf16: bool = True, progress: Progress | None = None) -> pd.DataFrame:
-    """Run a classifier on the given splits and store its predictions (replacing older ones)."""
+            allow_bf16: bool = True, ray: RayConfig | None = None,
+            progress: Progress | None = None) -> pd.DataFrame:
+    """Run a classifier on the given splits and store its predictions (replacing older ones).
+
+    With ``ray``, the images are decoded and the classifier run on Ray Data (core.engines.ray_data); the
+    precision check and the stored rows are the same.
+    """
     progress = as_progress(progress)
     model, data_config = load_classifier(ws, model_id)
     df = images_df(ws, list(splits))
     if df.empty:
         raise ValueError(f"no images in splits {list(splits)}")
-    px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.3))
-    check = choose_precision(model, px[:128], data_config, embedding=False, allow_bf16=allow_bf16)
-    probs = predict_probs(model, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 0.95))
+    if ray is None:
+        px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.3))
+        check = choose_precision(model, px[:128], data_config, embedding=False, allow_bf16=allow_bf16)
+        probs = predict_probs(model, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 0.95))
+    else:
+        sample = next(iter_decoded(df.path.tolist()[:128], data_config.image_size, chunk=128))
+        check = choose_precision(model, sample, data_config, embedding=False, allow_bf16=allow_bf16)
+        out, _ = map_images_to_arrays(df[["image_id", "path"]], PredictTask(model, data_config, check.bf16),
+                                      image_size=data_config.image_size, staging=ray_staging(ws, "predict"),
+                                      config=ray, progress=progress.span(0, 0.95))
+        probs = out["probs"]
     # The label the prediction is judged against: the trusted label, else the pool's weak label.
     target = df["label"].fillna(df["weak_label"])
     known = target.notna().to_numpy()

@@ -16,6 +16,8 @@ from core.runner.options import (
     classifier_options,
     embedder_options,
     embedder_spec,
+    engine_options,
+    ray_config,
     selection_options,
     train_options,
     train_overrides,
@@ -101,8 +103,9 @@ def _predict(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dic
     from core.models.evaluation import predict
 
     model_id = require_classifier(ws, opts.classifier_id, purpose="predict with")
-    df = predict(ws, model_id, splits=opts.splits, progress=progress)
-    return {"model_id": model_id, "n_predicted": len(df)}
+    df = predict(ws, model_id, splits=opts.splits, allow_bf16=not opts.no_bf16, ray=ray_config(opts),
+                 progress=progress)
+    return {"model_id": model_id, "n_predicted": len(df), "engine": opts.engine}
 
 
 register_job(JobSpec(
@@ -110,7 +113,9 @@ register_job(JobSpec(
     (Option("classifier_id", picker="classifier", aliases=("--model-id",),
             help="classifier (default: the current one)"),
      Option("splits", "list", EVALUATED_SPLITS, choices=("train", "test", "error_sample", "error_heldout", "pool"),
-            help="splits to predict")),
+            help="splits to predict"),
+     Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
+    + engine_options(),
     _predict))
 
 
@@ -142,7 +147,7 @@ def _embed(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[
     from core.dcd.index import pool_index
 
     summary = embed_split_images(ws, embedder_spec(opts), splits=opts.splits, only_missing=opts.only_missing,
-                                 batch_size=opts.batch_size, allow_bf16=not opts.no_bf16,
+                                 batch_size=opts.batch_size, allow_bf16=not opts.no_bf16, ray=ray_config(opts),
                                  progress=progress.span(0, 0.9))
     if "pool" in opts.splits:
         _, info = pool_index(ws, summary["embedder_id"], rebuild=True, progress=progress.span(0.9, 1.0))
@@ -161,7 +166,7 @@ def _embed_options() -> tuple[Option, ...]:
         Option("splits", "list", list(DEFAULT_EMBED_SPLITS), choices=SPLITS, help="splits to embed"),
         Option("only_missing", "flag", False, help="embed only images without a vector yet"),
         Option("batch_size", "int", 128, advanced=True),
-        Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
+        Option("no_bf16", "flag", False, advanced=True, help="always run in fp32")) + engine_options()
 
 
 register_job(JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),

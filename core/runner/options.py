@@ -160,6 +160,23 @@ def attribution_options() -> tuple[Option, ...]:
     )
 
 
+def engine_options() -> tuple[Option, ...]:
+    """Where a per-image job runs its model: here, or on Ray Data (core.engines.ray_data)."""
+    from core.engines.ray_data import ENGINES
+
+    g = "engine"
+    return (
+        Option("engine", "choice", "local", choices=ENGINES, group=g,
+               help="local: in this job's process; ray: decode and run the model on Ray Data (a Ray runtime "
+                    "started for the job, or the cluster at --ray-address); results are the same"),
+        Option("ray_address", group=g, advanced=True,
+               help="with --engine ray: the cluster to run on, 'auto' (the one this machine belongs to) or "
+                    "ray://HOST:10001 (default: a local runtime for this job, shut down after)"),
+        Option("ray_actors", "int", group=g, advanced=True,
+               help="with --engine ray: model replicas (default: one per GPU, else one per node)"),
+    )
+
+
 def selection_options() -> tuple[Option, ...]:
     from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES
 
@@ -200,6 +217,19 @@ def embedder_spec(opts: argparse.Namespace):
     return EmbedderSpec(arch=opts.embedder or default.arch, weights=opts.embedder_weights, hub=opts.embedder_hub,
                         image_size=opts.embedder_image_size, layers=opts.embedder_layers or default.layers,
                         classifier_id=getattr(opts, "classifier_id", None))
+
+
+def ray_config(opts: argparse.Namespace):
+    """The :class:`~core.engines.ray_data.RayConfig` of ``--engine ray``, or None for the local engine."""
+    from core.engines.ray_data import RayConfig
+
+    if getattr(opts, "engine", "local") != "ray":
+        given = [flag for flag, value in (("--ray-address", getattr(opts, "ray_address", None)),
+                                          ("--ray-actors", getattr(opts, "ray_actors", None))) if value]
+        if given:
+            raise ValueError(f"{' and '.join(given)} only apply with --engine ray")
+        return None
+    return RayConfig(address=opts.ray_address or None, actors=opts.ray_actors)
 
 
 def attribution_config(opts: argparse.Namespace):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from core.runner.options import Option, attribution_config, attribution_options
+from core.runner.options import Option, attribution_config, attribution_options, engine_options, ray_config
 from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
@@ -14,12 +14,13 @@ from core.store.workspace import Workspace
 def _attribute(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.scanner.attribution import attribute
 
-    return attribute(ws, opts.classifier_id, splits=opts.splits, config=attribution_config(opts), progress=progress)
+    return attribute(ws, opts.classifier_id, splits=opts.splits, config=attribution_config(opts), ray=ray_config(opts),
+                     progress=progress)
 
 
 register_job(JobSpec("attribute", "Compute attribution maps and attribution-weighted vectors of the classifier "
                                   "(Grad-CAM on its last conv block; ViTs get Grad-CAM on tokens).",
-                     attribution_options(), _attribute))
+                     attribution_options() + engine_options(), _attribute))
 
 
 def _slices(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def _slices(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     attr_summary = None
     if opts.attribute or not has_attributions(ws, model_id, splits):
         attr_summary = attribute(ws, model_id, splits=splits, config=attribution_config(opts),
-                                 progress=progress.span(0, 0.6))
+                                 ray=ray_config(opts), progress=progress.span(0, 0.6))
     config = SliceConfig(k=opts.slices, k_range=(opts.slices_min, opts.slices_max), splits=splits,
                          pred_weight=opts.pred_weight, error_weight=opts.error_weight, seed=opts.seed,
                          mosaics=not opts.no_mosaics, mosaic_tiles=opts.mosaic_tiles, mosaic_layout=opts.mosaic_layout)
@@ -48,7 +49,7 @@ def _slice_options() -> tuple[Option, ...]:
     from core.scanner.slicer import AUTO_K_RANGE
 
     d, g = SliceConfig(), "slicing"
-    return attribution_options() + (
+    return attribution_options() + engine_options() + (
         Option("attribute", "flag", False, help="(re)compute the attributions first"),
         Option("slices", "int", group=g, aliases=("--k",), help="number of slices (default: chosen automatically)"),
         Option("slices_min", "int", AUTO_K_RANGE[0], group=g, aliases=("--k-min",), advanced=True,

@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data.images import pixels, to_tensor
+from core.data.images import iter_decoded, pixels, to_tensor
 from core.data.splits import images_df
+from core.engines.ray_data import RayConfig, map_images_to_arrays, ray_staging
 from core.models.catalog import load_classifier, require_classifier
 from core.models.config import DataConfig
 from core.models.factory import last_conv_block
@@ -267,21 +268,76 @@ def compute_attributions(model: nn.Module, images: np.ndarray, data_config: Data
 
 # -- the workspace job --------------------------------------------------------------------------------
 
-def _predictions(ws: Workspace, model_id: str, df: pd.DataFrame, model: nn.Module, px: np.ndarray,
-                 data_config: DataConfig) -> np.ndarray:
-    """The model's predictions for ``df``'s images: stored ones, else computed here."""
+def _stored_predictions(ws: Workspace, model_id: str, df: pd.DataFrame) -> np.ndarray | None:
+    """The model's stored predictions for ``df``'s images, or None if any is missing."""
     stored = ws.df("SELECT image_id, pred FROM predictions WHERE model_id = ? AND image_id IN "
                    "(SELECT unnest(?::BIGINT[]))", [model_id, df.image_id.astype(int).tolist()])
     pred = df[["image_id"]].merge(stored, on="image_id", how="left")["pred"]
-    if pred.isna().any():
-        probs = predict_probs(model, px, data_config)
-        return probs.argmax(1)
-    return pred.astype(int).to_numpy()
+    return None if pred.isna().any() else pred.astype(int).to_numpy()
+
+
+def _targets(df: pd.DataFrame, pred: np.ndarray, config: AttributionConfig) -> np.ndarray:
+    """The class each image is attributed for: its label where it has one (``target="label"``), else the
+    prediction (``-1``: the prediction, worked out where the model runs)."""
+    if config.target == "label":
+        return np.where(df.label.notna(), df.label.fillna(0).astype(int), pred)
+    return pred
+
+
+@dataclass
+class AttributeTask:
+    """Attributions of one batch on an engine's worker (core.models.tasks): columns ``image_id``,
+    ``heatmap`` (flattened), ``vector``; a ``target`` of -1 is the model's prediction."""
+
+    model: nn.Module
+    data_config: DataConfig
+    config: AttributionConfig
+    bf16: bool = False
+
+    def setup(self, device: str) -> None:
+        self.device = device
+        self.model = self.model.to(device).eval()
+
+    def __call__(self, pixels: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not hasattr(self, "device"):
+            self.setup("cpu")
+        targets = np.asarray(batch["target"], np.int64).copy()
+        x = to_tensor(pixels, self.data_config).to(self.device)
+        if (targets < 0).any():  # on CPU the local path's own predict_probs: the same predictions
+            pred = (predict_probs(self.model, pixels, self.data_config).argmax(1) if self.device == "cpu"
+                    else self.model(x).argmax(1).cpu().numpy())
+            targets = np.where(targets < 0, pred, targets)
+        maps, vecs = attribute_batch(self.model, x, torch.as_tensor(targets), config=self.config, bf16=self.bf16)
+        return {"image_id": np.asarray(batch["image_id"], np.int64), "heatmap": maps.reshape(len(maps), -1),
+                "vector": vecs}
+
+
+def _attribute_on_ray(ws: Workspace, model: nn.Module, data_config: DataConfig, df: pd.DataFrame,
+                      targets: np.ndarray, config: AttributionConfig, ray: RayConfig,
+                      progress: Progress) -> AttributionResult:
+    """:func:`compute_attributions` on Ray Data: the same bf16 check on the first images, then the batches."""
+    paths = df.path.tolist()
+    n_check = min(32, len(df))
+    sample = next(iter_decoded(paths[:n_check], data_config.image_size, chunk=n_check))
+    t_check = targets[:n_check].copy()
+    if (t_check < 0).any():
+        t_check = np.where(t_check < 0, predict_probs(model, sample, data_config).argmax(1), t_check)
+    bf16, reason = _check_bf16(model, last_conv_block(model), to_tensor(sample, data_config),
+                               torch.as_tensor(t_check, dtype=torch.long), config)
+    frame = pd.DataFrame({"image_id": df.image_id.to_numpy(np.int64), "path": paths, "target": targets})
+    out, _ = map_images_to_arrays(frame, AttributeTask(model, data_config, config, bf16),
+                                  image_size=data_config.image_size, staging=ray_staging(ws, "attribute"),
+                                  config=ray, batch_size=config.batch_size, progress=progress)
+    size = config.heatmap_size
+    return AttributionResult(out["heatmap"].reshape(-1, size, size).astype(np.float32),
+                             out["vector"].astype(np.float32), bf16, reason)
 
 
 def attribute(ws: Workspace, model_id: str | None = None, *, splits: Sequence[str] = DEFAULT_SPLITS,
-              config: AttributionConfig = AttributionConfig(), progress: Progress | None = None) -> dict:
-    """Compute and store the attributions of ``model_id`` (default: the current classifier) on ``splits``.
+              config: AttributionConfig = AttributionConfig(), ray: RayConfig | None = None,
+              progress: Progress | None = None) -> dict:
+    """Compute and store the attributions of ``model_id`` (default: the current classifier) on ``splits``
+    (with ``ray``: on Ray Data, core.engines.ray_data).
 
     Replaces the model's earlier attributions of those images in one short transaction. Returns a summary
     ``{"model_id", "n", "method", "target", "heatmap_size", "dim", "precision", "seconds"}``.
@@ -293,13 +349,16 @@ def attribute(ws: Workspace, model_id: str | None = None, *, splits: Sequence[st
     df = images_df(ws, list(splits))
     if df.empty:
         raise ValueError(f"no images in splits {list(splits)}")
-    px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
-    pred = _predictions(ws, model_id, df, model, px, data_config)
-    if config.target == "label":
-        targets = np.where(df.label.notna(), df.label.fillna(0).astype(int), pred)
+    pred = _stored_predictions(ws, model_id, df)
+    if ray is None:
+        px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
+        pred = pred if pred is not None else predict_probs(model, px, data_config).argmax(1)
+        res = compute_attributions(model, px, data_config, _targets(df, pred, config), config=config,
+                                   progress=progress.span(0.1, 0.95))
     else:
-        targets = pred
-    res = compute_attributions(model, px, data_config, targets, config=config, progress=progress.span(0.1, 0.95))
+        pred = pred if pred is not None else np.full(len(df), -1, np.int64)
+        res = _attribute_on_ray(ws, model, data_config, df, _targets(df, pred, config), config, ray,
+                                progress.span(0, 0.95))
     method = f"{config.method}:{config.target}"
     table = pa.table({
         "model_id": pa.array([model_id] * len(df)),
