@@ -2,13 +2,18 @@
 
 Efficiency = images/s of the real embed path (``core.dcd.embed.embed_split_images``: decode JPEG files,
 resize, normalise, forward, stage, write to the workspace) / images/s of the bare forward pass on a
-pre-made batch, same model, batch size and precision; each real run is bracketed by two bare runs (their
-mean is the baseline) so that both see the same machine load. The real
-path's rate counts its streaming phase and the final write (``seconds.embed + seconds.store``); the
-one-off setup (model build, bf16-vs-fp32 check on 128 images) is reported apart, with its share of a
-1M-image pool.
+pre-made batch, same model, batch size and precision. Runs alternate (bare, real, bare, real, ..., bare);
+each real run is compared with the mean of the bare runs either side; the figure is the median of the
+rounds' wall ratios, beside the CPU-time ratio (bare CPU s/image over real) and the load of each run
+(1-min load average; other processes' runnable threads, sampled). A wall ratio above 1, or a load above
+the cores, marks the result ``loaded``: not meaningful. The real path's rate counts its streaming phase
+and the final write (``seconds.embed + seconds.store``); the one-off setup (model build, bf16-vs-fp32
+check on 128 images) is reported apart, with its share of a 1M-image pool. Decode's own CPU cost per
+image (``iter_model_inputs`` alone) is set against the forward's: ``forward / (forward + decode)`` is the
+ratio reachable when the bare forward already keeps every core busy. The bf16 speed-up alternates fp32
+and bf16 forwards the same way (median ratio, CPU-time ratio, load).
 
-    python -m bench.embed [--assets DIR] [--n-images 384] [--batch-size 64]
+    python -m bench.embed [--assets DIR] [--n-images 256] [--batch-size 64] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import io
 import os
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -84,8 +90,92 @@ def bare_forward(model, x: torch.Tensor, n_batches: int, bf16: bool) -> None:
             features(model, x).float()
 
 
-def bench_arch(ws, key: str, arch: str, n: int, batch_size: int, rounds: int) -> dict:
-    from core.data.images import to_tensor
+def _own_running() -> int:
+    """Threads of this process in the running state now (from /proc; 0 where it cannot be read)."""
+    n = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            n += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return n
+
+
+def _system_running() -> int | None:
+    """Runnable threads of the whole machine now (the 4th field of /proc/loadavg), or None."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class LoadProbe:
+    """Samples the machine's load while a run goes on: the runnable threads of *other* processes (system
+    runnable minus this process's), every ``period`` s, and the 1-min load average at the end."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period, self.samples, self.own = period, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            system, own = _system_running(), _own_running()
+            if system is not None:
+                self.samples.append(max(0, system - own))
+                self.own.append(own)
+
+    def __enter__(self) -> LoadProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.load_average = os.getloadavg()[0]
+
+    def summary(self) -> dict:
+        """``load_average`` (1 min, at the end), ``other_runnable`` (mean), ``own_runnable`` (mean)."""
+        mean = (lambda xs: float(np.mean(xs)) if xs else None)
+        return {"load_average": self.load_average, "other_runnable": mean(self.samples),
+                "own_runnable": mean(self.own)}
+
+
+def timed(fn) -> dict:
+    """Run ``fn``: its wall and process CPU seconds, the load during it, and ``fn``'s result."""
+    with LoadProbe() as probe:
+        t, c = time.perf_counter(), time.process_time()
+        value = fn()
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return {"wall_s": wall, "cpu_s": cpu, **probe.summary(), "value": value}
+
+
+def loaded_verdict(ratios: list[float], loads: list[dict], *, above_one_is_suspect: bool = True) -> dict:
+    """Whether the machine was too loaded for the ratios to mean anything, and why.
+
+    Loaded if a wall ratio is above 1 (the pipeline beat its own bare forward: only other load does that),
+    if the 1-min load average less this process's own runnable threads exceeds the core count, or if
+    other processes kept on average at least half the cores busy during the runs.
+    """
+    cores = os.cpu_count() or 1
+    la = float(np.median([x["load_average"] for x in loads]))
+    own = float(np.median([x["own_runnable"] or 0 for x in loads]))
+    others = [x["other_runnable"] for x in loads if x["other_runnable"] is not None]
+    other = float(np.median(others)) if others else None
+    why = []
+    if above_one_is_suspect and any(r > 1 for r in ratios):
+        why.append("a wall ratio above 1")
+    if la - own > cores:
+        why.append(f"load average {la:.1f} (less {own:.1f} own threads) above {cores} cores")
+    if other is not None and other >= cores / 2:
+        why.append(f"other processes' runnable threads {other:.1f} on {cores} cores")
+    return {"loaded": bool(why), "loaded_why": "; ".join(why), "load_average": la, "other_runnable": other}
+
+
+def bench_arch(ws, key: str, arch: str, n: int, batch_size: int, rounds: int, paths: list[Path]) -> dict:
+    """Alternate bare and real runs (bare, real, bare, ..., bare): each real run against the mean of the
+    bare runs either side, in wall and CPU time, with the load of each run; plus decode's CPU cost alone."""
+    from core.data.images import iter_model_inputs, to_tensor
     from core.dcd.embed import EmbedderSpec, embed_split_images
     from core.models.factory import create_model, default_data_config
     from core.models.inference import cpu_has_bf16
@@ -97,57 +187,67 @@ def bench_arch(ws, key: str, arch: str, n: int, batch_size: int, rounds: int) ->
     x_cl = to_tensor(pixels, cfg)  # the layout the pipeline feeds (NHWC memory, channels_last)
     x_nchw = x_cl.contiguous()
     n_batches = max(1, n // batch_size)
-    out: dict = {"arch": arch, "n_images": n, "batch_size": batch_size, "rounds": []}
-    precision = None
-    layout, x_bare = None, None
+    n_bare = n_batches * batch_size
+    bf16 = cpu_has_bf16()
+    bare_forward(model, x_cl, 1, bf16)  # warm-up; then the faster input layout is the baseline
+    t_cl = best_of(lambda: bare_forward(model, x_cl, 1, bf16), 2)
+    t_nchw = best_of(lambda: bare_forward(model, x_nchw, 1, bf16), 2)
+    layout, x_bare = ("channels_last", x_cl) if t_cl <= t_nchw else ("nchw", x_nchw)
 
-    def bare_run(bf16: bool) -> tuple[float, float]:
-        c = time.process_time()
-        t = best_of(lambda: bare_forward(model, x_bare, n_batches, bf16), 1)
-        return n_batches * batch_size / t, (time.process_time() - c) / (n_batches * batch_size)
+    def bare_run() -> dict:
+        r = timed(lambda: bare_forward(model, x_bare, n_batches, bf16))
+        r.pop("value")
+        return {**r, "img_s": n_bare / r["wall_s"], "cpu_ms_img": r["cpu_s"] / n_bare * 1e3}
 
+    def real_run() -> dict:
+        r = timed(lambda: embed_split_images(ws, EmbedderSpec(arch=arch), splits=["pool"], batch_size=batch_size))
+        s = r.pop("value")
+        k = s["n_embedded"]
+        wall, cpu = s["seconds"]["embed"] + s["seconds"]["store"], s["cpu_seconds"]["embed"] + s["cpu_seconds"]["store"]
+        return {**r, "img_s": k / wall, "cpu_ms_img": cpu / k * 1e3, "setup_s": s["seconds"]["setup"],
+                "embed_s": s["seconds"]["embed"], "store_s": s["seconds"]["store"], "precision": s["precision"],
+                "end_to_end_img_s": k / sum(s["seconds"].values())}
+
+    bares, reals = [bare_run()], []
     for r in range(rounds):
-        # bare, real, bare: each real run is bracketed by bare runs, so both see the same load.
-        if layout is None:
-            bf16_guess = cpu_has_bf16()
-            bare_forward(model, x_cl, 1, bf16_guess)  # warm-up; then the faster input layout is the baseline
-            t_cl = best_of(lambda: bare_forward(model, x_cl, 1, bf16_guess), 2)
-            t_nchw = best_of(lambda: bare_forward(model, x_nchw, 1, bf16_guess), 2)
-            layout, x_bare = ("channels_last", x_cl) if t_cl <= t_nchw else ("nchw", x_nchw)
-        before = bare_run(cpu_has_bf16())
-        summary = embed_split_images(ws, EmbedderSpec(arch=arch), splits=["pool"], batch_size=batch_size)
-        secs, cpu = summary["seconds"], summary["cpu_seconds"]
-        bf16 = summary["precision"] == "bf16"
-        precision = summary["precision"]
-        after = bare_run(bf16)
-        if bf16 != cpu_has_bf16():
-            before = after  # the job chose the other precision: only the matching bare run counts
-        bare_rate = (before[0] + after[0]) / 2
-        bare_cpu = (before[1] + after[1]) / 2
-        real_rate = summary["n_embedded"] / (secs["embed"] + secs["store"])
-        real_cpu = (cpu["embed"] + cpu["store"]) / summary["n_embedded"]
-        out["rounds"].append({"bare_img_s": bare_rate, "bare_layout": layout,
-                              "bare_img_s_before_after": [before[0], after[0]],
-                              "real_img_s": real_rate, "ratio": real_rate / bare_rate,
-                              "cpu_ratio": bare_cpu / real_cpu, "setup_s": secs["setup"],
-                              "embed_s": secs["embed"], "store_s": secs["store"],
-                              "end_to_end_img_s": summary["n_embedded"] / sum(secs.values()),
-                              "load_average": os.getloadavg()[0]})
-        print(f"[embed] {key} round {r}: real {real_rate:.1f} img/s, bare {before[0]:.1f}/{after[0]:.1f} img/s "
-              f"({layout}), ratio {real_rate / bare_rate:.3f}, cpu-time ratio {bare_cpu / real_cpu:.3f} "
-              f"({precision}; setup {secs['setup']:.1f}s; load {os.getloadavg()[0]:.1f})", flush=True)
-    rounds_ = out["rounds"]
-    out["precision"] = precision
-    out["efficiency"] = float(np.median([x["ratio"] for x in rounds_]))
-    out["cpu_efficiency"] = float(np.median([x["cpu_ratio"] for x in rounds_]))
-    out["efficiency_best_over_best"] = max(x["real_img_s"] for x in rounds_) / max(x["bare_img_s"] for x in rounds_)
-    setup = float(np.median([x["setup_s"] for x in rounds_]))
-    rate = max(x["real_img_s"] for x in rounds_)
-    out["setup_share_at_1m"] = setup / (setup + 1_000_000 / rate)
+        reals.append(real_run())
+        if (reals[-1]["precision"] == "bf16") != bf16:  # the job chose the other precision: match it
+            bf16 = not bf16
+            bares = [bare_run()]
+        bares.append(bare_run())
+        b = (bares[-2], bares[-1])
+        real = reals[-1]
+        real["bare_img_s"] = (b[0]["img_s"] + b[1]["img_s"]) / 2
+        real["bare_cpu_ms_img"] = (b[0]["cpu_ms_img"] + b[1]["cpu_ms_img"]) / 2
+        real["ratio"] = real["img_s"] / real["bare_img_s"]
+        real["cpu_ratio"] = real["bare_cpu_ms_img"] / real["cpu_ms_img"]
+        print(f"[embed] {key} round {r}: real {real['img_s']:.1f} img/s, bare {b[0]['img_s']:.1f}/{b[1]['img_s']:.1f} "
+              f"img/s ({layout}), ratio {real['ratio']:.3f}, cpu-time ratio {real['cpu_ratio']:.3f} "
+              f"({real['precision']}; setup {real['setup_s']:.1f}s; load {real['load_average']:.1f}, others' "
+              f"runnable {real['other_runnable'] or 0:.1f})", flush=True)
+    # Decode + resize + normalise alone, as the embed job runs it: its CPU cost per image vs the forward's.
+    strs = [str(p) for p in paths]
+    dec = timed(lambda: sum(len(b) for b in iter_model_inputs(strs, cfg, chunk=batch_size)))
+    decode_ms = dec["cpu_s"] / len(strs) * 1e3
+    forward_ms = float(np.median([b["cpu_ms_img"] for b in bares]))
+    out: dict = {"arch": arch, "n_images": n, "batch_size": batch_size, "bare_layout": layout,
+                 "precision": reals[-1]["precision"], "rounds": reals, "bare_runs": bares,
+                 "efficiency": float(np.median([x["ratio"] for x in reals])),
+                 "cpu_efficiency": float(np.median([x["cpu_ratio"] for x in reals])),
+                 "decode_cpu_ms_img": decode_ms, "forward_cpu_ms_img": forward_ms,
+                 # the ratio if the bare forward kept every core busy and decode's CPU came on top of it
+                 "cpu_bound_efficiency": forward_ms / (forward_ms + decode_ms)}
+    out.update(loaded_verdict([x["ratio"] for x in reals], reals + bares))
+    setup = float(np.median([x["setup_s"] for x in reals]))
+    out["setup_share_at_1m"] = setup / (setup + 1_000_000 / max(x["img_s"] for x in reals))
+    print(f"[embed] {key}: efficiency {out['efficiency']:.3f} (cpu {out['cpu_efficiency']:.3f}); decode "
+          f"{decode_ms:.2f} vs forward {forward_ms:.2f} CPU ms/img -> bound {out['cpu_bound_efficiency']:.3f}"
+          f"{'; LOADED: ' + out['loaded_why'] if out['loaded'] else ''}", flush=True)
     return out
 
 
 def bench_bf16(arch: str, batch_size: int, n_batches: int, rounds: int) -> dict:
+    """Alternate fp32 and bf16 forwards; the median of the per-round wall and CPU-time ratios, and the load."""
     from core.data.images import to_tensor
     from core.models.factory import create_model, default_data_config
 
@@ -158,17 +258,26 @@ def bench_bf16(arch: str, batch_size: int, n_batches: int, rounds: int) -> dict:
     x = to_tensor(pixels, cfg)
     bare_forward(model, x, 1, True)
     bare_forward(model, x, 1, False)
-    t16, t32 = [], []
-    for _ in range(rounds):  # alternate so that both see the same load; the best of each is kept
-        t16.append(best_of(lambda: bare_forward(model, x, n_batches, True), 1))
-        t32.append(best_of(lambda: bare_forward(model, x, n_batches, False), 1))
-    out_rounds = [{"bf16_s": a, "fp32_s": b} for a, b in zip(t16, t32)]
+    out_rounds = []
+    for _ in range(rounds):  # alternate so that both see the same load
+        f32 = timed(lambda: bare_forward(model, x, n_batches, False))
+        b16 = timed(lambda: bare_forward(model, x, n_batches, True))
+        out_rounds.append({"fp32_s": f32["wall_s"], "bf16_s": b16["wall_s"], "fp32_cpu_s": f32["cpu_s"],
+                           "bf16_cpu_s": b16["cpu_s"], "ratio": f32["wall_s"] / b16["wall_s"],
+                           "cpu_ratio": f32["cpu_s"] / b16["cpu_s"],
+                           "load_average": b16["load_average"], "other_runnable": b16["other_runnable"],
+                           "own_runnable": b16["own_runnable"], "loads": [f32, b16]})
     n = n_batches * batch_size
-    out = {"arch": arch, "batch_size": batch_size, "bf16_img_s": n / min(t16), "fp32_img_s": n / min(t32),
-           "rounds": out_rounds, "median_of_round_ratios": float(np.median([b / a for a, b in zip(t16, t32)]))}
-    out["speedup"] = out["bf16_img_s"] / out["fp32_img_s"]
-    print(f"[embed] bf16 {arch}: {out['bf16_img_s']:.1f} vs fp32 {out['fp32_img_s']:.1f} img/s = "
-          f"{out['speedup']:.2f}x", flush=True)
+    out = {"arch": arch, "batch_size": batch_size, "rounds": out_rounds,
+           "bf16_img_s": n / float(np.median([r["bf16_s"] for r in out_rounds])),
+           "fp32_img_s": n / float(np.median([r["fp32_s"] for r in out_rounds])),
+           "speedup": float(np.median([r["ratio"] for r in out_rounds])),
+           "cpu_speedup": float(np.median([r["cpu_ratio"] for r in out_rounds]))}
+    loads = [{k: v for k, v in x.items() if k != "value"} for r in out_rounds for x in r.pop("loads")]
+    out.update(loaded_verdict([], loads, above_one_is_suspect=False))
+    print(f"[embed] bf16 {arch}: {out['bf16_img_s']:.1f} vs fp32 {out['fp32_img_s']:.1f} img/s, median ratio "
+          f"{out['speedup']:.2f}x (cpu {out['cpu_speedup']:.2f}x; load {out['load_average']:.1f})"
+          f"{'; LOADED: ' + out['loaded_why'] if out['loaded'] else ''}", flush=True)
     return out
 
 
@@ -192,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--assets", type=Path, default=None)
     p.add_argument("--n-images", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2, help="real embed runs per model, alternating with bare runs")
+    p.add_argument("--bf16-rounds", type=int, default=4, help="fp32/bf16 alternations")
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--overlap-images", type=int, default=192, help="images for the bf16/fp32 kNN overlap")
     p.add_argument("--result", default=None)
@@ -207,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         ws = make_workspace(Path(tmp), paths)
         print(f"[embed] {len(paths)} JPEGs made and ingested in {time.perf_counter() - t:.1f}s", flush=True)
         for key in args.archs.split(","):
-            res["archs"][key] = bench_arch(ws, key, ARCHS[key], len(paths), args.batch_size, args.rounds)
-        res["bf16_vit_s16"] = bench_bf16(ARCHS["vit_s16"], args.batch_size, 1, 4)
+            res["archs"][key] = bench_arch(ws, key, ARCHS[key], len(paths), args.batch_size, args.rounds, paths)
+        res["bf16_vit_s16"] = bench_bf16(ARCHS["vit_s16"], args.batch_size, 1, args.bf16_rounds)
+        res["embed_loaded"] = any(a["loaded"] for a in res["archs"].values())
         overlap_paths = paths[:args.overlap_images]
         res["overlap"] = {"vit_s16": bench_overlap(overlap_paths, ARCHS["vit_s16"]),
                           "resnet18": bench_overlap(overlap_paths, ARCHS["resnet18"])}

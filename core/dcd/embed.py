@@ -14,16 +14,17 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import torch
 
-from core.data.images import iter_decoded
+from core.data.images import iter_decoded, iter_model_inputs
 from core.data.splits import images_df
 from core.engines.ray_data import RayConfig, map_images
 from core.models.catalog import (
@@ -136,7 +137,11 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     if df.empty:
         return {"embedder_id": embedder_id, "n_embedded": 0}
     paths = df.path.tolist()
-    sample = next(iter_decoded(paths[:128], cfg.image_size, chunk=128))
+    # Locally, the precision check's sample is the decode stream's first batches, kept for the embedding:
+    # they are not decoded twice, and the stream decodes on during the check, so the forward starts at once.
+    stream = iter_model_inputs(paths, cfg, chunk=batch_size) if ray is None else None
+    head = list(islice(stream, -(-min(128, len(paths)) // batch_size))) if stream is not None else []
+    sample = torch.cat(head)[:128] if head else next(iter_decoded(paths[:128], cfg.image_size, chunk=128))
     embed_fn = embedding_function(model, spec.layers)
     dim = embedding_dim(model, spec.layers, cfg.image_size)
     check = choose_precision(model, sample, cfg, embedding=True, allow_bf16=allow_bf16, embed_fn=embed_fn)
@@ -151,9 +156,9 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     del df
     engine: dict = {"engine": "local"}
     try:
-        if ray is None:
+        if stream is not None:
             parts = _embed_local(paths, ids, embed_fn, cfg, staging, batch_size=batch_size, bf16=check.bf16,
-                                 progress=progress)
+                                 progress=progress, head=head, stream=stream)
         else:
             frame = pd.DataFrame({"image_id": ids, "path": paths})
             task = EmbedTask(model, cfg, layers=spec.layers, bf16=check.bf16)
@@ -163,6 +168,8 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
         store_embedding_files(ws, embedder_id, parts, dim=dim,
                               also=(lambda con: insert_model_row(con, **record)) if record else None)
     finally:
+        if stream is not None:
+            stream.close()
         shutil.rmtree(staging, ignore_errors=True)
     t_end, c_end = time.perf_counter(), time.process_time()
     progress.report(1.0, f"embedded {len(ids)} images", force=True)
@@ -175,25 +182,30 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
 
 
 def _embed_local(paths: list[str], ids: np.ndarray, embed_fn, cfg, staging: Path, *, batch_size: int,
-                 bf16: bool, progress: Progress) -> list[Path]:
-    """Embed in this process: one decode stream for all images (it decodes ahead across part boundaries), a
-    Parquet part per ``chunk_rows`` images, so memory holds one part of vectors, never the whole pool's."""
+                 bf16: bool, progress: Progress, head: list[torch.Tensor],
+                 stream: Iterator[torch.Tensor]) -> list[Path]:
+    """Embed in this process: one decode stream for all images (``head``: its batches taken already; it
+    decodes, resizes and normalises ahead across part boundaries; the caller closes it), a Parquet part per
+    ``chunk_rows`` images, so memory holds one part of vectors, never the whole pool's."""
     batches_per_part = max(1, PART_ROWS // batch_size)
     chunk_rows = batches_per_part * batch_size
-    decoded = iter_decoded(paths, cfg.image_size, chunk=batch_size)
+    decoded = chain(_drain(head), stream)
     parts = []
-    try:
-        for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
-            n_sub = min(chunk_rows, len(paths) - start)
-            span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
-            vecs = run_model(embed_fn, islice(decoded, batches_per_part), n_sub, cfg, bf16=bf16, progress=span,
-                             desc="embed")
-            part = staging / f"part-{n_chunk:05d}.parquet"
-            pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
-            parts.append(part)
-    finally:
-        decoded.close()
+    for n_chunk, start in enumerate(range(0, len(paths), chunk_rows)):
+        n_sub = min(chunk_rows, len(paths) - start)
+        span = progress.span(start / len(paths) * 0.95, min(1.0, (start + n_sub) / len(paths)) * 0.95)
+        vecs = run_model(embed_fn, islice(decoded, batches_per_part), n_sub, cfg, bf16=bf16, progress=span,
+                         desc="embed")
+        part = staging / f"part-{n_chunk:05d}.parquet"
+        pq.write_table(vectors_to_arrow(ids[start:start + n_sub], vecs), part)
+        parts.append(part)
     return parts
+
+
+def _drain(items: list) -> Iterator:
+    """The items of ``items``, each dropped from the list as it is yielded (its memory freed once used)."""
+    while items:
+        yield items.pop(0)
 
 
 __all__ = ["EmbedderSpec", "build_embedder", "default_search_embedder", "embed_split_images", "embed_pixels"]

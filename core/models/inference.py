@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.data.images import to_tensor
+from core.data.images import as_model_input
 from core.models.config import DataConfig
 from core.models.features import embedding_function, features
 from core.runner.progress import Progress, as_progress
@@ -40,19 +40,24 @@ def _forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bf16: 
         return fn(x).float()
 
 
-def run_model(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[np.ndarray], total: int,
-              cfg: DataConfig, *, bf16: bool, progress: Progress | None = None,
+def run_model(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[np.ndarray | torch.Tensor],
+              total: int, cfg: DataConfig, *, bf16: bool, progress: Progress | None = None,
               desc: str = "infer") -> np.ndarray:
-    """Apply ``fn`` to uint8 image batches, returning the stacked float32 outputs."""
+    """Apply ``fn`` to image batches, returning the stacked float32 outputs.
+
+    A batch is uint8 N x H x W x 3 pixels (normalised here), or a float N x 3 x H x W tensor already
+    normalised (a chunk of :func:`core.data.images.iter_model_inputs`, which does that in its decode
+    threads, overlapped with this forward pass).
+    """
     outs = []
     for block in as_progress(progress).iter(batches, total=total, desc=desc, unit="img", weight=len):
-        outs.append(_forward(fn, to_tensor(block, cfg), bf16).numpy())
+        outs.append(_forward(fn, as_model_input(block, cfg), bf16).numpy())
     if not outs:
         raise ValueError("no images to run the model on")
     return np.concatenate(outs)
 
 
-def _chunks(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def _chunks(pixels: np.ndarray | torch.Tensor, batch_size: int) -> list:
     return [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
 
 
@@ -97,10 +102,11 @@ class PrecisionCheck:
     knn_overlap: float | None = None
 
 
-def choose_precision(model: nn.Module, sample: np.ndarray, cfg: DataConfig, *, embedding: bool,
+def choose_precision(model: nn.Module, sample: np.ndarray | torch.Tensor, cfg: DataConfig, *, embedding: bool,
                      allow_bf16: bool = True,
                      embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PrecisionCheck:
-    """Decide bf16 vs fp32 for ``model`` by comparing both on ``sample`` (uint8 images).
+    """Decide bf16 vs fp32 for ``model`` by comparing both on ``sample`` (uint8 images, or a model-ready
+    float chunk of :func:`core.data.images.iter_model_inputs`).
 
     With ``embedding``, the vectors of ``embed_fn`` (default: the penultimate features) are compared.
     """
@@ -114,8 +120,8 @@ def choose_precision(model: nn.Module, sample: np.ndarray, cfg: DataConfig, *, e
     fn = (embed_fn or (lambda x: features(model, x))) if embedding else model
     # In batches: one 128-image fp32 batch of a ResNet holds ~1 GB of activations at 224 px.
     chunks = _chunks(sample, CHECK_BATCH)
-    ref = np.concatenate([_forward(fn, to_tensor(c, cfg), False).numpy() for c in chunks])
-    low = np.concatenate([_forward(fn, to_tensor(c, cfg), True).numpy() for c in chunks])
+    ref = np.concatenate([_forward(fn, as_model_input(c, cfg), False).numpy() for c in chunks])
+    low = np.concatenate([_forward(fn, as_model_input(c, cfg), True).numpy() for c in chunks])
     if embedding:
         overlap = knn_overlap(ref, low)
         ok = overlap >= MIN_KNN_OVERLAP
