@@ -1,6 +1,7 @@
 """Benchmark 2: retrieval at 1M x 384 through the project's own code, in child processes (peak RSS).
 
-``build``: ``core.dcd.index.pool_index(rebuild=True)`` on the scale workspace (type chosen by pool size).
+``build``: ``core.dcd.index.pool_index(rebuild=True)`` on the scale workspace (type chosen by pool size
+under the default index memory budget: IVF-Flat at 1M x 384).
 ``select``: ``core.dcd.selection.select_dcd`` for the 100 error-sample images, k=50, in a fresh process (the
 index is read from disk: cold), then again in the same process (warm, as the app with its cached index);
 recall@50 of the same search against exact search (streamed brute force over the stored vectors).

@@ -23,7 +23,7 @@ from bench.common import ROOT, machine, run_child
 from bench.report import write_report
 from core.scenarios.demos import assets_dir
 
-BENCHES = ("lpips", "embed", "scale", "retrieval", "memory", "pages")
+BENCHES = ("lpips", "embed", "ray", "scale", "retrieval", "memory", "pages", "index10m")
 SCALE_VERSION = "2"
 
 
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="rebuild the synthetic scale workspace")
     p.add_argument("--n-pool", type=int, default=1_000_000)
     p.add_argument("--embed-images", type=int, default=256)
-    p.add_argument("--embed-rounds", type=int, default=1, help="real embed runs per model (each between two bare)")
+    p.add_argument("--embed-rounds", type=int, default=2, help="real embed runs per model (each between two bare)")
+    p.add_argument("--index10m-n", type=int, default=10_000_000, help="pool size of the beyond-memory bench")
+    p.add_argument("--index10m-memory-gb", type=float, default=2.0, help="its index memory budget")
     p.add_argument("--out", type=Path, default=ROOT / "bench")
     args = p.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         step("embed", lambda: run_child("bench.embed", ["--n-images", str(args.embed_images),
                                                         "--rounds", str(args.embed_rounds)]
                                         + (["--assets", str(assets)] if assets else [])))
+    if "ray" in only:
+        step("ray", lambda: run_child("bench.ray_embed", ["--assets", str(assets)] if assets else []))
     root = None
     if any(b in only for b in ("retrieval", "memory", "pages")):
         scale_log: dict = {}
@@ -98,10 +102,31 @@ def main(argv: list[str] | None = None) -> int:
         step("memory", lambda: _memory(root, args.work, assets, raw.get("scale") or {}))
     if root and "pages" in only:
         step("pages", lambda: run_child("bench.pages", ["--root", str(root)]))
+    if "index10m" in only:  # generated chunks fed to the builder: no workspace vectors, files deleted after
+        step("index10m", lambda: run_child("bench.index10m", ["all", "--work", str(args.work / "index10m"),
+                                                              "--n", str(args.index10m_n),
+                                                              "--memory-gb", str(args.index10m_memory_gb)],
+                                           timeout=5400))
     raw["total_seconds"] = time.perf_counter() - t_start
+    _keep_earlier(raw, args.out / "results-raw.json", [b for b in BENCHES if b not in only])
     results = write_report(raw, args.out)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def _keep_earlier(raw: dict, earlier_path: Path, not_run: list[str]) -> None:
+    """With ``--only``, the benchmarks not run keep their figures from the earlier report (each marked with
+    the date it was measured), so a partial run does not erase the rest of bench/RESULTS.md."""
+    if not not_run or not earlier_path.exists():
+        return
+    earlier = json.loads(earlier_path.read_text())
+    kept = {}
+    for name in not_run:
+        if name in earlier and name not in raw:
+            raw[name] = earlier[name]
+            kept[name] = (earlier.get("kept_from") or {}).get(name, earlier.get("date"))
+    if kept:
+        raw["kept_from"] = kept
 
 
 def _memory(root: Path, work: Path, assets: Path | None, scale: dict) -> dict:

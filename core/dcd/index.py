@@ -1,51 +1,58 @@
 """Nearest-neighbour search over pool embeddings with faiss, persisted in the workspace's artifacts.
 
-The index type is chosen from the pool's size: exact ``IndexFlatL2`` up to :data:`EXACT_MAX_VECTORS`,
-above that an inverted-file index (IVF, ~sqrt(N) lists) whose ``nprobe`` is raised until recall@k
-against exact search, measured on a sample of the pool's own vectors, reaches :data:`TARGET_RECALL`.
-The measured recall is stored with the index and reported with every selection made from it.
-All indexes speak workspace image ids (``IndexIDMap2``), not row numbers.
+The index type is chosen from the pool's size and a memory budget (``memory_gb``, default
+:func:`core.dcd.index_build.default_memory_gb`: half the RAM, at most 4 GB; see
+:func:`core.dcd.index_build.plan_index`): exact ``IndexFlatL2`` up to :data:`EXACT_MAX_VECTORS`; an
+inverted-file index (IVF, ~sqrt(N) lists) when the raw vectors fit the budget, whose ``nprobe`` is raised
+until recall@k against exact search, measured on a sample of the pool's own vectors, reaches
+:data:`TARGET_RECALL`; beyond the budget, compressed codes in RAM (IVF-PQ) re-ranked exactly from the raw
+vectors kept on disk next to the index (:class:`core.dcd.ondisk.RerankedIndex`, whose ``search`` and
+``ntotal`` behave as a faiss index's). The measured recall is stored with the index and reported with
+every selection made from it. All indexes speak workspace image ids, not row numbers.
 
-At scale (1M x 384 float32 is 1.5 GB): the pool index is built by streaming the vectors from the workspace
-(never a second copy of them), whether a persisted index is current is decided from the pool's ids in
-SQL, and a persisted IVF index is memory-mapped, so a selection reads only the lists it probes.
+At scale (1M x 384 float32 is 1.5 GB, 10M is 15 GB): the pool index is built by streaming the vectors from
+the workspace (never all of them in RAM: :func:`core.dcd.index_build.build_from_chunks`), whether a
+persisted index is current is decided from the pool's ids in SQL, and a persisted IVF-Flat index is
+memory-mapped, so a selection reads only the lists it probes.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from core.runner.progress import Progress, as_progress
+from core.dcd.index_build import (
+    ADD_ROWS,
+    EXACT_MAX_VECTORS,
+    KMEANS_ITERATIONS,
+    RECALL_QUERIES,
+    TARGET_RECALL,
+    IndexInfo,
+    build_from_chunks,
+    default_memory_gb,
+    index_kind,
+    plan_index,
+    recall_at_k,
+    resolve_memory_gb,
+    sidecar_prefix,
+)
+from core.dcd.index_build import _safe as _safe
+from core.dcd.ondisk import RerankedIndex, remove_stale_sidecars
+from core.runner.progress import Progress
 from core.store.files import atomic_path
 from core.store.vectors import iter_embeddings, pool_fingerprint, source_fingerprint
 from core.store.workspace import Workspace
 
-EXACT_MAX_VECTORS = 200_000
-TARGET_RECALL = 0.97
-RECALL_QUERIES = 200
-KMEANS_ITERATIONS = 10  # coarse k-means: nprobe tuning makes up for a rougher quantizer
+__all__ = ["EXACT_MAX_VECTORS", "KMEANS_ITERATIONS", "RECALL_QUERIES", "TARGET_RECALL", "IndexInfo",
+           "RerankedIndex", "build_index", "build_pool_index", "default_memory_gb", "exact_search",
+           "load_index", "plan_index", "pool_index", "recall_at_k", "save_index", "search"]
 
-
-@dataclass
-class IndexInfo:
-    embedder_id: str
-    index_type: str
-    n: int
-    dim: int
-    nprobe: int | None
-    recall_at_k: float
-    recall_k: int
-    build_seconds: float
-    ids_checksum: str
-    source_checksum: str = ""  # core.store.vectors.source_fingerprint at build time: a join-free validity check
+PoolIndex = faiss.Index | RerankedIndex
 
 
 def _checksum(ids: np.ndarray) -> str:
@@ -59,63 +66,27 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
     return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of the true k nearest neighbours that were found."""
-    k = truth.shape[1]
-    return float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
-                          for f, t in zip(found[:, :k], truth)]))
-
-
 def build_index(vectors: np.ndarray, ids: np.ndarray, *, embedder_id: str = "", k: int = 50,
                 exact_max: int = EXACT_MAX_VECTORS, target_recall: float = TARGET_RECALL,
-                seed: int = 0, progress: Progress | None = None) -> tuple[faiss.Index, IndexInfo]:
-    """Build the right index for ``vectors`` (N x D float32) keyed by ``ids``."""
-    progress = as_progress(progress)
-    t0 = time.perf_counter()
-    n, dim = vectors.shape
+                seed: int = 0, memory_gb: float | None = None, sidecar_dir: Path | None = None,
+                progress: Progress | None = None) -> tuple[PoolIndex, IndexInfo]:
+    """Build the right index for ``vectors`` (N x D float32, in RAM) keyed by ``ids`` (the builder of
+    :func:`build_pool_index`, fed from the array chunk by chunk)."""
     vectors = np.ascontiguousarray(vectors, np.float32)
     ids = np.asarray(ids, np.int64)
-    if n == 0:
+    if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError("cannot build an index over an empty pool")
-    if n <= exact_max:
-        index = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
-        index.add_with_ids(vectors, ids)
-        info = IndexInfo(embedder_id, "Flat", n, dim, None, 1.0, k, time.perf_counter() - t0, _checksum(ids))
-        return index, info
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+    n, dim = vectors.shape
 
-    rng = np.random.default_rng(seed)
-    nlist = _nlist(n)
-    progress.report(0.05, f"training IVF{nlist} on {n:,} vectors", force=True)
-    quantizer = faiss.IndexFlatL2(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist)
-    ivf.cp.niter = KMEANS_ITERATIONS
-    train_n = min(n, nlist * 64)
-    train_rows = np.sort(rng.choice(n, train_n, replace=False))
-    ivf.train(vectors[train_rows])
-    progress.report(0.5, "adding vectors", force=True)
-    index = faiss.IndexIDMap2(ivf)
-    step = 100_000
-    for start in range(0, n, step):
-        index.add_with_ids(vectors[start:start + step], ids[start:start + step])
-        progress.report(0.5 + 0.4 * min(1.0, (start + step) / n), "adding vectors")
+    def chunks():
+        for start in range(0, n, ADD_ROWS):
+            yield ids[start:start + ADD_ROWS], vectors[start:start + ADD_ROWS]
 
-    # Tune nprobe on queries drawn from the pool, against exact search for those queries.
-    q_rows = rng.choice(n, min(RECALL_QUERIES, n), replace=False)
-    queries = vectors[q_rows]
-    kk = min(k, n)
-    _, truth = exact_search_rows(vectors, ids, queries, kk)
-    nprobe, recall = 4, 0.0
-    while True:
-        ivf.nprobe = nprobe
-        _, found = index.search(queries, kk)
-        recall = recall_at_k(found, truth)
-        if recall >= target_recall or nprobe >= nlist // 2:
-            break
-        nprobe *= 2
-    progress.report(1.0, f"IVF{nlist} nprobe={nprobe} recall@{kk}={recall:.3f}", force=True)
-    info = IndexInfo(embedder_id, f"IVF{nlist},Flat", n, dim, nprobe, recall, kk,
-                     time.perf_counter() - t0, _checksum(ids))
-    return index, info
+    return build_from_chunks(chunks, n, dim, embedder_id=embedder_id, k=k, memory_gb=memory_gb,
+                             exact_max=exact_max, target_recall=target_recall, seed=seed,
+                             sidecar_dir=sidecar_dir, ids_checksum=_checksum(ids), progress=progress)
 
 
 def exact_search_rows(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
@@ -125,31 +96,48 @@ def exact_search_rows(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
     return d, np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def index_paths(ws: Workspace, embedder_id: str) -> tuple[Path, Path]:
     d = ws.artifact_dir("indexes")
     stem = _safe(embedder_id)
     return d / f"{stem}-pool.faiss", d / f"{stem}-pool.json"
 
 
-def save_index(ws: Workspace, index: faiss.Index, info: IndexInfo) -> Path:
+def save_index(ws: Workspace, index: PoolIndex, info: IndexInfo) -> Path:
+    """Persist a pool index (an IVF-PQ index's raw-vector sidecar is moved next to it) and its info;
+    sidecars of earlier builds of the embedder's index are deleted."""
     path, meta = index_paths(ws, info.embedder_id)
+    codes = index
+    if isinstance(index, RerankedIndex):
+        index.move_to(path.parent)
+        codes = index.codes
     with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
-    meta.write_text(json.dumps(asdict(info), indent=2))
+        faiss.write_index(codes, str(tmp))
+    with atomic_path(meta) as tmp:
+        tmp.write_text(json.dumps(asdict(info), indent=2))
+    remove_stale_sidecars(path.parent, sidecar_prefix(info.embedder_id), keep=info.sidecar)
     return path
 
 
-def load_index(ws: Workspace, embedder_id: str) -> tuple[faiss.Index, IndexInfo] | None:
-    """The persisted pool index of an embedder, or None if there is none (IVF lists memory-mapped:
-    search it, do not add to it)."""
+def _info_from_json(text: str) -> IndexInfo:
+    """IndexInfo from its JSON (older files lack the newer fields; unknown keys are ignored)."""
+    known = {f.name for f in fields(IndexInfo)}
+    return IndexInfo(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def load_index(ws: Workspace, embedder_id: str) -> tuple[PoolIndex, IndexInfo] | None:
+    """The persisted pool index of an embedder, or None if there is none (or its raw-vector sidecar is
+    missing). Search it, do not add to it: IVF-Flat lists are memory-mapped."""
     path, meta = index_paths(ws, embedder_id)
     if not (path.exists() and meta.exists()):
         return None
-    info = IndexInfo(**json.loads(meta.read_text()))
+    info = _info_from_json(meta.read_text())
+    if info.sidecar:
+        stem = path.parent / info.sidecar
+        if not stem.with_name(stem.name + ".f32").exists():
+            return None
+        index = RerankedIndex(faiss.read_index(str(path)), stem, info.rerank or 1)
+        index.nprobe = info.nprobe or 1
+        return index, info
     # IVF lists are memory-mapped: reading is instant and only the probed lists are ever paged in (an IVF
     # pool index of 1M x 384 is 1.5 GB). The mapping survives save_index replacing the file.
     flags = faiss.IO_FLAG_MMAP if info.index_type.startswith("IVF") else 0
@@ -164,11 +152,11 @@ def _stats_checksum(stats: tuple[int, int, int]) -> str:
     return f"{n}:{total}:{top}"
 
 
-_loaded: dict[str, tuple[tuple, faiss.Index, IndexInfo]] = {}
+_loaded: dict[str, tuple[tuple, PoolIndex, IndexInfo]] = {}
 _loaded_lock = threading.Lock()
 
 
-def _load_cached(ws: Workspace, embedder_id: str) -> tuple[faiss.Index, IndexInfo] | None:
+def _load_cached(ws: Workspace, embedder_id: str) -> tuple[PoolIndex, IndexInfo] | None:
     """:func:`load_index`, remembering the last index read in this process (keyed by the file's identity),
     so that repeated calls (a selection asks twice) read a 1.5 GB index once."""
     path, meta = index_paths(ws, embedder_id)
@@ -190,16 +178,23 @@ def _load_cached(ws: Workspace, embedder_id: str) -> tuple[faiss.Index, IndexInf
     return found
 
 
-def pool_index(ws: Workspace, embedder_id: str, *, rebuild: bool = False,
-               progress: Progress | None = None) -> tuple[faiss.Index, IndexInfo]:
+def pool_index(ws: Workspace, embedder_id: str, *, rebuild: bool = False, progress: Progress | None = None,
+               memory_gb: float | None = None) -> tuple[PoolIndex, IndexInfo]:
     """The pool index of an embedder: loaded if it matches the stored pool vectors, else (re)built.
 
     Whether the persisted index matches is decided from the pool's image ids (count, sum, max) read in
     SQL, without reading the vectors; a build streams the vectors from the workspace
-    (:func:`build_pool_index`), so neither path holds the pool's vectors twice.
+    (:func:`build_pool_index`), so neither path holds the pool's vectors twice. ``memory_gb``: the budget
+    to plan the index for (default :func:`default_memory_gb`); given, a persisted index of another kind
+    than that budget calls for (:func:`plan_index`) is rebuilt.
     """
+    if memory_gb is not None:
+        memory_gb = resolve_memory_gb(memory_gb)
     _, dim, source = source_fingerprint(ws, embedder_id, "pool")
     found = None if rebuild else _load_cached(ws, embedder_id)
+    if found is not None and memory_gb is not None and \
+            index_kind(found[1]) != plan_index(found[1].n, found[1].dim, memory_gb).kind:
+        found = None  # planned for another budget
     if found is not None and found[1].dim == dim and found[1].source_checksum == source:
         return found  # neither the embedder's ids nor the pool's changed since the build
     _, dim, stats = pool_fingerprint(ws, embedder_id, splits=["pool"])
@@ -207,106 +202,30 @@ def pool_index(ws: Workspace, embedder_id: str, *, rebuild: bool = False,
         raise ValueError(f"the pool has no embeddings for {embedder_id!r}; embed the pool first")
     if found is not None and found[1].ids_checksum == _stats_checksum(stats) and found[1].dim == dim:
         return found
-    index, info = build_pool_index(ws, embedder_id, progress=progress)
+    index, info = build_pool_index(ws, embedder_id, memory_gb=memory_gb, progress=progress)
     save_index(ws, index, info)
     return index, info
 
 
 def build_pool_index(ws: Workspace, embedder_id: str, *, k: int = 50, exact_max: int = EXACT_MAX_VECTORS,
-                     target_recall: float = TARGET_RECALL, seed: int = 0,
-                     progress: Progress | None = None) -> tuple[faiss.Index, IndexInfo]:
+                     target_recall: float = TARGET_RECALL, seed: int = 0, memory_gb: float | None = None,
+                     progress: Progress | None = None) -> tuple[PoolIndex, IndexInfo]:
     """Build the pool index of an embedder by streaming its vectors from the workspace.
 
     Same index as :func:`build_index` on the whole array, but peak memory is the index itself plus the
-    IVF training sample: pass 1 gathers the training sample and the recall queries, pass 2 adds the
-    vectors batch by batch. Ground truth for the recall check is the IVF index scanning all its lists
-    (``nprobe = nlist``), which is exact for ``IVFFlat``.
+    training sample and one batch (:func:`core.dcd.index_build.build_from_chunks`); an IVF-PQ index
+    writes its raw-vector sidecar straight into the workspace's index folder.
     """
-    progress = as_progress(progress)
-    t0 = time.perf_counter()
     _, _, source = source_fingerprint(ws, embedder_id, "pool")
     _, dim, stats = pool_fingerprint(ws, embedder_id, splits=["pool"])
-    n = stats[0]
-    if n == 0:
+    if stats[0] == 0:
         raise ValueError("cannot build an index over an empty pool")
-    if n <= exact_max:
-        index = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
-        for ids, vecs in iter_embeddings(ws, embedder_id, splits=["pool"]):
-            index.add_with_ids(vecs, ids)
-        info = IndexInfo(embedder_id, "Flat", n, dim, None, 1.0, k, time.perf_counter() - t0,
-                         _stats_checksum(stats), source)
-        return index, info
-
-    rng = np.random.default_rng(seed)
-    nlist = _nlist(n)
-    train_n = min(n, nlist * 64)
-    # Rows are picked by position in the stream; the sample is then put in image-id order so that the
-    # result does not depend on the order DuckDB streams rows in.
-    train_pos = np.zeros(n, bool)
-    train_pos[rng.choice(n, train_n, replace=False)] = True
-    query_pos = np.zeros(n, bool)
-    query_pos[rng.choice(n, min(RECALL_QUERIES, n), replace=False)] = True
-    progress.report(0.02, f"sampling {train_n:,} training vectors", force=True)
-    train = np.empty((train_n, dim), np.float32)
-    train_ids = np.empty(train_n, np.int64)
-    q_parts, q_ids, i, j = [], [], 0, 0
-    for ids, vecs in iter_embeddings(ws, embedder_id, splits=["pool"]):
-        sel = train_pos[i:i + len(ids)]
-        m = int(sel.sum())
-        train[j:j + m], train_ids[j:j + m] = vecs[sel], ids[sel]
-        j += m
-        qs = query_pos[i:i + len(ids)]
-        q_parts.append(vecs[qs].copy())
-        q_ids.append(ids[qs])
-        i += len(ids)
-    order = np.argsort(train_ids[:j], kind="stable")
-    train = train[:j][order]
-    queries = np.concatenate(q_parts)[np.argsort(np.concatenate(q_ids), kind="stable")]
-    del train_pos, query_pos, q_parts
-
-    progress.report(0.05, f"training IVF{nlist} on {len(train):,} vectors", force=True)
-    quantizer = faiss.IndexFlatL2(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist)
-    ivf.cp.niter = KMEANS_ITERATIONS
-    ivf.train(train)
-    del train
-    progress.report(0.5, "adding vectors", force=True)
-    index = faiss.IndexIDMap2(ivf)
-    done = 0
-    for ids, vecs in iter_embeddings(ws, embedder_id, splits=["pool"]):
-        index.add_with_ids(vecs, ids)
-        done += len(ids)
-        progress.report(0.5 + 0.4 * done / n, "adding vectors")
-    nprobe, recall, kk = _tune_nprobe(index, ivf, queries, min(k, n), target_recall)
-    progress.report(1.0, f"IVF{nlist} nprobe={nprobe} recall@{kk}={recall:.3f}", force=True)
-    info = IndexInfo(embedder_id, f"IVF{nlist},Flat", n, dim, nprobe, recall, kk,
-                     time.perf_counter() - t0, _stats_checksum(stats), source)
-    return index, info
+    return build_from_chunks(lambda: iter_embeddings(ws, embedder_id, splits=["pool"]), stats[0], dim,
+                             embedder_id=embedder_id, k=k, memory_gb=memory_gb, exact_max=exact_max,
+                             target_recall=target_recall, seed=seed, sidecar_dir=ws.artifact_dir("indexes"),
+                             ids_checksum=_stats_checksum(stats), source_checksum=source, progress=progress)
 
 
-def _nlist(n: int) -> int:
-    """~sqrt(N) lists (a power of two): 1,024 for 1M. faiss's usual 4-16·sqrt(N) makes training and adding
-    4-16x dearer, which a 2-core machine feels (minutes at 1M), for queries that are already sub-millisecond."""
-    return int(2 ** round(np.log2(np.sqrt(n))))
-
-
-def _tune_nprobe(index: faiss.Index, ivf: faiss.IndexIVF, queries: np.ndarray, k: int,
-                 target_recall: float) -> tuple[int, float, int]:
-    """Smallest power-of-two nprobe whose recall@k against exact search reaches ``target_recall``
-    (exact: the same IVFFlat index scanning every list)."""
-    ivf.nprobe = ivf.nlist
-    _, truth = index.search(queries, k)
-    nprobe, recall = 1, 0.0
-    while True:
-        ivf.nprobe = nprobe
-        _, found = index.search(queries, k)
-        recall = recall_at_k(found, truth)
-        if recall >= target_recall or nprobe >= ivf.nlist // 2:
-            break
-        nprobe *= 2
-    return nprobe, recall, k
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: PoolIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(squared L2 distances, image ids), each len(queries) x k; ids are -1 where the pool ran out."""
     return index.search(np.ascontiguousarray(queries, np.float32), k)

@@ -45,6 +45,7 @@ class PipelineConfig:
     finetune_epochs: int | None = None
     methods: tuple[str, ...] = METHODS
     seed: int = 0
+    index_memory_gb: float | None = None  # the pool index's memory budget (core.dcd.index)
 
 
 def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
@@ -90,7 +91,8 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     selections = {}
     if "dcd" in config.methods:
         selections["dcd"] = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=k, embedder_id=embedder_id,
-                                                                label_policy=config.label_policy))  # type: ignore[arg-type]
+                                                                label_policy=config.label_policy,
+                                                                index_memory_gb=config.index_memory_gb))  # type: ignore[arg-type]
     n_match = len(selections["dcd"].items) if "dcd" in selections else budget
     for method in ("random", "all_pool", "error_sample_only"):
         if method in config.methods:

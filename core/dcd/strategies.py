@@ -153,15 +153,18 @@ def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarra
 
 def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
                label_policy: LabelPolicy = DEFAULT_LABEL_POLICY, name: str | None = None,
-               source_ids: Sequence[int] | None = None, progress: Progress | None = None) -> Selection:
+               source_ids: Sequence[int] | None = None, index_memory_gb: float | None = None,
+               progress: Progress | None = None) -> Selection:
     """Retrieve the debug-train set for the error sample and store it as a selection.
+
+    ``index_memory_gb``: the pool index's memory budget if it must be (re)built (core.dcd.index).
 
     Under ``agree`` the search goes deeper than ``k`` until the budget is filled (:func:`fill_budget`); the
     depth used is stored in the selection's params as ``k_searched``.
     """
     if label_policy not in LABEL_POLICIES:
         raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
-    index, info = pool_index(ws, embedder_id, progress=progress)
+    index, info = pool_index(ws, embedder_id, memory_gb=index_memory_gb, progress=progress)
     src, queries = query_vectors(ws, embedder_id, source_ids)
     items, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=label_policy)
     params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
@@ -204,7 +207,8 @@ def default_k(budget: int, n_error_sample: int) -> int:
 class SelectionRequest:
     """What a strategy is asked for. ``budget``: most images (``random``: exactly that many; default
     :func:`default_budget`); ``neighbours``: DCD's search depth per error image (default :func:`default_k`);
-    ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw."""
+    ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw; ``index_memory_gb``: the pool
+    index's memory budget (default: core.dcd.index_build.default_memory_gb)."""
 
     budget: int | None = None
     neighbours: int | None = None
@@ -212,6 +216,7 @@ class SelectionRequest:
     label_policy: LabelPolicy = DEFAULT_LABEL_POLICY
     seed: int = 0
     name: str | None = None
+    index_memory_gb: float | None = None
 
     def resolved_budget(self, ws: Workspace) -> int:
         counts = split_counts(ws)
@@ -224,7 +229,7 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     budget = req.resolved_budget(ws)
     k = req.neighbours or default_k(budget, split_counts(ws)["error_sample"])
     return select_dcd(ws, embedder_id=req.embedder_id, k=k, budget=budget, label_policy=req.label_policy,
-                      name=req.name, progress=progress)
+                      name=req.name, index_memory_gb=req.index_memory_gb, progress=progress)
 
 
 STRATEGIES: dict[str, Callable[[Workspace, SelectionRequest, Progress | None], Selection]] = {

@@ -17,6 +17,7 @@ from core.runner.options import (
     embedder_options,
     embedder_spec,
     engine_options,
+    index_options,
     ray_config,
     selection_options,
     train_options,
@@ -150,9 +151,10 @@ def _embed(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[
                                  batch_size=opts.batch_size, allow_bf16=not opts.no_bf16, ray=ray_config(opts),
                                  progress=progress.span(0, 0.9))
     if "pool" in opts.splits:
-        _, info = pool_index(ws, summary["embedder_id"], rebuild=True, progress=progress.span(0.9, 1.0))
+        _, info = pool_index(ws, summary["embedder_id"], rebuild=True, memory_gb=opts.index_memory_gb,
+                             progress=progress.span(0.9, 1.0))
         summary["index"] = {"type": info.index_type, "n": info.n, "recall_at_k": info.recall_at_k,
-                            "build_seconds": round(info.build_seconds, 2)}
+                            "build_seconds": round(info.build_seconds, 2), "memory_gb": info.memory_gb}
     return summary
 
 
@@ -166,7 +168,7 @@ def _embed_options() -> tuple[Option, ...]:
         Option("splits", "list", list(DEFAULT_EMBED_SPLITS), choices=SPLITS, help="splits to embed"),
         Option("only_missing", "flag", False, help="embed only images without a vector yet"),
         Option("batch_size", "int", 128, advanced=True),
-        Option("no_bf16", "flag", False, advanced=True, help="always run in fp32")) + engine_options()
+        Option("no_bf16", "flag", False, advanced=True, help="always run in fp32")) + engine_options() + index_options()
 
 
 register_job(JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),
@@ -181,7 +183,8 @@ def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     if opts.method == "dcd":
         embedder_id = opts.embedder_id or default_search_embedder(ws)
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=embedder_id,
-                               label_policy=opts.label_policy, seed=opts.seed, name=opts.name)
+                               label_policy=opts.label_policy, seed=opts.seed, name=opts.name,
+                               index_memory_gb=opts.index_memory_gb)
     sel = select(ws, opts.method, request, progress=progress)
     out = {"selection_id": sel.selection_id, "name": sel.name, "method": sel.method, "n": len(sel.items)}
     if sel.index_info:
@@ -203,6 +206,7 @@ def _select_options() -> tuple[Option, ...]:
                help=budget.help + "; for random: how many"),
         Option("seed", "int", 0, advanced=True, help="seed of the random baseline's draw"),
         Option("name", help="name of the selection (default: from method and sizes)"),
+        *index_options(),
     )
 
 
@@ -298,7 +302,7 @@ def pipeline_options() -> tuple[Option, ...]:
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()
             + (Option("methods", "list", list(METHODS), choices=METHODS, group="selection",
-                      help="methods to compare"),))
+                      help="methods to compare"),) + index_options())
 
 
 def pipeline_config(opts: argparse.Namespace):
@@ -308,7 +312,8 @@ def pipeline_config(opts: argparse.Namespace):
                           classifier_id=opts.classifier_id, hub=opts.hub, image_size=opts.image_size,
                           embedder=embedder_spec(opts), k=opts.neighbours, budget=opts.budget,
                           label_policy=opts.label_policy, train=train_overrides(opts),
-                          finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed)
+                          finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
+                          index_memory_gb=opts.index_memory_gb)
 
 
 def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -160,6 +160,16 @@ def attribution_options() -> tuple[Option, ...]:
     )
 
 
+def index_options() -> tuple[Option, ...]:
+    """The pool index's memory budget (core.dcd.index_build.plan_index)."""
+    from core.dcd.index_build import default_memory_gb
+
+    return (Option("index_memory_gb", "float", group="index", advanced=True,
+                   help=f"memory budget of the pool index in GB (default {default_memory_gb():g}: half the RAM, at "
+                        f"most 4): exact search while it fits, then IVF, then compressed codes re-ranked from the "
+                        f"vectors on disk"),)
+
+
 def engine_options() -> tuple[Option, ...]:
     """Where a per-image job runs its model: here, or on Ray Data (core.engines.ray_data)."""
     from core.engines.ray_data import ENGINES
