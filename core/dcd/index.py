@@ -89,13 +89,6 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, embedder_id: str = "", 
                              sidecar_dir=sidecar_dir, ids_checksum=_checksum(ids), progress=progress)
 
 
-def exact_search_rows(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
-                      k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN without building a second copy of the pool (faiss brute force over the array)."""
-    d, rows = faiss.knn(np.ascontiguousarray(queries, np.float32), vectors, k)
-    return d, np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
-
-
 def index_paths(ws: Workspace, embedder_id: str) -> tuple[Path, Path]:
     d = ws.artifact_dir("indexes")
     stem = _safe(embedder_id)

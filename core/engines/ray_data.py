@@ -8,8 +8,10 @@ The jobs that touch every image (embed, predict, attribute) can run their model 
    pixel limit, EXIF orientation, RGB conversion, the same resize), to ``uint8`` at the model's size;
 2. a fixed pool of actors (:class:`ray.data.ActorPoolStrategy`) each load the model once and run an
    :class:`ImageTask` on every batch (on a GPU when the cluster has one);
-3. the driver streams the results back and writes them as Parquet parts into the job's staging folder,
-   which the job then loads into DuckDB in one short write transaction, exactly as the local path does.
+3. the driver streams the results back: a pool's vectors are written as Parquet parts into the job's
+   staging folder (:func:`map_images`), which the job then loads into DuckDB in one short write
+   transaction, exactly as the local path does; predictions and attributions are gathered in memory
+   (:func:`map_images_to_arrays`), as the local path holds them, and stored the same way.
 
 Results come back to the driver rather than being written by the workers, so nothing but the image files
 has to be shared with the cluster: each image path must be readable under the same name on every worker
@@ -26,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +41,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.runner.progress import Progress, as_progress
-from core.store.workspace import Workspace
 
 ENGINES = ("local", "ray")
 PART_ROWS = 8192  # result rows per staged Parquet part
@@ -208,13 +209,13 @@ def _write_part(folder: Path, n: int, chunks: list[dict[str, np.ndarray]]) -> Pa
     return path
 
 
-def map_images(frame: pd.DataFrame, task: ImageTask, *, image_size: int, staging: Path,
-               config: RayConfig = RayConfig(), batch_size: int = 64,
-               progress: Progress | None = None) -> tuple[list[Path], dict[str, Any]]:
+def run_on_ray(frame: pd.DataFrame, task: ImageTask, consume: Callable[[dict[str, np.ndarray]], None], *,
+               image_size: int, config: RayConfig = RayConfig(), batch_size: int = 64,
+               progress: Progress | None = None) -> dict[str, Any]:
     """Run ``task`` on every image of ``frame`` (columns ``image_id``, ``path`` and any the task reads) on
-    Ray Data; its result columns are written as Parquet parts into ``staging``.
+    Ray Data, handing each batch of result columns to ``consume`` as it comes back.
 
-    Returns (the parts, a summary: actors, threads, seconds to the first result and in all). Raises
+    Returns a summary (actors, threads, seconds to the first result and in all). Raises
     :class:`RayUnavailableError` when Ray cannot start, and the first worker error (e.g. an image that no
     longer decodes) as a :class:`RuntimeError` naming it.
     """
@@ -225,7 +226,6 @@ def map_images(frame: pd.DataFrame, task: ImageTask, *, image_size: int, staging
     from core.data.imagefile import max_image_pixels
 
     progress = as_progress(progress)
-    staging.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with ray_runtime(config) as ray:
         layout = plan(ray, config)
@@ -239,7 +239,7 @@ def map_images(frame: pd.DataFrame, task: ImageTask, *, image_size: int, staging
                                                               "use_gpu": layout.gpus_per_actor > 0},
                             compute=ray.data.ActorPoolStrategy(size=layout.actors), batch_size=batch_size,
                             batch_format="numpy", num_cpus=layout.actor_cpus, num_gpus=layout.gpus_per_actor)
-        parts, pending, n_pending, done, first = [], [], 0, 0, None
+        done, first = 0, None
         progress.report(0.0, f"Ray: {layout.actors} actor(s) x {layout.threads_per_actor} threads", force=True)
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         while True:
@@ -250,23 +250,54 @@ def map_images(frame: pd.DataFrame, task: ImageTask, *, image_size: int, staging
             except Exception as exc:  # a worker's error, wrapped by Ray: say what it was
                 raise RuntimeError(f"the Ray run failed: {_root_cause(exc)}") from exc
             first = first if first is not None else time.perf_counter()
-            pending.append(dict(out))
-            n_pending += len(out["image_id"])
+            consume(dict(out))
             done += len(out["image_id"])
-            if n_pending >= PART_ROWS:
-                parts.append(_write_part(staging, len(parts), pending))
-                pending, n_pending = [], 0
             progress.report(done / len(frame), f"Ray: {done}/{len(frame)} images")  # may cancel the job
-        if pending:
-            parts.append(_write_part(staging, len(parts), pending))
     if done != len(frame):
         raise RuntimeError(f"Ray returned {done} results for {len(frame)} images")
     end = time.perf_counter()
-    return parts, {"engine": "ray", "actors": layout.actors, "threads_per_actor": layout.threads_per_actor,
-                   "gpus_per_actor": layout.gpus_per_actor, "address": config.address or "local",
-                   "seconds_to_first_result": round((first or end) - t0, 3), "seconds": round(end - t0, 3),
-                   "steady_rate": (done - batch_size) / (end - first) if first and end > first and
-                   done > batch_size else None}
+    return {"engine": "ray", "actors": layout.actors, "threads_per_actor": layout.threads_per_actor,
+            "gpus_per_actor": layout.gpus_per_actor, "address": config.address or "local",
+            "seconds_to_first_result": round((first or end) - t0, 3), "seconds": round(end - t0, 3)}
+
+
+def map_images(frame: pd.DataFrame, task: ImageTask, *, image_size: int, staging: Path,
+               config: RayConfig = RayConfig(), batch_size: int = 64,
+               progress: Progress | None = None) -> tuple[list[Path], dict[str, Any]]:
+    """:func:`run_on_ray` with the result columns written as Parquet parts of about :data:`PART_ROWS` rows
+    into ``staging`` (for results too big to hold: a pool's vectors). Returns (the parts, the summary)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    pending: list[dict[str, np.ndarray]] = []
+
+    def consume(batch: dict[str, np.ndarray]) -> None:
+        pending.append(batch)
+        if sum(len(b["image_id"]) for b in pending) >= PART_ROWS:
+            parts.append(_write_part(staging, len(parts), pending))
+            pending.clear()
+
+    summary = run_on_ray(frame, task, consume, image_size=image_size, config=config, batch_size=batch_size,
+                         progress=progress)
+    if pending:
+        parts.append(_write_part(staging, len(parts), pending))
+    return parts, summary
+
+
+def map_images_to_arrays(frame: pd.DataFrame, task: ImageTask, *, image_size: int,
+                         config: RayConfig = RayConfig(), batch_size: int = 64,
+                         progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """:func:`run_on_ray` for results small enough to hold (predictions, attributions): the task's columns
+    as arrays in ``frame``'s row order, and the run's summary."""
+    batches: list[dict[str, np.ndarray]] = []
+    summary = run_on_ray(frame, task, batches.append, image_size=image_size, config=config,
+                         batch_size=batch_size, progress=progress)
+    cols = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    ids, wanted = cols["image_id"], frame.image_id.to_numpy(np.int64)
+    order = np.argsort(ids, kind="stable")
+    rows = order[np.clip(np.searchsorted(ids[order], wanted), 0, len(ids) - 1)]
+    if len(ids) != len(frame) or not np.array_equal(ids[rows], wanted):
+        raise RuntimeError("Ray returned results for other images than the ones sent")
+    return {k: v[rows] for k, v in cols.items()}, summary
 
 
 _ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception)): (.+)$")
@@ -288,40 +319,3 @@ def _root_cause(exc: BaseException) -> str:
             return f"{found[-1].group(1).rsplit('.', 1)[-1]}: {found[-1].group(2)}"
     text = str(chain[-1]).strip().splitlines()
     return f"{type(chain[-1]).__name__}: {text[0] if text else ''}"
-
-
-def ray_staging(ws: Workspace, what: str) -> Path:
-    """A staging folder of one run alone under the workspace's artifacts (two jobs never share one)."""
-    import uuid
-
-    return ws.artifact_dir("staging", f"{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def map_images_to_arrays(frame: pd.DataFrame, task: ImageTask, *, image_size: int, staging: Path,
-                         config: RayConfig = RayConfig(), batch_size: int = 64,
-                         progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """:func:`map_images` for results small enough to hold (predictions, attributions): the task's columns
-    as arrays in ``frame``'s row order, and the run's summary. ``staging`` is removed after."""
-    import shutil
-
-    try:
-        parts, summary = map_images(frame, task, image_size=image_size, staging=staging, config=config,
-                                    batch_size=batch_size, progress=progress)
-        table = pa.concat_tables([pq.read_table(p) for p in parts])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    ids = table.column("image_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids[order], frame.image_id.to_numpy(np.int64))
-    rows = order[np.clip(pos, 0, len(ids) - 1)]
-    if len(ids) != len(frame) or not np.array_equal(ids[rows], frame.image_id.to_numpy(np.int64)):
-        raise RuntimeError("Ray returned results for other images than the ones sent")
-    out = {}
-    for name in table.column_names:
-        col = table.column(name).combine_chunks()
-        if isinstance(col.type, pa.FixedSizeListType):
-            values = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
-        else:
-            values = col.to_numpy(zero_copy_only=False)
-        out[name] = values[rows]
-    return out, summary

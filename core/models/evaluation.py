@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from core.data.images import iter_decoded, pixels
 from core.data.splits import images_df
-from core.engines.ray_data import RayConfig, map_images_to_arrays, ray_staging
+from core.engines.ray_data import RayConfig, map_images_to_arrays
 from core.models.catalog import load_classifier
 from core.models.inference import choose_precision, predict_probs
 from core.models.tasks import PredictTask
@@ -45,8 +45,8 @@ def predict(ws: Workspace, model_id: str, *, splits: Sequence[str] = ("train", "
         sample = next(iter_decoded(df.path.tolist()[:128], data_config.image_size, chunk=128))
         check = choose_precision(model, sample, data_config, embedding=False, allow_bf16=allow_bf16)
         out, _ = map_images_to_arrays(df[["image_id", "path"]], PredictTask(model, data_config, check.bf16),
-                                      image_size=data_config.image_size, staging=ray_staging(ws, "predict"),
-                                      config=ray, progress=progress.span(0, 0.95))
+                                      image_size=data_config.image_size, config=ray,
+                                      progress=progress.span(0, 0.95))
         probs = out["probs"]
     # The label the prediction is judged against: the trusted label, else the pool's weak label.
     target = df["label"].fillna(df["weak_label"])

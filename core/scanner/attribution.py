@@ -40,7 +40,7 @@ from torch import nn
 
 from core.data.images import iter_decoded, pixels, to_tensor
 from core.data.splits import images_df
-from core.engines.ray_data import RayConfig, map_images_to_arrays, ray_staging
+from core.engines.ray_data import RayConfig, map_images_to_arrays
 from core.models.catalog import load_classifier, require_classifier
 from core.models.config import DataConfig
 from core.models.factory import last_conv_block
@@ -277,11 +277,20 @@ def _stored_predictions(ws: Workspace, model_id: str, df: pd.DataFrame) -> np.nd
 
 
 def _targets(df: pd.DataFrame, pred: np.ndarray, config: AttributionConfig) -> np.ndarray:
-    """The class each image is attributed for: its label where it has one (``target="label"``), else the
-    prediction (``-1``: the prediction, worked out where the model runs)."""
+    """The class to attribute: the label where known (``target="label"``), else the prediction (-1: not known yet)."""
     if config.target == "label":
         return np.where(df.label.notna(), df.label.fillna(0).astype(int), pred)
     return pred
+
+
+def _predicted_where_missing(model: nn.Module, x: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """``targets`` with each -1 replaced by the model's prediction for that row of the normalised batch
+    ``x`` (an fp32 forward, as :func:`~core.models.inference.predict_probs` makes)."""
+    targets = np.asarray(targets, np.int64)
+    if not (targets < 0).any():
+        return targets
+    with torch.inference_mode():
+        return np.where(targets < 0, model(x).argmax(1).cpu().numpy(), targets)
 
 
 @dataclass
@@ -301,12 +310,8 @@ class AttributeTask:
     def __call__(self, pixels: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not hasattr(self, "device"):
             self.setup("cpu")
-        targets = np.asarray(batch["target"], np.int64).copy()
         x = to_tensor(pixels, self.data_config).to(self.device)
-        if (targets < 0).any():  # on CPU the local path's own predict_probs: the same predictions
-            pred = (predict_probs(self.model, pixels, self.data_config).argmax(1) if self.device == "cpu"
-                    else self.model(x).argmax(1).cpu().numpy())
-            targets = np.where(targets < 0, pred, targets)
+        targets = _predicted_where_missing(self.model, x, batch["target"])
         maps, vecs = attribute_batch(self.model, x, torch.as_tensor(targets), config=self.config, bf16=self.bf16)
         return {"image_id": np.asarray(batch["image_id"], np.int64), "heatmap": maps.reshape(len(maps), -1),
                 "vector": vecs}
@@ -318,16 +323,13 @@ def _attribute_on_ray(ws: Workspace, model: nn.Module, data_config: DataConfig, 
     """:func:`compute_attributions` on Ray Data: the same bf16 check on the first images, then the batches."""
     paths = df.path.tolist()
     n_check = min(32, len(df))
-    sample = next(iter_decoded(paths[:n_check], data_config.image_size, chunk=n_check))
-    t_check = targets[:n_check].copy()
-    if (t_check < 0).any():
-        t_check = np.where(t_check < 0, predict_probs(model, sample, data_config).argmax(1), t_check)
-    bf16, reason = _check_bf16(model, last_conv_block(model), to_tensor(sample, data_config),
-                               torch.as_tensor(t_check, dtype=torch.long), config)
+    sample = to_tensor(next(iter_decoded(paths[:n_check], data_config.image_size, chunk=n_check)), data_config)
+    t_check = _predicted_where_missing(model, sample, targets[:n_check])
+    bf16, reason = _check_bf16(model, last_conv_block(model), sample, torch.as_tensor(t_check), config)
     frame = pd.DataFrame({"image_id": df.image_id.to_numpy(np.int64), "path": paths, "target": targets})
     out, _ = map_images_to_arrays(frame, AttributeTask(model, data_config, config, bf16),
-                                  image_size=data_config.image_size, staging=ray_staging(ws, "attribute"),
-                                  config=ray, batch_size=config.batch_size, progress=progress)
+                                  image_size=data_config.image_size, config=ray, batch_size=config.batch_size,
+                                  progress=progress)
     size = config.heatmap_size
     return AttributionResult(out["heatmap"].reshape(-1, size, size).astype(np.float32),
                              out["vector"].astype(np.float32), bf16, reason)
