@@ -22,7 +22,7 @@ def test_create_makes_every_table_and_records_the_version(tmp_path):
     tables = set(ws.df("SELECT table_name FROM information_schema.tables").table_name)
     assert {"meta", "classes", "images", "models", "embedding_sets", "predictions", "selections",
             "selection_items", "metrics", "attributions", "slice_runs", "slices", "slice_members",
-            "annotations"} <= tables
+            "annotations", "slice_targets", "slice_target_members", "label_issues"} <= tables
     assert ws.schema_version() == SCHEMA_VERSION
     assert (tmp_path / "ws" / "artifacts").is_dir()
     assert ws.jobs().list() == []
@@ -60,6 +60,20 @@ def test_open_explains_what_is_wrong(tmp_path):
         Workspace.open(tmp_path / "old")
     with pytest.raises(WorkspaceError, match="already holds"):
         Workspace.create(tmp_path / "old")
+
+
+def test_a_version_1_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    ws = Workspace.create(tmp_path / "v1")
+    with ws.write() as con:  # what a version-1 workspace looked like: no slice targets, no label issues
+        con.execute("INSERT INTO classes VALUES (0, 'cat')")
+        for table in ("slice_target_members", "slice_targets", "label_issues"):
+            con.execute(f"DROP TABLE {table}")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    opened = Workspace.open(tmp_path / "v1")
+    assert opened.schema_version() == SCHEMA_VERSION == 2
+    assert opened.class_names() == ["cat"]
+    assert opened.scalar("SELECT count(*) FROM slice_targets") == 0
+    assert opened.scalar("SELECT count(*) FROM label_issues") == 0
 
 
 def _writer(root: str, n: int, read_done) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from core.data.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Older versions this one opens by adding what they lack (every change since is a new table).
+MIGRATES_FROM = (1,)
 
 
 def _one_of(values: tuple[str, ...]) -> str:
@@ -165,5 +167,39 @@ CREATE TABLE IF NOT EXISTS annotations (
     annotator VARCHAR,
     relabel_to INTEGER,
     created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- A slice made a DCD target (core.dcd.slice_targets): its misclassified members split, seeded, into the
+-- query part (DCD's E_sample for it) and the held-out part (its own eval set, never trained on).
+CREATE TABLE IF NOT EXISTS slice_targets (
+    target_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    slice_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    heldout_share DOUBLE NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    UNIQUE (run_id, slice_id)
+);
+
+CREATE TABLE IF NOT EXISTS slice_target_members (
+    target_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    part VARCHAR NOT NULL CHECK (part IN ('query', 'heldout')),
+    PRIMARY KEY (target_id, image_id)
+);
+
+-- Label issues (confident learning on out-of-sample probabilities): one row per train or pool image
+-- scored; score is the given label's out-of-sample probability (low: likely wrong); decision is a
+-- person's (relabel to suggested_label, drop, or keep as given), NULL until one is made.
+CREATE TABLE IF NOT EXISTS label_issues (
+    image_id BIGINT PRIMARY KEY,
+    embedder_id VARCHAR NOT NULL,
+    given_label INTEGER NOT NULL,
+    suggested_label INTEGER NOT NULL,
+    score FLOAT NOT NULL,
+    is_issue BOOLEAN NOT NULL,
+    decision VARCHAR CHECK (decision IN ('relabel', 'drop', 'keep')),
+    computed_at TIMESTAMP DEFAULT current_timestamp
 );
 """

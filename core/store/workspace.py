@@ -30,7 +30,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from core.store.schema import DDL, SCHEMA_VERSION
+from core.store.schema import DDL, MIGRATES_FROM, SCHEMA_VERSION
 
 DB_FILE = "workspace.duckdb"
 JOBS_FILE = "jobs.sqlite"
@@ -167,12 +167,23 @@ class Workspace:
                                      f"Create one with `python -m jobs.ingest --workspace {root} ...`.")
         ws = cls(root)
         version = ws.schema_version()
+        if version in MIGRATES_FROM:
+            ws._migrate(version)
+            version = ws.schema_version()
         if version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{root} has workspace schema version {version}, this DCD Studio reads version "
                 f"{SCHEMA_VERSION}. Rebuild the workspace with this version (re-run ingest), or use the "
                 f"DCD Studio version that wrote it.")
         return ws
+
+    def _migrate(self, version: int) -> None:
+        """Bring a workspace of an older, compatible version to this one: add the tables it lacks."""
+        with self.write() as con:
+            con.execute(DDL)
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        print(f"note: workspace {self.root} upgraded from schema version {version} to {SCHEMA_VERSION} "
+              f"(tables added, nothing changed)", file=sys.stderr)
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the workspace (None if it records none)."""
