@@ -22,7 +22,7 @@ def test_create_makes_every_table_and_records_the_version(tmp_path):
     tables = set(ws.df("SELECT table_name FROM information_schema.tables").table_name)
     assert {"meta", "classes", "images", "models", "embedding_sets", "predictions", "selections",
             "selection_items", "metrics", "attributions", "slice_runs", "slices", "slice_members",
-            "annotations", "slice_targets", "slice_target_members", "label_issues"} <= tables
+            "annotations", "slice_targets", "slice_target_members", "eval_sets", "label_issues"} <= tables
     assert ws.schema_version() == SCHEMA_VERSION
     assert (tmp_path / "ws" / "artifacts").is_dir()
     assert ws.jobs().list() == []
@@ -66,7 +66,7 @@ def test_a_version_1_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path)
     ws = Workspace.create(tmp_path / "v1")
     with ws.write() as con:  # what a version-1 workspace looked like: no slice targets, no label issues
         con.execute("INSERT INTO classes VALUES (0, 'cat')")
-        for table in ("slice_target_members", "slice_targets", "label_issues"):
+        for table in ("slice_target_members", "slice_targets", "eval_sets", "label_issues"):
             con.execute(f"DROP TABLE {table}")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     opened = Workspace.open(tmp_path / "v1")

@@ -189,6 +189,15 @@ CREATE TABLE IF NOT EXISTS slice_target_members (
     PRIMARY KEY (target_id, image_id)
 );
 
+-- Named eval sets beyond the splits (a slice target's held-out part, a mitigation's held-out members):
+-- compute_metrics reports accuracy on each for every model that has predictions for its images.
+CREATE TABLE IF NOT EXISTS eval_sets (
+    eval_set VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    description VARCHAR,
+    PRIMARY KEY (eval_set, image_id)
+);
+
 -- Label issues (confident learning on out-of-sample probabilities): one row per train or pool image
 -- scored; score is the given label's out-of-sample probability (low: likely wrong); decision is a
 -- person's (relabel to suggested_label, drop, or keep as given), NULL until one is made.
