@@ -2,7 +2,8 @@
 
 Metrics are stored per (model, eval set, metric): eval sets are the splits (``test``, ``error_heldout``,
 ``error_sample``, ``train``), ``test/group=<g>`` for every ground-truth group of the test split, and
-``test`` carries ``worst_group_acc`` where groups are known. Accuracy is a fraction in [0, 1].
+``test`` carries ``worst_group_acc`` where groups are known, and every named eval set of the ``eval_sets``
+table (e.g. ``slice:<run_id>:<rank>``, a slice target's held-out part). Accuracy is a fraction in [0, 1].
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def compute_metrics(ws: Workspace, model_id: str) -> dict[str, dict[str, float]]
                 rows.append((f"test/group={g}", "accuracy", float(r["mean"]), int(r["size"])))
             if len(groups):
                 rows.append((split, "worst_group_acc", float(groups["mean"].min()), len(part)))
+    rows += named_eval_set_rows(ws, model_id)
     out = pd.DataFrame(rows, columns=["eval_set", "metric", "value", "n"]).assign(model_id=model_id)
     with ws.write() as con:
         replace_model_rows(con, "metrics", out, model_id=model_id, key="eval_set",
@@ -98,6 +100,16 @@ def compute_metrics(ws: Workspace, model_id: str) -> dict[str, dict[str, float]]
     for r in out.itertuples(index=False):
         result.setdefault(r.eval_set, {})[r.metric] = r.value
     return result
+
+
+def named_eval_set_rows(ws: Workspace, model_id: str) -> list[tuple[str, str, float, int]]:
+    """Accuracy of ``model_id`` on each named eval set (the ``eval_sets`` table: a slice target's held-out
+    part, a mitigation's held-out members), from its stored predictions, as (eval_set, metric, value, n).
+    An eval set is left out if the model has a prediction for none of its images."""
+    df = ws.df("SELECT e.eval_set, p.correct FROM eval_sets e JOIN images i USING (image_id) "
+               "JOIN predictions p ON p.image_id = e.image_id AND p.model_id = ? "
+               "WHERE i.label IS NOT NULL AND p.correct IS NOT NULL", [model_id])
+    return [(name, "accuracy", float(part.correct.mean()), len(part)) for name, part in df.groupby("eval_set")]
 
 
 def evaluate(ws: Workspace, model_id: str, *, progress: Progress | None = None) -> dict[str, dict[str, float]]:
