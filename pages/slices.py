@@ -14,6 +14,7 @@ from core.data.constants import ANNOTATION_KINDS
 from core.scanner import annotations as ann
 from core.scanner import runs as sl
 from pages._session import refresh, slice_mosaic_png, view, workspace
+from pages._slice_actions import slice_actions
 from pages._widgets import gallery, launch_button, pct
 
 ws = workspace()
@@ -107,6 +108,10 @@ with c_numbers:
                f"**{name_of.get(s.dominant_label, '?')}**.")
 
 members = view(sl.slice_members, run_id, slice_id)
+n_errors = int((~members.correct.fillna(True).astype(bool) & (members.split != "pool")).sum())
+slice_actions(ws, run_id, int(s.rank), model_id=str(runs.loc[runs.run_id == run_id, "model_id"].iloc[0]),
+              n_errors=n_errors, annotated=bool(kind_of))
+
 with st.expander(f"Members ({len(members):,}): errors first", expanded=False):
     show = members.assign(_err=~members.correct.fillna(True).astype(bool)) \
         .sort_values(["_err", "distance"], ascending=[False, True]).head(48)
@@ -164,6 +169,3 @@ for r in sugg.itertuples():
         refresh()
         st.rerun()
 
-if kind_of:
-    st.info("Mitigate from these annotations: `python -m jobs.retrain --workspace DIR --mitigate corm` "
-            "(or the retrain job on the Jobs page with mitigate = corm); the new model appears on Before / after.")

@@ -20,6 +20,7 @@ import codecs
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,3 +342,13 @@ def load_imagefolder(root: str | Path) -> Manifest:
 def scan_imagefolder(root: str | Path) -> pd.DataFrame:
     """The rows of :func:`load_imagefolder` (text columns :data:`MANIFEST_COLUMNS`)."""
     return load_imagefolder(root).rows
+
+
+def manifest_without_splits(path: str | Path, splits: Sequence[str]) -> Path:
+    """A copy of the CSV manifest ``path`` without the rows of ``splits`` (next to it, ``<stem>-without-...``);
+    e.g. a demo without its ``error_sample`` / ``error_heldout`` splits, as most users' data comes."""
+    path = Path(path)
+    df = pd.read_csv(path)
+    out = path.with_name(f"{path.stem}-without-{'-'.join(splits)}{path.suffix}")
+    df[~df["split"].isin(list(splits))].to_csv(out, index=False)
+    return out

@@ -96,6 +96,53 @@ def default_search_embedder(ws: Workspace) -> str:
     return known[-1]
 
 
+def spec_of_embedder(ws: Workspace, embedder_id: str) -> EmbedderSpec:
+    """The :class:`EmbedderSpec` that embeds into ``embedder_id``'s space (to embed images it lacks)."""
+    from core.models.catalog import CLASSIFIER_EMBEDDER_PREFIX, get_model, split_embedder_id
+
+    base, layers = split_embedder_id(embedder_id)
+    if base.startswith(CLASSIFIER_EMBEDDER_PREFIX):
+        spec = EmbedderSpec(arch="classifier", classifier_id=base[len(CLASSIFIER_EMBEDDER_PREFIX):], layers=layers)
+    else:
+        rec = get_model(ws, base)
+        size = base.rpartition("@")[2] if "@" in base else ""
+        spec = EmbedderSpec(arch=rec.arch, weights=rec.config.get("weights"), hub=bool(rec.config.get("hub")),
+                            image_size=int(size) if size.isdigit() else None, layers=layers)
+    if spec.embedder_id(ws) != embedder_id:
+        raise ValueError(f"cannot rebuild embedder {embedder_id!r} from its record (it rebuilds as "
+                         f"{spec.embedder_id(ws)!r}); embed with `python -m jobs.embed` and name it explicitly")
+    return spec
+
+
+def embed_missing(ws: Workspace, embedder_id: str, image_ids: Sequence[int], *,
+                  progress: Progress | None = None) -> int:
+    """Embed those of ``image_ids`` that ``embedder_id`` has no vector for yet (e.g. a slice's members, to
+    search with); returns how many were embedded."""
+    from core.data.constants import SPLITS
+    from core.store.vectors import embedding_table
+
+    found = embedding_table(ws, embedder_id)
+    have = set(ws.df(f"SELECT image_id FROM {found[0]}").image_id) if found else set()
+    missing = sorted(set(int(i) for i in image_ids) - have)
+    if not missing:
+        return 0
+    print(f"embedding {len(missing)} image(s) that {embedder_id} has no vector for", flush=True)
+    spec = spec_of_embedder(ws, embedder_id) if found else EmbedderSpec()
+    return int(embed_split_images(ws, spec, splits=SPLITS, image_ids=missing, only_missing=True,
+                                  progress=progress)["n_embedded"])
+
+
+def search_embedder(ws: Workspace, *, progress: Progress | None = None) -> str:
+    """:func:`default_search_embedder`, or, in a workspace with no embeddings at all, the default embedder
+    after embedding the pool with it (so that a DCD search needs no earlier step)."""
+    from core.store.vectors import list_embedders
+
+    if list_embedders(ws):
+        return default_search_embedder(ws)
+    print(f"no embeddings yet: embedding the pool with the default embedder ({EmbedderSpec().arch})", flush=True)
+    return str(embed_split_images(ws, EmbedderSpec(), splits=("pool",), progress=progress)["embedder_id"])
+
+
 def build_embedder(ws: Workspace, spec: EmbedderSpec):
     """(model, data config, embedder id, its model record or None): a record for embedders that are not a
     classifier's own layers, for the caller to store with the vectors (:func:`core.models.catalog.insert_model_row`)."""
@@ -117,8 +164,10 @@ def build_embedder(ws: Workspace, spec: EmbedderSpec):
 
 def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[str] = DEFAULT_EMBED_SPLITS,
                        only_missing: bool = False, batch_size: int = 128, allow_bf16: bool = True,
-                       ray: RayConfig | None = None, progress: Progress | None = None) -> dict:
-    """Embed the images of ``splits`` and store the vectors; returns a summary dict.
+                       ray: RayConfig | None = None, image_ids: Sequence[int] | None = None,
+                       progress: Progress | None = None) -> dict:
+    """Embed the images of ``splits`` (only ``image_ids`` among them, if given) and store the vectors;
+    returns a summary dict.
 
     With ``ray``, the images are decoded and embedded on Ray Data (core.engines.ray_data) instead of in this
     process; the precision check, the staging and the store are the same.
@@ -127,6 +176,8 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     t0, c0 = time.perf_counter(), time.process_time()
     model, cfg, embedder_id, record = build_embedder(ws, spec)
     df = images_df(ws, list(splits))
+    if image_ids is not None:
+        df = df[df.image_id.isin([int(i) for i in image_ids])]
     if only_missing:
         from core.store.vectors import embedding_table
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from core.data.splits import split_counts
 from core.dcd.embed import EmbedderSpec, embed_split_images
+from core.dcd.selection import Selection
 from core.dcd.strategies import DEFAULT_LABEL_POLICY, METHODS, SelectionRequest, default_budget, default_k, select
 from core.models.catalog import get_model
 from core.models.evaluation import evaluate, metrics_summary
@@ -46,22 +47,35 @@ class PipelineConfig:
     methods: tuple[str, ...] = METHODS
     seed: int = 0
     index_memory_gb: float | None = None  # the pool index's memory budget (core.dcd.index)
+    # RUN:RANK: the failure is that slice's misclassified members (core.dcd.slice_targets), not error_sample.
+    # Without an error_sample split, core.scanner.slice_loop finds the slices and targets the worst one.
+    from_slice: str | None = None
+    heldout_share: float = 0.5
 
 
-def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
-    """Run the loop and return the report (also the content of ``--json``)."""
-    progress = as_progress(progress)
-    t0 = time.perf_counter()
+class Timings(dict):
+    """Seconds per step, as the report's ``timings_s``."""
+
+    def step(self, name: str, since: float) -> None:
+        self[name] = round(time.perf_counter() - since, 1)
+
+
+def check_counts(ws: Workspace, config: PipelineConfig, *, error_split: bool) -> dict[str, int]:
+    """The split counts, or a ValueError naming the split the loop needs and lacks."""
     counts = split_counts(ws)
-    for split in ("train", "test", "error_sample", "error_heldout", "pool"):
-        if counts[split] == 0 and (split != "train" or config.classifier_id is None):
+    needed = ["test", "pool"] + (["error_sample", "error_heldout"] if error_split else [])
+    if config.classifier_id is None:
+        needed.insert(0, "train")
+    for split in needed:
+        if counts[split] == 0:
             raise ValueError(f"the DCD loop needs '{split}' images and the workspace has none "
                              f"(counts: {counts}); ingest them first")
-    timings: dict[str, float] = {}
+    return counts
 
-    def timed(name: str, t: float) -> None:
-        timings[name] = round(time.perf_counter() - t, 1)
 
+def baseline_classifier(ws: Workspace, config: PipelineConfig, timings: Timings, *,
+                        progress: Progress) -> tuple[str, dict]:
+    """Step 1: the classifier under debug (trained unless given) and its metrics."""
     t = time.perf_counter()
     if config.classifier_id:
         base_id = get_model(ws, config.classifier_id).model_id
@@ -70,58 +84,94 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
                                     overrides=config.train)
         base_id = train_classifier(ws, arch=config.classifier, weights=config.classifier_weights,
                                    hub=config.hub, image_size=config.image_size, config=schedule,
-                                   progress=progress.span(0.0, 0.25))
-    timed("train", t)
+                                   progress=progress.span(0.0, 0.9))
+    timings.step("train", t)
     t = time.perf_counter()
-    results = {"baseline": {**metrics_summary(evaluate(ws, base_id, progress=progress.span(0.25, 0.28))),
-                            "n_added": 0, "model_id": base_id}}
-    timed("evaluate_baseline", t)
+    result = {**metrics_summary(evaluate(ws, base_id, progress=progress.span(0.9, 1.0))), "n_added": 0,
+              "model_id": base_id}
+    timings.step("evaluate_baseline", t)
+    return base_id, result
 
+
+def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits: tuple[str, ...],
+                     timings: Timings, *, progress: Progress) -> dict:
+    """Step 2: embed ``splits`` in DCD's feature space (the classifier's own, for embedder ``classifier``)."""
     t = time.perf_counter()
     spec = config.embedder
     if spec.arch == "classifier":
         spec = replace(spec, classifier_id=base_id)
-    emb = embed_split_images(ws, spec, splits=("error_sample", "pool"), progress=progress.span(0.28, 0.4))
-    embedder_id = emb["embedder_id"]
-    timed("embed", t)
+    emb = embed_split_images(ws, spec, splits=splits, progress=progress)
+    timings.step("embed", t)
+    return emb
 
-    budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
-    k = config.k or default_k(budget, counts["error_sample"])
+
+def make_selections(ws: Workspace, config: PipelineConfig, request: SelectionRequest,
+                    timings: Timings) -> dict[str, Selection]:
+    """Step 3: ``dcd`` and the baselines with as many images as DCD found."""
     t = time.perf_counter()
     selections = {}
     if "dcd" in config.methods:
-        selections["dcd"] = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=k, embedder_id=embedder_id,
-                                                                label_policy=config.label_policy,
-                                                                index_memory_gb=config.index_memory_gb))  # type: ignore[arg-type]
-    n_match = len(selections["dcd"].items) if "dcd" in selections else budget
+        selections["dcd"] = select(ws, "dcd", request)
+    n_match = len(selections["dcd"].items) if "dcd" in selections else request.resolved_budget(ws)
     for method in ("random", "all_pool", "error_sample_only"):
         if method in config.methods:
-            selections[method] = select(ws, method, SelectionRequest(budget=n_match, seed=config.seed))
-    timed("select", t)
+            selections[method] = select(ws, method, replace(request, budget=n_match, name=None))
+    timings.step("select", t)
+    return selections
 
+
+def retrain_each(ws: Workspace, config: PipelineConfig, base_id: str, selections: dict[str, Selection],
+                 results: dict, timings: Timings, *, progress: Progress) -> None:
+    """Step 4: fine-tune the classifier on each selection (one schedule for all) and evaluate it."""
     n_sel = max(1, len(selections))
     schedule = finetune_schedule(ws, base_id, config.train)
     for i, (method, sel) in enumerate(selections.items()):
         t = time.perf_counter()
-        span = progress.span(0.4 + 0.6 * i / n_sel, 0.4 + 0.6 * (i + 1) / n_sel)
+        span = progress.span(i / n_sel, (i + 1) / n_sel)
         model_id = retrain(ws, base_model_id=base_id, selection_id=sel.selection_id, method=method,
                            config=schedule, epochs=config.finetune_epochs, progress=span.span(0, 0.9))
         metrics = evaluate(ws, model_id, progress=span.span(0.9, 1.0))
         results[method] = {**metrics_summary(metrics), "n_added": len(sel.items), "model_id": model_id,
                            "selection_id": sel.selection_id}
-        timed(f"retrain_{method}", t)
+        timings.step(f"retrain_{method}", t)
 
-    info = selections["dcd"].index_info if "dcd" in selections else None
-    report = {
+
+def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dict, request: SelectionRequest,
+                selections: dict[str, Selection], results: dict, counts: dict, timings: Timings,
+                t0: float) -> dict:
+    """Step 5: the report (also the content of ``--json``)."""
+    dcd = selections.get("dcd")
+    info = dcd.index_info if dcd else None
+    return {
         "methods": results,
-        "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch, "finetune": asdict(schedule)},
-        "embedder": {"embedder_id": embedder_id, "precision": emb.get("precision")},
-        "selection": {"k": k, "budget": budget, "label_policy": config.label_policy,
+        "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch,
+                       "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
+        "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
+        "selection": {"k": request.neighbours, "budget": request.budget, "label_policy": config.label_policy,
+                      "n_dcd": len(dcd.items) if dcd else None,
                       "index_type": info.index_type if info else None,
                       "recall": info.recall_at_k if info else None},
         "counts": counts,
         "config": {**asdict(config), "embedder": asdict(config.embedder)},
-        "timings_s": timings,
+        "timings_s": dict(timings),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    return report
+
+
+def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
+    """Run the loop for the ``error_sample`` split and return the report (also the content of ``--json``).
+    For a slice as the failure, see core.scanner.slice_loop.run_loop."""
+    progress = as_progress(progress)
+    t0, timings = time.perf_counter(), Timings()
+    counts = check_counts(ws, config, error_split=True)
+    base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
+    emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
+    budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
+    request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
+                               embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
+                               seed=config.seed, index_memory_gb=config.index_memory_gb)
+    selections = make_selections(ws, config, request, timings)
+    results = {"baseline": baseline}
+    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(0.4, 1.0))
+    return loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
+                       results=results, counts=counts, timings=timings, t0=t0)

@@ -31,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from core.data.splits import split_counts
+from core.dcd.embed import embed_missing, search_embedder
 from core.dcd.index import pool_index, search
 from core.dcd.selection import Selection, save_selection
+from core.dcd.slice_targets import SliceTarget, parse_slice_ref, slice_target
 from core.runner.progress import Progress
 from core.store.vectors import load_embeddings
 from core.store.workspace import Workspace
@@ -134,19 +136,23 @@ def label_pairs(ws: Workspace, pairs: pd.DataFrame, label_policy: str, *,
 
 
 def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
-                budget: int | None, label_policy: str, source_label: int | None = None
-                ) -> tuple[pd.DataFrame, int]:
+                budget: int | None, label_policy: str, source_label: int | None = None,
+                exclude: set[int] | None = None) -> tuple[pd.DataFrame, int]:
     """Merged, labelled candidates for ``queries`` (one per source id) from the pool ``index``, and the
-    search depth used: ``k``, or under ``agree`` doubled (up to the pool's size) until the agreeing
-    candidates fill ``budget``."""
+    search depth used: ``k``, or, under ``agree`` or with pool images to ``exclude`` (flagged label issues),
+    doubled (up to the pool's size) until the candidates kept fill ``budget``."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     n_pool = int(index.ntotal)
     depth = max(1, min(k, n_pool))
     while True:
         pairs = pairs_from_search(source_ids, *search(index, queries, depth))
+        if exclude:
+            pairs = pairs[~pairs.image_id.isin(exclude)].copy()
+            pairs["neighbour_rank"] = pairs.groupby("source_image_id").cumcount()
         items = merge_candidates(label_pairs(ws, pairs, label_policy, source_label=source_label), budget)
-        if label_policy != "agree" or budget is None or len(items) >= budget or depth >= n_pool:
+        deeper = label_policy == "agree" or bool(exclude)
+        if not deeper or budget is None or len(items) >= budget or depth >= n_pool:
             return items, depth
         depth = min(n_pool, 2 * depth)
 
@@ -154,10 +160,12 @@ def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarra
 def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
                label_policy: LabelPolicy = DEFAULT_LABEL_POLICY, name: str | None = None,
                source_ids: Sequence[int] | None = None, index_memory_gb: float | None = None,
+               exclude: set[int] | None = None, extra_params: dict | None = None,
                progress: Progress | None = None) -> Selection:
-    """Retrieve the debug-train set for the error sample and store it as a selection.
+    """Retrieve the debug-train set for the error sample (or ``source_ids``) and store it as a selection.
 
-    ``index_memory_gb``: the pool index's memory budget if it must be (re)built (core.dcd.index).
+    ``index_memory_gb``: the pool index's memory budget if it must be (re)built (core.dcd.index);
+    ``exclude``: pool images never to select (flagged label issues); ``extra_params``: recorded with it.
 
     Under ``agree`` the search goes deeper than ``k`` until the budget is filled (:func:`fill_budget`); the
     depth used is stored in the selection's params as ``k_searched``.
@@ -166,36 +174,59 @@ def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
         raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
     index, info = pool_index(ws, embedder_id, memory_gb=index_memory_gb, progress=progress)
     src, queries = query_vectors(ws, embedder_id, source_ids)
-    items, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=label_policy)
+    items, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=label_policy,
+                               exclude=exclude)
     params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
-              "embedder_id": embedder_id}
+              "embedder_id": embedder_id, "n_excluded": len(exclude or ()), **(extra_params or {})}
     return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)
 
 
-def select_random(ws: Workspace, *, n: int, seed: int = 0, name: str | None = None) -> Selection:
+def select_random(ws: Workspace, *, n: int, seed: int = 0, name: str | None = None,
+                  extra_params: dict | None = None) -> Selection:
     """``n`` pool images drawn uniformly, with their weak labels."""
     pool = ws.df("SELECT image_id, weak_label AS label FROM images WHERE split = 'pool' ORDER BY image_id")
     rng = np.random.default_rng(seed)
     take = pool.iloc[np.sort(rng.choice(len(pool), min(n, len(pool)), replace=False))].copy()
     take["rank"] = np.arange(len(take))
-    return save_selection(ws, name or f"random-{len(take)}", "random", take, params={"n": n, "seed": seed})
+    return save_selection(ws, name or f"random-{len(take)}", "random", take,
+                          params={"n": n, "seed": seed, **(extra_params or {})})
 
 
-def select_all_pool(ws: Workspace, *, name: str | None = None) -> Selection:
+def select_all_pool(ws: Workspace, *, name: str | None = None, extra_params: dict | None = None) -> Selection:
     pool = ws.df("SELECT image_id, weak_label AS label FROM images WHERE split = 'pool' ORDER BY image_id")
     pool["rank"] = np.arange(len(pool))
-    return save_selection(ws, name or "all-pool", "all_pool", pool, params={})
+    return save_selection(ws, name or "all-pool", "all_pool", pool, params=dict(extra_params or {}))
 
 
-def select_error_sample(ws: Workspace, *, name: str | None = None) -> Selection:
-    es = ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id")
+def select_error_sample(ws: Workspace, *, name: str | None = None, source_ids: Sequence[int] | None = None,
+                        extra_params: dict | None = None) -> Selection:
+    """The error sample itself (or the images ``source_ids``, e.g. a slice's query part), with their labels."""
+    if source_ids is None:
+        es = ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id")
+    else:
+        es = ws.df("SELECT image_id, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[])) "
+                   "ORDER BY image_id", [[int(i) for i in source_ids]])
     es["rank"] = np.arange(len(es))
-    return save_selection(ws, name or "error-sample-only", "error_sample_only", es, params={})
+    return save_selection(ws, name or "error-sample-only", "error_sample_only", es, params=dict(extra_params or {}))
+
+
+#: Candidates per error image in a default budget, and the share of the pool a default budget is capped at.
+PER_ERROR_IMAGE, POOL_SHARE_CAP = 10, 0.25
 
 
 def default_budget(n_error_sample: int, n_pool: int) -> int:
-    """10 candidates per error image, at most a quarter of the pool."""
-    return max(1, min(10 * n_error_sample, n_pool // 4 or n_pool))
+    """10 candidates per error image, at most a quarter of the pool (see :func:`budget_note`)."""
+    return max(1, min(PER_ERROR_IMAGE * n_error_sample, int(n_pool * POOL_SHARE_CAP) or n_pool))
+
+
+def budget_note(n_error_sample: int, n_pool: int) -> str:
+    """One line saying how the default budget came out, including when the pool cap cut it."""
+    budget = default_budget(n_error_sample, n_pool)
+    asked = PER_ERROR_IMAGE * n_error_sample
+    if budget < asked:
+        return (f"budget {budget}: {PER_ERROR_IMAGE} per error image would be {asked}, capped at a quarter of "
+                f"the pool ({n_pool} images); give --budget to choose")
+    return f"budget {budget}: {PER_ERROR_IMAGE} per error image x {n_error_sample} error images"
 
 
 def default_k(budget: int, n_error_sample: int) -> int:
@@ -207,8 +238,11 @@ def default_k(budget: int, n_error_sample: int) -> int:
 class SelectionRequest:
     """What a strategy is asked for. ``budget``: most images (``random``: exactly that many; default
     :func:`default_budget`); ``neighbours``: DCD's search depth per error image (default :func:`default_k`);
-    ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw; ``index_memory_gb``: the pool
-    index's memory budget (default: core.dcd.index_build.default_memory_gb)."""
+    ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw and a slice target's split;
+    ``index_memory_gb``: the pool index's memory budget (default: core.dcd.index_build.default_memory_gb);
+    ``from_slice``: ``RUN:RANK``, retrieve for that slice's query part instead of the ``error_sample`` split
+    (core.dcd.slice_targets; its held-out part becomes an eval set); ``drop_label_issues``: never select
+    pool images flagged as label issues (core.dcd.label_issues) unless a person kept them."""
 
     budget: int | None = None
     neighbours: int | None = None
@@ -217,26 +251,68 @@ class SelectionRequest:
     seed: int = 0
     name: str | None = None
     index_memory_gb: float | None = None
+    from_slice: str | None = None
+    heldout_share: float = 0.5
+    drop_label_issues: bool = False
+
+    def target(self, ws: Workspace) -> SliceTarget | None:
+        if not self.from_slice:
+            return None
+        return slice_target(ws, *parse_slice_ref(self.from_slice), seed=self.seed, heldout_share=self.heldout_share)
+
+    def n_error_images(self, ws: Workspace) -> int:
+        target = self.target(ws)
+        return len(target.query_ids) if target else split_counts(ws)["error_sample"]
 
     def resolved_budget(self, ws: Workspace) -> int:
-        counts = split_counts(ws)
-        return self.budget or default_budget(counts["error_sample"], counts["pool"])
+        return self.budget or default_budget(self.n_error_images(ws), split_counts(ws)["pool"])
+
+    def recorded(self, ws: Workspace) -> dict:
+        """Params every selection of this request records (the slice it was made for)."""
+        target = self.target(ws)
+        return {"from_slice": target.describe()} if target else {}
+
+
+def _flagged(ws: Workspace, req: SelectionRequest) -> set[int]:
+    if not req.drop_label_issues:
+        return set()
+    from core.dcd.label_issues import flagged_pool_ids
+
+    return flagged_pool_ids(ws)
 
 
 def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
-    if not req.embedder_id:
-        raise ValueError("a dcd selection needs an embedder (embedder_id); embed the pool first")
+    target = req.target(ws)
+    if target is None and split_counts(ws)["error_sample"] == 0:
+        raise ValueError("the workspace has no error_sample split: name the failure as a slice instead "
+                         "(--from-slice RUN:RANK, e.g. latest:1 after `python -m jobs.slices`)")
+    embedder_id = req.embedder_id or search_embedder(ws, progress=progress)
+    if target is not None:
+        embed_missing(ws, embedder_id, target.query_ids, progress=progress)
     budget = req.resolved_budget(ws)
-    k = req.neighbours or default_k(budget, split_counts(ws)["error_sample"])
-    return select_dcd(ws, embedder_id=req.embedder_id, k=k, budget=budget, label_policy=req.label_policy,
-                      name=req.name, index_memory_gb=req.index_memory_gb, progress=progress)
+    k = req.neighbours or default_k(budget, req.n_error_images(ws))
+    name = req.name or (f"dcd-slice{target.rank}-b{budget}" if target else None)
+    return select_dcd(ws, embedder_id=embedder_id, k=k, budget=budget, label_policy=req.label_policy,
+                      name=name, source_ids=target.query_ids if target else None,
+                      index_memory_gb=req.index_memory_gb, exclude=_flagged(ws, req),
+                      extra_params=req.recorded(ws), progress=progress)
+
+
+def _random(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
+    return select_random(ws, n=req.resolved_budget(ws), seed=req.seed, name=req.name, extra_params=req.recorded(ws))
+
+
+def _error_sample_only(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
+    target = req.target(ws)
+    return select_error_sample(ws, name=req.name, source_ids=target.query_ids if target else None,
+                               extra_params=req.recorded(ws))
 
 
 STRATEGIES: dict[str, Callable[[Workspace, SelectionRequest, Progress | None], Selection]] = {
     "dcd": _dcd,
-    "random": lambda ws, req, progress: select_random(ws, n=req.resolved_budget(ws), seed=req.seed, name=req.name),
-    "all_pool": lambda ws, req, progress: select_all_pool(ws, name=req.name),
-    "error_sample_only": lambda ws, req, progress: select_error_sample(ws, name=req.name),
+    "random": _random,
+    "all_pool": lambda ws, req, progress: select_all_pool(ws, name=req.name, extra_params=req.recorded(ws)),
+    "error_sample_only": _error_sample_only,
 }
 METHODS = tuple(STRATEGIES)
 

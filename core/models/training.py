@@ -276,7 +276,10 @@ def save_verified(model: nn.Module, ws: Workspace, model_id: str, *, arch: str, 
 
 def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] | None = None,
                  relabel: dict[int, int] | None = None) -> pd.DataFrame:
-    """``train`` plus a selection's non-rejected items (with the labels the selection gives them)."""
+    """``train`` plus a selection's non-rejected items (with the labels the selection gives them).
+
+    Images of a named eval set (``eval_sets``: a slice target's held-out part, a mitigation's held-out
+    members) are held out by definition and never trained on."""
     train = images_df(ws, ["train"])[["image_id", "path", "label"]]
     parts = [train.assign(source="train")]
     if selection_id:
@@ -284,6 +287,7 @@ def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] 
         parts.append(sel.assign(source="selection"))
     df = pd.concat(parts, ignore_index=True)
     if drop_ids:
+    df = df[~df.image_id.isin(set(ws.df("SELECT DISTINCT image_id FROM eval_sets").image_id))]
         df = df[~df.image_id.isin(drop_ids)]
     if relabel:
         df["label"] = [relabel.get(int(i), lbl) for i, lbl in zip(df.image_id, df.label)]

@@ -176,17 +176,23 @@ register_job(JobSpec("embed", "Embed images with a frozen embedder and build the
 
 
 def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from core.dcd.embed import default_search_embedder
-    from core.dcd.strategies import SelectionRequest, select
+    from core.data.splits import split_counts
+    from core.dcd.strategies import SelectionRequest, budget_note, select
 
-    embedder_id = None
-    if opts.method == "dcd":
-        embedder_id = opts.embedder_id or default_search_embedder(ws)
-    request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=embedder_id,
+    request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=opts.embedder_id,
                                label_policy=opts.label_policy, seed=opts.seed, name=opts.name,
-                               index_memory_gb=opts.index_memory_gb)
+                               index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
+                               heldout_share=opts.heldout_share, drop_label_issues=opts.drop_label_issues)
+    target = request.target(ws)
+    if target is not None:
+        print(f"slice {target.rank} of {target.run_id}: {len(target.query_ids)} misclassified members to search "
+              f"with, {len(target.heldout_ids)} held out as eval set {target.eval_set}", flush=True)
+    if opts.budget is None and opts.method in ("dcd", "random"):
+        print(budget_note(request.n_error_images(ws), split_counts(ws)["pool"]), flush=True)
     sel = select(ws, opts.method, request, progress=progress)
     out = {"selection_id": sel.selection_id, "name": sel.name, "method": sel.method, "n": len(sel.items)}
+    if target is not None:
+        out["from_slice"] = target.describe()
     if sel.index_info:
         out["index"] = {"type": sel.index_info.index_type, "recall_at_k": sel.index_info.recall_at_k}
     return out
@@ -206,6 +212,13 @@ def _select_options() -> tuple[Option, ...]:
                help=budget.help + "; for random: how many"),
         Option("seed", "int", 0, advanced=True, help="seed of the random baseline's draw"),
         Option("name", help="name of the selection (default: from method and sizes)"),
+        Option("from_slice", help="RUN:RANK: retrieve for that slice's misclassified members instead of the "
+                                  "error_sample split (rank 1 = the worst; RUN may be latest); part of them is "
+                                  "held out as the eval set slice:RUN:RANK"),
+        Option("heldout_share", "float", 0.5, advanced=True,
+               help="with --from-slice: share of the slice's misclassified members held out (seeded by --seed)"),
+        Option("drop_label_issues", "flag", False, advanced=True,
+               help="dcd: never select pool images flagged as label issues (python -m jobs.label_issues)"),
         *index_options(),
     )
 
@@ -302,7 +315,11 @@ def pipeline_options() -> tuple[Option, ...]:
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()
             + (Option("methods", "list", list(METHODS), choices=METHODS, group="selection",
-                      help="methods to compare"),) + index_options())
+                      help="methods to compare"),
+               Option("from_slice", group="selection",
+                      help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
+                           "error_sample split the worst slice of a new slice run is the target)"))
+            + index_options())
 
 
 def pipeline_config(opts: argparse.Namespace):
@@ -313,14 +330,15 @@ def pipeline_config(opts: argparse.Namespace):
                           embedder=embedder_spec(opts), k=opts.neighbours, budget=opts.budget,
                           label_policy=opts.label_policy, train=train_overrides(opts),
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
-                          index_memory_gb=opts.index_memory_gb)
+                          index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice)
 
 
 def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from core.dcd.pipeline import run_pipeline
+    from core.scanner.slice_loop import run_loop
 
-    return run_pipeline(ws, pipeline_config(opts), progress=progress)
+    return run_loop(ws, pipeline_config(opts), progress=progress)
 
 
-register_job(JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate.",
+register_job(JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate; "
+                                 "without an error_sample split, for the worst slice AttributionScanner finds.",
                      pipeline_options(), _pipeline))

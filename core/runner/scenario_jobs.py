@@ -16,7 +16,8 @@ from core.store.workspace import Workspace
 
 def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.data.ingest import ingest_manifest
-    from core.dcd.pipeline import run_pipeline
+    from core.data.manifest import manifest_without_splits
+    from core.scanner.slice_loop import run_loop
     from core.scenarios.demos import assets_dir, demo_settings, generate_demo
 
     if ws.scalar("SELECT count(*) FROM images"):
@@ -29,11 +30,13 @@ def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[s
     progress.report(0.0, f"generating the {opts.dataset} scenario", force=True)
     manifest = generate_demo(opts.dataset, data_dir, size=opts.size, seed=opts.seed, image_size=opts.image_size,
                              assets=assets, corruption=opts.corruption)
+    if opts.no_error_split:
+        manifest = manifest_without_splits(manifest, ("error_sample", "error_heldout"))
     report = ingest_manifest(ws, manifest, progress=progress.span(0.02, 0.05))
     print(report.summary())
     if opts.no_pipeline:
         return {"ingest": report.to_dict()}
-    result = run_pipeline(ws, pipeline_config(opts), progress=progress.span(0.05, 1.0))
+    result = run_loop(ws, pipeline_config(opts), progress=progress.span(0.05, 1.0))
     result["dataset"] = {"name": opts.dataset, "size": opts.size, "manifest": str(manifest)}
     return result
 
@@ -52,6 +55,9 @@ def _demo_options() -> tuple[Option, ...]:
         Option("data_dir", "path", advanced=True, help="where to write the images (default WORKSPACE/data)"),
         Option("corruption", default="fog", advanced=True, help="cifar10: the error distribution's corruption"),
         Option("no_pipeline", "flag", False, help="only generate and ingest the data"),
+        Option("no_error_split", "flag", False, advanced=True,
+               help="leave out the error_sample and error_heldout splits, as most users' data has none: the "
+                    "loop then finds the failure as a slice and fixes that (core.scanner.slice_loop)"),
         # Unset so that the demo's own settings apply unless the user gives a value.
         *with_defaults(pipeline_options(), **{k: None for k in scenario_set}),
     )

@@ -1,0 +1,119 @@
+"""The closed loop for a workspace without an ``error_sample`` split: find the failure, then fix it with DCD.
+
+Users rarely have a curated sample of their model's failure. Here AttributionScanner finds it:
+
+1. the classifier under debug is trained (or given) and evaluated, as in core.dcd.pipeline;
+2. its attributions on the labeled splits are computed and sliced (core.scanner.runs); the target is the
+   slice ``config.from_slice`` (``RUN:RANK``), by default the worst-ranked slice with enough errors;
+3. that slice's misclassified members are split into a query part and a held-out part
+   (core.dcd.slice_targets); the pool is embedded, and so are the query members;
+4. ``dcd`` retrieves for the query part; the baselines get as many images (``random`` from the pool,
+   ``all_pool``, ``error_sample_only`` = the query part itself);
+5. each selection fine-tunes the classifier; every model is evaluated on test, train and the slice's
+   held-out part (the eval set ``slice:<run_id>:<rank>``, never trained on).
+
+:func:`run_loop` picks this loop or the ``error_sample`` one (core.dcd.pipeline.run_pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+
+from core.data.splits import split_counts
+from core.dcd.pipeline import (
+    PipelineConfig,
+    Timings,
+    baseline_classifier,
+    check_counts,
+    embed_for_search,
+    loop_report,
+    make_selections,
+    retrain_each,
+    run_pipeline,
+)
+from core.dcd.slice_targets import parse_slice_ref, resolve_slice, slice_target
+from core.dcd.strategies import SelectionRequest, default_budget, default_k
+from core.runner.progress import Progress, as_progress
+from core.scanner.attribution import attribute, has_attributions
+from core.scanner.runs import SliceConfig, find_slices, get_slices
+from core.store.workspace import Workspace
+
+#: Fewest misclassified members a slice needs to be targeted automatically (half are held out).
+MIN_TARGET_ERRORS = 6
+
+
+def run_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
+    """The DCD loop for the ``error_sample`` split, or, without one (or with ``config.from_slice``), for a
+    slice found by AttributionScanner (:func:`run_slice_loop`)."""
+    if config.from_slice is None and split_counts(ws)["error_sample"] > 0:
+        return run_pipeline(ws, config, progress=progress)
+    return run_slice_loop(ws, config, progress=progress)
+
+
+def _slice_splits(ws: Workspace) -> tuple[str, ...]:
+    counts = split_counts(ws)
+    return tuple(s for s in ("train", "test", "error_heldout") if counts[s])
+
+
+def _auto_target(ws: Workspace, run_id: str) -> int:
+    """The best-ranked slice of ``run_id`` with at least :data:`MIN_TARGET_ERRORS` misclassified members."""
+    slices = get_slices(ws, run_id)
+    errors = ws.df("SELECT m.slice_id, count(*) AS n FROM slice_members m JOIN slice_runs r USING (run_id) "
+                   "JOIN images i ON i.image_id = m.image_id "
+                   "JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
+                   "WHERE m.run_id = ? AND i.split <> 'pool' AND NOT p.correct GROUP BY m.slice_id", [run_id])
+    n_err = dict(zip(errors.slice_id.astype(int), errors.n.astype(int)))
+    for s in slices.itertuples(index=False):
+        if n_err.get(int(s.slice_id), 0) >= MIN_TARGET_ERRORS:
+            return int(s.rank)
+    raise ValueError(f"no slice of run {run_id} has {MIN_TARGET_ERRORS} or more misclassified members: the "
+                     f"classifier makes too few errors here to target one; name a slice with --from-slice")
+
+
+def find_target(ws: Workspace, config: PipelineConfig, base_id: str, timings: Timings, *,
+                progress: Progress) -> str:
+    """``RUN:RANK`` of the slice to fix: ``config.from_slice``, else the worst slice of a new slice run."""
+    if config.from_slice:
+        run_id, rank = parse_slice_ref(config.from_slice)
+        run_id, _ = resolve_slice(ws, run_id, rank)
+        return f"{run_id}:{rank}"
+    t = time.perf_counter()
+    splits = _slice_splits(ws)
+    if not has_attributions(ws, base_id, splits):
+        attribute(ws, base_id, splits=splits, progress=progress.span(0.0, 0.7))
+    run = find_slices(ws, base_id, config=SliceConfig(splits=splits, seed=config.seed),
+                      progress=progress.span(0.7, 1.0))
+    timings.step("slices", t)
+    return f"{run.run_id}:{_auto_target(ws, run.run_id)}"
+
+
+def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
+    """Run the loop for a slice (see the module doc) and return the report, with the slice under ``slice``
+    and each method's accuracy on its held-out part as ``slice_heldout_acc``."""
+    progress = as_progress(progress)
+    t0, timings = time.perf_counter(), Timings()
+    counts = check_counts(ws, config, error_split=False)
+    base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.2))
+    ref = find_target(ws, config, base_id, timings, progress=progress.span(0.2, 0.3))
+    run_id, rank = parse_slice_ref(ref)
+    target = slice_target(ws, run_id, rank, seed=config.seed, heldout_share=config.heldout_share)
+    print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
+          f"{len(target.heldout_ids)} held out", flush=True)
+    emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
+    budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
+    request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
+                               embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
+                               seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
+                               heldout_share=config.heldout_share)
+    selections = make_selections(ws, config, request, timings)
+    # the baseline was evaluated before the held-out part existed: its metrics now include it
+    from core.models.evaluation import compute_metrics, metrics_summary
+
+    results = {"baseline": {**baseline, **metrics_summary(compute_metrics(ws, base_id))}}
+    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(0.4, 1.0))
+    for r in results.values():
+        r["slice_heldout_acc"] = r.get(f"{target.eval_set}_acc")
+    report = loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
+                         results=results, counts=counts, timings=timings, t0=t0)
+    report["slice"] = target.describe()
+    return report
