@@ -106,7 +106,9 @@ def fit_linear_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, da
 
 
 def _set_threads() -> None:
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Every core for training, unless the user set ``OMP_NUM_THREADS`` (e.g. on a shared machine)."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig,
