@@ -84,8 +84,9 @@ c_mosaic, c_numbers = st.columns([3, 2])
 with c_mosaic:
     st.markdown("**Attribution Mosaic**: each tile is a member's high-attribution region; red border: an error.")
     o1, o2 = st.columns(2)
+    positive = name_of.get(s.dominant_pred, "?")
     layout = o1.radio("Layout", ["grid", "confusion"], horizontal=True, key="slices_layout",
-                      format_func=lambda v: "grid" if v == "grid" else "by TP / FP / FN / TN")
+                      format_func=lambda v: "grid" if v == "grid" else f"by TP / FP / FN / TN ({positive} vs rest)")
     mode = o2.radio("Tiles", ["crop", "overlay"], horizontal=True, key="slices_mode",
                     format_func=lambda v: "crop to attribution" if v == "crop" else "heatmap overlay")
     stored = s.mosaic_path if isinstance(s.mosaic_path, str) and Path(s.mosaic_path).is_file() else None
@@ -123,18 +124,20 @@ with st.expander(f"Members ({len(members):,}): errors first", expanded=False):
 # -- annotation -----------------------------------------------------------------------------------------
 st.subheader("Annotate this slice")
 with st.form("slices_annotate", clear_on_submit=True):
-    kind = st.radio("What does the model rely on here?", list(ANNOTATION_KINDS), horizontal=True,
+    kind = st.radio("What does the model rely on here?", list(ANNOTATION_KINDS), horizontal=True, index=None,
                     key="ann_kind", format_func={"core": "core feature", "spurious": "spurious correlation",
                                                  "mislabeled": "mislabeled", "other": "other"}.get)
     note = st.text_area("Note", key="ann_note", placeholder="e.g. the model looks at the water, not the bird")
     who = st.text_input("Your name", key="ann_annotator")
     relabel_to = st.selectbox("Relabel to (mislabeled only; default: the model's prediction)",
-                              [None, *range(len(class_names))], key="ann_relabel",
-                              format_func=lambda c: "model's prediction" if c is None else class_names[c])
+                              [-1, *range(len(class_names))], key="ann_relabel",
+                              format_func=lambda c: "model's prediction" if c < 0 else class_names[c])
     if st.form_submit_button("Save annotation"):
         try:
+            if kind is None:
+                raise ValueError("Choose what the model relies on in this slice first: nothing was saved.")
             ann.annotate(ws, run_id, slice_id, kind, note=note, annotator=who,
-                         relabel_to=relabel_to if kind == "mislabeled" else None)
+                         relabel_to=relabel_to if kind == "mislabeled" and relabel_to >= 0 else None)
         except ValueError as exc:
             st.error(str(exc))
         else:

@@ -49,6 +49,14 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
     assert images, "the selected slice's mosaic is shown"
     assert any(f"slice {target}" in str(getattr(img, "proto", "")) for img in images)
 
+    # nothing is preselected: saving without a choice says so and records nothing
+    assert at.radio(key="ann_kind").value is None
+    next(b for b in at.button if b.label == "Save annotation").click().run()
+    assert any("Choose what the model relies on" in e.value for e in at.error)
+    assert ws.scalar("SELECT count(*) FROM annotations") == 0
+    labels = {b.label for b in at.button}
+    assert {"Collect targeted data for this slice", "Collect, retrain and compare with random"} <= labels \
+        or any("fewer than 2 misclassified" in i.value for i in at.info)
     at.radio(key="ann_kind").set_value("spurious")
     at.text_area(key="ann_note").input("looks at the background")
     at.text_input(key="ann_annotator").input("page tester")

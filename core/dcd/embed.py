@@ -104,7 +104,10 @@ def spec_of_embedder(ws: Workspace, embedder_id: str) -> EmbedderSpec:
     if base.startswith(CLASSIFIER_EMBEDDER_PREFIX):
         spec = EmbedderSpec(arch="classifier", classifier_id=base[len(CLASSIFIER_EMBEDDER_PREFIX):], layers=layers)
     else:
-        rec = get_model(ws, base)
+        try:  # an embedder's record is under its full id (layers suffix included), older ones under the base
+            rec = get_model(ws, embedder_id)
+        except KeyError:
+            rec = get_model(ws, base)
         size = base.rpartition("@")[2] if "@" in base else ""
         spec = EmbedderSpec(arch=rec.arch, weights=rec.config.get("weights"), hub=bool(rec.config.get("hub")),
                             image_size=int(size) if size.isdigit() else None, layers=layers)

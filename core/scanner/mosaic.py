@@ -5,7 +5,8 @@ a square of ``crop_frac`` of the image side centred on the map's centre of mass 
 the whole image with the map blended over it (``mode="overlay"``). Errors get a red border. Members are
 chosen errors first, then nearest to the slice centroid. ``layout="grid"`` tiles them row by row
 (:func:`grid_shape`); ``layout="confusion"`` makes four panels TP / FP / FN / TN, one-vs-rest for the
-slice's dominant predicted class.
+slice's dominant predicted class (the positive class: FP = predicted it, labelled otherwise), each headed
+with its count among all the slice's members and how many of them are shown.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ def choose_members(members: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def make_mosaic(paths: Sequence[str], heatmaps: np.ndarray, *, errors: Sequence[bool] | None = None,
-                cells: Sequence[str] | None = None, tile: int = 64, mode: str = "crop",
-                crop_frac: float = 0.5) -> Image.Image:
-    """The mosaic of the given members (already chosen). With ``cells``, four labelled TP/FP/FN/TN panels."""
+                cells: Sequence[str] | None = None, cell_counts: dict[str, int] | None = None, tile: int = 64,
+                mode: str = "crop", crop_frac: float = 0.5) -> Image.Image:
+    """The mosaic of the given members (already chosen). With ``cells``, four labelled TP/FP/FN/TN panels,
+    each headed with how many members of the slice fall in it (``cell_counts``) and how many are shown."""
     if len(paths) != len(heatmaps):
         raise ValueError(f"{len(paths)} paths but {len(heatmaps)} heatmaps")
     errs = list(errors) if errors is not None else [False] * len(paths)
@@ -137,7 +139,9 @@ def make_mosaic(paths: Sequence[str], heatmaps: np.ndarray, *, errors: Sequence[
         body = tile_grid(sel, tile) if sel else Image.new("RGB", (tile, tile), BACKGROUND)
         panel = Image.new("RGB", (body.width, body.height + HEADER), BACKGROUND)
         panel.paste(body, (0, HEADER))
-        ImageDraw.Draw(panel).text((2, 1), f"{cell} ({len(sel)})", fill=(235, 235, 235))
+        total = (cell_counts or {}).get(cell, len(sel))
+        head = f"{cell}: {total}" + (f" ({len(sel)} shown)" if total != len(sel) else "")
+        ImageDraw.Draw(panel).text((2, 1), head, fill=(235, 235, 235))
         panels.append(panel)
     w = max(panels[0].width + panels[1].width, panels[2].width + panels[3].width) + 3 * GAP * 2
     h = max(panels[0].height, panels[1].height) + max(panels[2].height, panels[3].height) + 3 * GAP * 2
@@ -168,10 +172,11 @@ def slice_mosaic(part: pd.DataFrame, heat_of: dict[int, np.ndarray], positive: i
                                                  positive))
         chosen = pd.concat([choose_members(g, max(1, n_tiles // 4)) for _, g in part.groupby("_cell")])
         cells = chosen._cell.tolist()
+        counts = {c: int(n) for c, n in part._cell.value_counts().items()}
     else:
-        chosen, cells = choose_members(part, n_tiles), None
+        chosen, cells, counts = choose_members(part, n_tiles), None, None
     heat = np.stack([heat_of[int(i)] for i in chosen.image_id])
     return make_mosaic(chosen.path.tolist(), heat, errors=(~chosen.correct.fillna(True).astype(bool)).tolist(),
-                       cells=cells, tile=tile, mode=mode)
+                       cells=cells, cell_counts=counts, tile=tile, mode=mode)
 
 
