@@ -288,8 +288,8 @@ def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] 
         sel = selection_items(ws, selection_id)[["image_id", "path", "label"]]
         parts.append(sel.assign(source="selection"))
     df = pd.concat(parts, ignore_index=True)
-    if drop_ids:
     df = df[~df.image_id.isin(set(ws.df("SELECT DISTINCT image_id FROM eval_sets").image_id))]
+    if drop_ids:
         df = df[~df.image_id.isin(drop_ids)]
     if relabel:
         df["label"] = [relabel.get(int(i), lbl) for i, lbl in zip(df.image_id, df.label)]
