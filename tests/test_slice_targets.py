@@ -99,10 +99,8 @@ def test_held_out_members_are_never_trained_on_and_are_measured(sliced):
     ws, run_id = sliced
     sel = select(ws, "dcd", SelectionRequest(from_slice=f"{run_id}:1", budget=20))
     target = get_target(ws, f"{run_id}:1")
-    train_members = set(ws.df("SELECT image_id FROM images WHERE split = 'train'").image_id) & set(target.heldout_ids)
     trained_on = set(training_set(ws, sel.selection_id).image_id)
     assert trained_on.isdisjoint(target.heldout_ids)
-    assert train_members or set(target.heldout_ids) - trained_on  # the rule had something to do, or nothing leaks
     model_id = retrain(ws, base_model_id=ws.scalar("SELECT model_id FROM slice_runs WHERE run_id = ?", [run_id]),
                        selection_id=sel.selection_id, method="dcd", epochs=1)
     metrics = evaluate(ws, model_id)

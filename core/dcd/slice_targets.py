@@ -96,13 +96,21 @@ def split_members(image_ids: np.ndarray, *, heldout_share: float, seed: int) -> 
     return np.sort(ids[order[n_held:]]), np.sort(ids[order[:n_held]])
 
 
+#: A run's failures: members the run's model got wrong, pool images left out (the pool is what DCD draws from).
+_FAILURES = ("FROM slice_members m JOIN slice_runs r USING (run_id) JOIN images i ON i.image_id = m.image_id "
+             "JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
+             "WHERE m.run_id = ? AND i.split <> 'pool' AND p.correct = false")
+
+
 def _failures(ws: Workspace, run_id: str, slice_id: int) -> pd.DataFrame:
     """The slice's members that the run's model got wrong, pool images left out."""
-    return ws.df("SELECT m.image_id FROM slice_members m JOIN slice_runs r USING (run_id) "
-                 "JOIN images i ON i.image_id = m.image_id "
-                 "JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
-                 "WHERE m.run_id = ? AND m.slice_id = ? AND i.split <> 'pool' AND p.correct = false "
-                 "ORDER BY m.image_id", [run_id, int(slice_id)])
+    return ws.df(f"SELECT m.image_id {_FAILURES} AND m.slice_id = ? ORDER BY m.image_id", [run_id, int(slice_id)])
+
+
+def failure_counts(ws: Workspace, run_id: str) -> dict[int, int]:
+    """Misclassified members per slice of ``run_id`` (pool images left out), as the split counts them."""
+    df = ws.df(f"SELECT m.slice_id, count(*) AS n {_FAILURES} GROUP BY m.slice_id", [run_id])
+    return dict(zip(df.slice_id.astype(int), df.n.astype(int)))
 
 
 def get_target(ws: Workspace, target_id: str) -> SliceTarget | None:

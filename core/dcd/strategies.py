@@ -260,16 +260,18 @@ class SelectionRequest:
             return None
         return slice_target(ws, *parse_slice_ref(self.from_slice), seed=self.seed, heldout_share=self.heldout_share)
 
-    def n_error_images(self, ws: Workspace) -> int:
-        target = self.target(ws)
+    # ``target``: the request's slice target when the caller has resolved it already (one lookup per selection)
+
+    def n_error_images(self, ws: Workspace, target: SliceTarget | None = None) -> int:
+        target = target or self.target(ws)
         return len(target.query_ids) if target else split_counts(ws)["error_sample"]
 
-    def resolved_budget(self, ws: Workspace) -> int:
-        return self.budget or default_budget(self.n_error_images(ws), split_counts(ws)["pool"])
+    def resolved_budget(self, ws: Workspace, target: SliceTarget | None = None) -> int:
+        return self.budget or default_budget(self.n_error_images(ws, target), split_counts(ws)["pool"])
 
-    def recorded(self, ws: Workspace) -> dict:
+    def recorded(self, ws: Workspace, target: SliceTarget | None = None) -> dict:
         """Params every selection of this request records (the slice it was made for)."""
-        target = self.target(ws)
+        target = target or self.target(ws)
         return {"from_slice": target.describe()} if target else {}
 
 
@@ -289,23 +291,25 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     embedder_id = req.embedder_id or search_embedder(ws, progress=progress)
     if target is not None:
         embed_missing(ws, embedder_id, target.query_ids, progress=progress)
-    budget = req.resolved_budget(ws)
-    k = req.neighbours or default_k(budget, req.n_error_images(ws))
+    budget = req.resolved_budget(ws, target)
+    k = req.neighbours or default_k(budget, req.n_error_images(ws, target))
     name = req.name or (f"dcd-slice{target.rank}-b{budget}" if target else None)
     return select_dcd(ws, embedder_id=embedder_id, k=k, budget=budget, label_policy=req.label_policy,
                       name=name, source_ids=target.query_ids if target else None,
                       index_memory_gb=req.index_memory_gb, exclude=_flagged(ws, req),
-                      extra_params=req.recorded(ws), progress=progress)
+                      extra_params=req.recorded(ws, target), progress=progress)
 
 
 def _random(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
-    return select_random(ws, n=req.resolved_budget(ws), seed=req.seed, name=req.name, extra_params=req.recorded(ws))
+    target = req.target(ws)
+    return select_random(ws, n=req.resolved_budget(ws, target), seed=req.seed, name=req.name,
+                         extra_params=req.recorded(ws, target))
 
 
 def _error_sample_only(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
     target = req.target(ws)
     return select_error_sample(ws, name=req.name, source_ids=target.query_ids if target else None,
-                               extra_params=req.recorded(ws))
+                               extra_params=req.recorded(ws, target))
 
 
 STRATEGIES: dict[str, Callable[[Workspace, SelectionRequest, Progress | None], Selection]] = {

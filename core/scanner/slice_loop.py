@@ -31,7 +31,7 @@ from core.dcd.pipeline import (
     retrain_each,
     run_pipeline,
 )
-from core.dcd.slice_targets import parse_slice_ref, resolve_slice, slice_target
+from core.dcd.slice_targets import failure_counts, parse_slice_ref, resolve_slice, slice_target
 from core.dcd.strategies import SelectionRequest, default_budget, default_k
 from core.runner.progress import Progress, as_progress
 from core.scanner.attribution import attribute, has_attributions
@@ -57,13 +57,8 @@ def _slice_splits(ws: Workspace) -> tuple[str, ...]:
 
 def _auto_target(ws: Workspace, run_id: str) -> int:
     """The best-ranked slice of ``run_id`` with at least :data:`MIN_TARGET_ERRORS` misclassified members."""
-    slices = get_slices(ws, run_id)
-    errors = ws.df("SELECT m.slice_id, count(*) AS n FROM slice_members m JOIN slice_runs r USING (run_id) "
-                   "JOIN images i ON i.image_id = m.image_id "
-                   "JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
-                   "WHERE m.run_id = ? AND i.split <> 'pool' AND NOT p.correct GROUP BY m.slice_id", [run_id])
-    n_err = dict(zip(errors.slice_id.astype(int), errors.n.astype(int)))
-    for s in slices.itertuples(index=False):
+    n_err = failure_counts(ws, run_id)
+    for s in get_slices(ws, run_id).itertuples(index=False):
         if n_err.get(int(s.slice_id), 0) >= MIN_TARGET_ERRORS:
             return int(s.rank)
     raise ValueError(f"no slice of run {run_id} has {MIN_TARGET_ERRORS} or more misclassified members: the "
