@@ -142,8 +142,8 @@ def test_corm_retrain_job_reports_baseline_and_corm(annotated_ws, tmp_path):
     ws = Workspace.open(annotated_ws)
     assert annotated_slices(ws, latest_run(ws), "spurious")
     out = tmp_path / "corm.json"
-    assert retrain.main(["--workspace", str(annotated_ws), "--mitigate", "corm", "--finetune-epochs", "1",
-                         "--batch-size", "32", "--json", str(out)]) == 0
+    assert retrain.main(["--workspace", str(annotated_ws), "--mitigate", "corm", "--corm-choice", "off",
+                         "--finetune-epochs", "1", "--batch-size", "32", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     for method in ("baseline", "corm"):
         assert {"test_acc", "worst_group_acc", "model_id"} <= set(report["methods"][method])
@@ -162,6 +162,7 @@ def test_mislabel_fixes_relabel_to_prediction_or_drop(annotated_ws):
     members = slice_members(ws, run_id)
     train_err = members[(members.split == "train") & ~members.correct.astype(bool)]
     sid = int(train_err.slice_id.mode().iloc[0]) if len(train_err) else int(members.slice_id.iloc[0])
+    annotate(ws, run_id, sid, "core")  # not spurious: the prediction is evidence of the label here
     annotate(ws, run_id, sid, "mislabeled")
     model_id = ws.scalar("SELECT model_id FROM slice_runs WHERE run_id = ?", [run_id])
     drop, relabel = mislabel_fixes(ws, run_id, model_id, "relabel")

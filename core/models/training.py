@@ -14,8 +14,9 @@ import copy
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,9 @@ from torch import nn
 
 from core.data.images import augment, pixels, to_tensor
 from core.data.splits import images_df, require_split
+from core.dcd.label_review import apply_label_decisions
 from core.dcd.selection import selection_items
-from core.models.catalog import get_model, load_classifier, new_model_id, register_model
+from core.models.catalog import ModelRecord, get_model, load_classifier, new_model_id, register_model
 from core.models.checkpoints import is_classifier_checkpoint, read_weights, save_checkpoint, weights_include_head
 from core.models.config import DataConfig, ModelError
 from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
@@ -241,7 +243,7 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
     del obj
     model_id = model_id or new_model_id("baseline")
     if not trained_already:
-        train = images_df(ws, ["train"])
+        train = apply_label_decisions(ws, images_df(ws, ["train"]))  # a person's label-issue decisions
         require_split(train, "train", "to train the classifier")
         if train["label"].isna().any():
             raise ValueError("some train images have no label")
@@ -281,8 +283,9 @@ def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] 
     """``train`` plus a selection's non-rejected items (with the labels the selection gives them).
 
     Images of a named eval set (``eval_sets``: a slice target's held-out part, a mitigation's held-out
-    members) are held out by definition and never trained on."""
-    train = images_df(ws, ["train"])[["image_id", "path", "label"]]
+    members) are held out by definition and never trained on. A person's label-issue decisions apply to the
+    train rows (core.dcd.label_review): 'drop' leaves an image out, 'relabel' trains it with the suggestion."""
+    train = apply_label_decisions(ws, images_df(ws, ["train"])[["image_id", "path", "label"]])
     parts = [train.assign(source="train")]
     if selection_id:
         sel = selection_items(ws, selection_id)[["image_id", "path", "label"]]
@@ -309,17 +312,37 @@ def share_weights(is_added: np.ndarray, added_share: float | None) -> np.ndarray
     return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
 
 
-def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, method: str,
-            config: TrainConfig | None = None, epochs: int | None = None,
-            loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
-            drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
-            progress: Progress | None = None) -> str:
-    """Fine-tune ``base_model_id`` on train + selection; register the new classifier and return its id.
+@dataclass
+class FineTuned:
+    """A fine-tuned classifier, not registered yet (:func:`fine_tune`): the model and its record's fields."""
 
-    ``config.added_share`` (0 < share < 1) draws that share of every fine-tuning batch from the selection's
-    images and the rest from ``train``, whatever their sizes; ``None`` samples all images alike. Without
-    ``config``, the base's own schedule (:func:`schedule_of`) is fine-tuned with.
-    """
+    model: nn.Module
+    data_config: DataConfig
+    base: ModelRecord
+    config: dict[str, Any]  # the record's config: selection, data config, schedules, sizes
+
+    def record(self, model_id: str, method: str, checkpoint: Path,
+               extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fields of :func:`core.models.catalog.insert_model_row` for this classifier."""
+        return dict(model_id=model_id, role="classifier", arch=self.base.arch, parent_id=self.base.model_id,
+                    method=method, checkpoint=str(checkpoint), num_classes=self.base.num_classes,
+                    embed_dim=self.base.embed_dim, config={**self.config, **(extra_config or {})})
+
+    def save(self, ws: Workspace, model_id: str) -> Path:
+        """Its checkpoint, saved and loaded back (:func:`save_verified`)."""
+        return save_verified(self.model, ws, model_id, arch=self.base.arch,
+                             num_classes=int(self.base.num_classes or 0), data_config=self.data_config)
+
+
+def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, config: TrainConfig | None = None,
+              epochs: int | None = None, loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
+              drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
+              upweight_ids: set[int] | None = None, upweight_share: float | None = None,
+              progress: Progress | None = None) -> FineTuned:
+    """Fine-tune a copy of ``base_model_id`` on train + selection, in memory (see :func:`retrain`).
+
+    ``upweight_ids`` with ``upweight_share``: those training images make up that share of every batch's draws
+    (the rest from the others), whatever their number; it replaces ``config.added_share``."""
     progress = as_progress(progress)
     config = config or schedule_of(ws, base_model_id)
     base = get_model(ws, base_model_id)
@@ -330,17 +353,35 @@ def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, meth
     cfg = config.finetune(epochs)
     loss_fn = loss_fn_factory(df, px) if loss_fn_factory else None
     n_train = int((df.source == "train").sum())
-    weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share)
+    if upweight_ids:
+        weights = share_weights(df.image_id.isin(upweight_ids).to_numpy(), upweight_share)
+    else:
+        weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share)
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
         samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
         progress=progress.span(0.1, 1.0))
+    return FineTuned(model, data_config, base,
+                     {"selection_id": selection_id, "data_config": data_config.to_dict(),
+                      "train": asdict(config), "finetune": asdict(cfg), "n_train": len(df),
+                      "n_added": int((df.source == "selection").sum()),
+                      **({"n_upweighted": int(df.image_id.isin(upweight_ids).sum()), "upweight_share": upweight_share}
+                         if upweight_ids else {})})
+
+
+def retrain(ws: Workspace, *, base_model_id: str, selection_id: str | None, method: str,
+            config: TrainConfig | None = None, epochs: int | None = None,
+            loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
+            drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
+            extra_config: dict[str, Any] | None = None, progress: Progress | None = None) -> str:
+    """Fine-tune ``base_model_id`` on train + selection; register the new classifier and return its id.
+
+    ``config.added_share`` (0 < share < 1) draws that share of every fine-tuning batch from the selection's
+    images and the rest from ``train``, whatever their sizes; ``None`` samples all images alike. Without
+    ``config``, the base's own schedule (:func:`schedule_of`) is fine-tuned with. ``extra_config`` is added
+    to the new model's recorded config (e.g. a mitigation record).
+    """
+    tuned = fine_tune(ws, base_model_id=base_model_id, selection_id=selection_id, config=config, epochs=epochs,
+                      loss_fn_factory=loss_fn_factory, drop_ids=drop_ids, relabel=relabel, progress=progress)
     model_id = new_model_id(method)
-    ckpt = save_verified(model, ws, model_id, arch=base.arch, num_classes=int(base.num_classes or 0),
-                         data_config=data_config)
-    register_model(ws, model_id=model_id, role="classifier", arch=base.arch, parent_id=base_model_id,
-                   method=method, checkpoint=str(ckpt), num_classes=base.num_classes,
-                   embed_dim=base.embed_dim,
-                   config={"selection_id": selection_id, "data_config": data_config.to_dict(),
-                           "train": asdict(config), "finetune": asdict(cfg), "n_train": len(df),
-                           "n_added": int((df.source == "selection").sum())})
+    register_model(ws, **tuned.record(model_id, method, tuned.save(ws, model_id), extra_config))
     return model_id

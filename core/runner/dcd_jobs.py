@@ -230,26 +230,41 @@ register_job(JobSpec("select", "Select a debug-train set from the pool: DCD retr
 # -- retrain -----------------------------------------------------------------------------------------------
 
 def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: Progress) -> dict[str, Any]:
+    """CoRM from the slice annotations: by default plain fine-tuning against a grid of CoRM settings, the
+    better on held-out slice members kept (core.scanner.mitigation_choice); ``--corm-choice off``: the given
+    setting alone, as it is."""
     from core.models.evaluation import compute_metrics, evaluate, metrics_summary
     from core.models.schedules import finetune_schedule
     from core.scanner.mitigation import CormConfig, corm_retrain
+    from core.scanner.mitigation_choice import ChoiceConfig, choose_mitigation
 
     if opts.selection_id:
         raise ValueError("--mitigate corm fine-tunes on train only; leave out --selection-id")
     config = CormConfig(lam=opts.corm_lambda, sigma=opts.corm_sigma, mask_threshold=opts.mask_threshold,
                         propagate=opts.propagate, propagate_threshold=opts.propagate_threshold,
                         mislabeled=opts.mislabeled, epochs=opts.finetune_epochs)
+    train_config = finetune_schedule(ws, base, train_overrides(opts))
     try:
-        before = compute_metrics(ws, base)
+        compute_metrics(ws, base)
     except ValueError:
-        before = evaluate(ws, base, progress=progress.span(0, 0.05))
-    model_id, summary = corm_retrain(ws, base_model_id=base, run_id=opts.run_id, config=config,
-                                     train_config=finetune_schedule(ws, base, train_overrides(opts)),
-                                     progress=progress.span(0.05, 0.9))
+        evaluate(ws, base, progress=progress.span(0, 0.05))
+    if opts.corm_choice == "off":
+        model_id, summary = corm_retrain(ws, base_model_id=base, run_id=opts.run_id, config=config,
+                                         train_config=train_config, progress=progress.span(0.05, 0.9))
+        kept, out = "corm", {"corm": summary}
+    else:
+        choice = ChoiceConfig(grid=opts.corm_choice, heldout_share=opts.heldout_share, seed=opts.seed)
+        model_id, record = choose_mitigation(ws, base_model_id=base, run_id=opts.run_id, config=config,
+                                             train_config=train_config, choice=choice,
+                                             progress=progress.span(0.05, 0.9))
+        print(record["reason"], flush=True)
+        kept = ws.scalar("SELECT method FROM models WHERE model_id = ?", [model_id])
+        out = {"mitigation": {k: record[k] for k in ("chosen", "reason", "candidates", "findings",
+                                                     "heldout_eval_sets", "heldout_sizes")}}
+    before = compute_metrics(ws, base)  # again: the base is measured on the new held-out eval sets too
     after = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
     return {"methods": {"baseline": {**metrics_summary(before), "model_id": base},
-                        "corm": {**metrics_summary(after), "model_id": model_id}},
-            "corm": summary}
+                        kept: {**metrics_summary(after), "model_id": model_id}}, **out}
 
 
 def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -275,8 +290,9 @@ def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dic
 
 def _mitigation_options() -> tuple[Option, ...]:
     from core.scanner.mitigation import MISLABELED_POLICIES, CormConfig
+    from core.scanner.mitigation_choice import STRONGER, ChoiceConfig
 
-    d, g = CormConfig(), "mitigation (from slice annotations)"
+    d, c, g = CormConfig(), ChoiceConfig(), "mitigation (from slice annotations)"
     return (
         Option("mitigate", "choice", "none", choices=("none", "corm"), group=g,
                help="corm: Core Risk Minimization from the slices annotated spurious / mislabeled"),
@@ -294,6 +310,14 @@ def _mitigation_options() -> tuple[Option, ...]:
         Option("mislabeled", "choice", d.mislabeled, choices=MISLABELED_POLICIES, group=g, advanced=True,
                help=f"train members of slices annotated mislabeled: relabel to the model's label, drop, or keep "
                     f"({d.mislabeled})"),
+        Option("corm_choice", "choice", c.grid, choices=("grid", "single", "off"), group=g,
+               help=f"grid: plain fine-tuning against the spurious slices upweighted and CoRM at --corm-lambda and "
+                    f"{STRONGER:g}x it, masks on members or propagated, the best on held-out slice members kept; "
+                    f"single: plain fine-tuning against the given CoRM "
+                    f"setting alone; off: the given CoRM setting, no comparison ({c.grid})"),
+        Option("heldout_share", "float", c.heldout_share, group=g, advanced=True,
+               help=f"share of each annotated slice's members held out to choose on, seeded by --seed "
+                    f"({c.heldout_share})"),
     )
 
 

@@ -3,7 +3,11 @@
 A person looks at a slice's mosaic and annotates it with one of ``ANNOTATION_KINDS``: ``core`` (the model
 looks at the right thing), ``spurious`` (it relies on a spurious feature), ``mislabeled`` (the slice holds
 noisy labels), ``other``; with a free note, the annotator's name and, for mislabeled slices, optionally the
-class to relabel to. A slice's **current** annotation is its latest one.
+class to relabel to. A slice carries two independent findings: what the model relies on there (``core``,
+``spurious`` or ``other``: the latest of these counts) and whether its labels are wrong (``mislabeled``), so
+a slice can be spurious *and* mislabeled at once. A slice's **current** annotations are its latest one of
+each (:data:`FINDING_OF`); a later ``core`` replaces an earlier ``spurious``, and a ``mislabeled`` finding
+stands until its annotation is deleted (:func:`delete_annotation`).
 
 Propagation (:func:`propagation_suggestions`): an unannotated slice whose centroid is among the
 ``neighbours`` nearest (cosine) of an annotated slice's centroid, with similarity at least
@@ -22,6 +26,9 @@ import pandas as pd
 
 from core.data.constants import ANNOTATION_KINDS
 from core.store.workspace import Workspace
+
+#: The finding each annotation kind speaks to: a slice's latest annotation of each finding is current.
+FINDING_OF = {"core": "reliance", "spurious": "reliance", "other": "reliance", "mislabeled": "labels"}
 
 
 def _check_slice(ws: Workspace, run_id: str, slice_id: int) -> None:
@@ -65,15 +72,26 @@ def list_annotations(ws: Workspace, run_id: str | None = None) -> pd.DataFrame:
 
 
 def current_annotations(ws: Workspace, run_id: str) -> pd.DataFrame:
-    """The latest annotation of each annotated slice of a run."""
+    """The current annotations of a run, newest first: per annotated slice, its latest annotation of each
+    finding (:data:`FINDING_OF`), so a slice annotated spurious and mislabeled has two rows."""
     df = list_annotations(ws, run_id)
-    return df.drop_duplicates("slice_id", keep="first").reset_index(drop=True)
+    finding = df.kind.map(FINDING_OF).fillna(df.kind)
+    return df[~pd.DataFrame({"s": df.slice_id, "f": finding}).duplicated()].reset_index(drop=True)
 
 
 def annotated_slices(ws: Workspace, run_id: str, kind: str) -> list[int]:
-    """Slices whose current annotation is ``kind``."""
+    """Slices with a current annotation ``kind`` (whatever else they carry)."""
     cur = current_annotations(ws, run_id)
-    return sorted(int(s) for s in cur.loc[cur.kind == kind, "slice_id"])
+    return sorted({int(s) for s in cur.loc[cur.kind == kind, "slice_id"]})
+
+
+def slice_findings(ws: Workspace, run_id: str) -> dict[int, list[str]]:
+    """Each annotated slice's current kinds, newest first: ``{slice_id: ["spurious", "mislabeled"]}``."""
+    cur = current_annotations(ws, run_id)
+    out: dict[int, list[str]] = {}
+    for sid, kind in zip(cur.slice_id.astype(int), cur.kind):
+        out.setdefault(sid, []).append(str(kind))
+    return out
 
 
 # -- propagation ----------------------------------------------------------------------------------------
@@ -115,7 +133,8 @@ def propagation_suggestions(ws: Workspace, run_id: str, *, neighbours: int = 2,
     np.fill_diagonal(sim, -np.inf)
     ids = sl.slice_id.astype(int).to_numpy()
     rank_of = dict(zip(ids, sl["rank"].astype(int)))
-    kind_of = dict(zip(cur.slice_id.astype(int), cur.kind))
+    newest = cur.drop_duplicates("slice_id", keep="first")  # a slice's newest finding is what it suggests
+    kind_of = dict(zip(newest.slice_id.astype(int), newest.kind))
     gone = dismissed(ws, run_id)
     rows = []
     for i, sid in enumerate(ids):

@@ -3,8 +3,8 @@
 Only for benchmarks with planted truth (the demos); on real data a person annotates on the Slices page.
 The slice holding the most planted mislabeled images (label differs from true label) is annotated
 ``mislabeled``; then each slice whose members are mostly (``min_purity``) from a planted failure group and
-which holds errors is annotated ``spurious`` (the latest annotation is a slice's current one, so spurious
-wins on a slice that is both).
+which holds errors is annotated ``spurious``. A slice that is both carries both findings
+(core.scanner.annotations), and mitigation applies each.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ def annotate_from_truth(ws: Workspace, run_id: str, *, min_purity: float = 0.6) 
     groups = failure_groups(ws)
     done = []
     # First the mislabeled slice, then the spurious ones: a slice that is both (mostly a failure group, with
-    # the mislabeled images among its errors) keeps `spurious` as its current annotation, the main issue a
-    # person sees in its mosaic; the mislabeled annotation stays listed.
+    # the mislabeled images among its errors) carries both findings.
     worst = max(report, key=lambda r: r["mislabeled"] or 0)
     if (worst["mislabeled"] or 0) > 0:
         annotate(ws, run_id, worst["slice_id"], "mislabeled", annotator=ANNOTATOR,

@@ -1,0 +1,42 @@
+"""The label-issues job: out-of-sample probabilities and confident learning on the train and pool labels.
+
+``python -m jobs.label_issues --workspace W [--embedder-id E] [--splits train pool] [--folds 5] [--seed 0]``
+runs :func:`core.dcd.label_issues.compute_label_issues`; the app's Errors page shows and decides the issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from core.runner.options import Option
+from core.runner.progress import Progress
+from core.runner.registry import JobSpec, register_job
+from core.store.workspace import Workspace
+
+
+def _label_issues(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.dcd.label_issues import compute_label_issues
+
+    return compute_label_issues(ws, embedder_id=opts.embedder_id, splits=opts.splits, folds=opts.folds,
+                                seed=opts.seed, filter_by=opts.filter_by, progress=progress)
+
+
+def _options() -> tuple[Option, ...]:
+    from core.dcd.label_issues import DEFAULT_FILTER_BY, DEFAULT_FOLDS, FILTER_BY, SCORED_SPLITS
+
+    return (
+        Option("embedder_id", picker="embedder",
+               help="embedder whose frozen features the heads are fitted on (default: the pretrained backbone's "
+                    "if embedded, else the most recently embedded); train and pool images it lacks are embedded"),
+        Option("splits", "list", list(SCORED_SPLITS), choices=SCORED_SPLITS,
+               help="splits to score: train against its labels, pool against its weak labels"),
+        Option("folds", "int", DEFAULT_FOLDS, help="cross-validation folds for the out-of-sample probabilities"),
+        Option("seed", "int", 0, help="seed of the fold assignment"),
+        Option("filter_by", "choice", DEFAULT_FILTER_BY, choices=FILTER_BY, advanced=True,
+               help="cleanlab's find_label_issues method (prune_by_noise_rate: as many as the estimated noise)"),
+    )
+
+
+register_job(JobSpec("label_issues", "Find label issues in the train labels and the pool's weak labels "
+                                     "(out-of-sample probabilities, confident learning).", _options(), _label_issues))
