@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.app import queries
+from core.app import names, queries
 from core.dcd.index import IndexInfo
 from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES, default_budget, default_k
 from core.models.catalog import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
@@ -40,7 +40,9 @@ def embedder_ui(ws: Workspace) -> tuple[str, IndexInfo]:
         launch_button(ws, "Run the embed job (current classifier's features)", "embed", EMBED_ARGS,
                       key="retr_launch_embed")
         st.stop()
+    model_names = view(names.model_names)
     embedder_id = st.selectbox("Embedder", emb.embedder_id.tolist(), key="retr_embedder",
+                               format_func=lambda e: names.embedder_name(e, model_names),
                                help="The feature space to search in (the paper finds DINO ViTs find similar "
                                     "images best)")
     found = pool_index(ws, embedder_id)
@@ -72,25 +74,17 @@ def search_ui(embedder_id: str) -> Search:
     return Search(embedder_id, int(k), int(budget), policy)
 
 
+SCOPES = {"all": "all {n} error-sample images", "wrong": "the {n_wrong} the current classifier gets wrong",
+          "some": "images I choose"}
+
+
 def query_ui(ws: Workspace, search: Search, classes: list[str]) -> tuple[pd.DataFrame, tuple] | None:
     """(candidates, what they were searched for) for chosen error-sample images or an upload, else None."""
     source = st.radio("Query", ["error sample", "upload"], key="retr_source", horizontal=True,
                       format_func={"error sample": "Error-sample images", "upload": "Upload an image"}.get)
     opts = {"k": search.k, "budget": search.budget, "label_policy": search.label_policy}
     if source == "error sample":
-        es = view(queries.error_sample_images, view(queries.current_classifier_id))
-        if es.empty:
-            st.warning("The workspace has no error-sample images: ingest some (split 'error_sample').")
-            st.stop()
-        n_wrong = int((es.correct == False).sum())  # noqa: E712 (nullable column)
-        describe = {r.image_id: f"#{r.image_id} · {r.label_name}" +
-                    (f" · pred {r.pred_name} {'✓' if r.correct else '✗'}" if isinstance(r.pred_name, str) else "")
-                    for r in es.itertuples()}
-        options = es.image_id.tolist()
-        chosen = st.multiselect("Error-sample images", options, default=options, key="retr_sources",
-                                format_func=lambda i: describe.get(i, str(i)),
-                                help=f"{n_wrong} of {len(es)} are misclassified by the current classifier")
-        gallery(ws, es[es.image_id.isin(chosen)], lambda r: describe[r.image_id], width=96)
+        chosen = sources_ui(ws)
         if not chosen:
             return None
         return find_candidates(ws, search.embedder_id, chosen, **opts), (search, tuple(chosen))
@@ -111,3 +105,33 @@ def query_ui(ws: Workspace, search: Search, classes: list[str]) -> tuple[pd.Data
         return None
     st.image(data, width=128, caption=up.name)
     return found, (search, hash(data), label)
+
+
+def source_text(r) -> str:
+    """'waterbird, taken for landbird ✗' / 'waterbird ✓' / 'waterbird' (no prediction): an error-sample image."""
+    if not isinstance(r.pred_name, str):
+        return str(r.label_name)
+    return f"{r.label_name} ✓" if r.correct else f"{r.label_name}, taken for {r.pred_name} ✗"
+
+
+def sources_ui(ws: Workspace) -> list[int]:
+    """The error-sample images to search for: all (as the select job does), the misclassified ones, or some
+    chosen by hand (shown only then, so the page does not open on a wall of chips)."""
+    es = view(queries.error_sample_images, view(queries.current_classifier_id))
+    if es.empty:
+        st.warning("The workspace has no error-sample images: ingest some (split 'error_sample').")
+        st.stop()
+    wrong = es[es.correct == False]  # noqa: E712 (nullable column)
+    scopes = [s for s in SCOPES if s != "wrong" or 0 < len(wrong) < len(es)]
+    scope = st.radio("Search for", scopes, key="retr_scope", horizontal=True,
+                     format_func=lambda s: SCOPES[s].format(n=len(es), n_wrong=len(wrong)),
+                     help="The select job searches for all of them. Each image's candidates are shown beside it below.")
+    if scope == "all":
+        return es.image_id.astype(int).tolist()
+    if scope == "wrong":
+        return wrong.image_id.astype(int).tolist()
+    describe = {int(r.image_id): f"#{r.image_id} · {source_text(r)}" for r in es.itertuples()}
+    chosen = st.multiselect("Error-sample images", list(describe), key="retr_sources", format_func=describe.get,
+                            placeholder="Choose the images to search for")
+    gallery(ws, es[es.image_id.isin(chosen)], lambda r: describe[int(r.image_id)], width=80)
+    return [int(i) for i in chosen]

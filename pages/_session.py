@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from core.app import queries
+from core.app.names import model_names
 from core.store.workspace import (
     NotAWorkspaceError,
     SchemaVersionError,
@@ -103,8 +104,9 @@ def sidebar() -> Workspace | None:
             st.info(hint)
         return None
     counts = view(queries.split_class_table)
+    current = view(queries.current_classifier_id)
     st.sidebar.caption(f"**{ws.root.name}** · {int(counts['total'].sum()):,} images · "
-                       f"current classifier: `{view(queries.current_classifier_id) or 'none'}`")
+                       f"current classifier: **{view(model_names).get(current, current) if current else 'none'}**")
     if ws.jobs_path.exists():
         store = ws.jobs()
         st.session_state.setdefault(DIED_KEY, {}).setdefault(str(ws.root), []).extend(store.reconcile())

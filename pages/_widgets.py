@@ -15,6 +15,7 @@ from core.store.workspace import Workspace
 
 STATUSES = ["accepted", "rejected"]  # no choice = proposed
 DECISION_NAMES = {"accepted": ":material/check: keep", "rejected": ":material/close: drop"}
+DECISION_ICONS = {"accepted": ":material/check:", "rejected": ":material/close:"}  # where space is short
 
 
 def pct(value: float | None) -> str:
@@ -23,12 +24,13 @@ def pct(value: float | None) -> str:
 
 
 def launch_button(ws: Workspace, label: str, kind: str, args: Sequence[str] = (), *, key: str) -> None:
-    """A button that starts a job and points to the Jobs page."""
+    """A button that starts a job and links to the Jobs page, where it can be followed."""
     from core.runner.launcher import launch
 
     if st.button(label, key=key):
-        job_id = launch(ws, kind, list(args))
-        st.success(f"Started job `{job_id}`: follow it on the Jobs page.")
+        launch(ws, kind, list(args))
+        st.success(f"Started: {label[:1].lower() + label[1:]}.")
+        st.page_link("pages/jobs.py", label="Follow it on the Jobs page →")
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -87,50 +89,107 @@ class Decide(Protocol):
 
 @dataclass(frozen=True)
 class GridKeys:
-    """The widget keys of one review grid; ``status`` and ``label`` are prefixes, followed by an image id."""
+    """The widget keys of one review grid; ``status``, ``label`` and ``group`` are prefixes, followed by an
+    image id."""
 
-    accept_all: str
-    reject_all: str
+    keep_rest: str
+    drop_rest: str
     reset: str
     bulk_label: str
     relabel_all: str
     page: str
     status: str
     label: str
+    group: str = ""
+
+
+def tally_text(items: pd.DataFrame) -> str:
+    """What the review decided and what training will do with it, e.g. '5 reviewed (4 kept, 1 dropped) · 393
+    not reviewed: trained on as proposed unless dropped · 397 images to train with'."""
+    n_acc, n_rej = int((items.status == "accepted").sum()), int((items.status == "rejected").sum())
+    n_open = len(items) - n_acc - n_rej
+    text = f"{n_acc + n_rej} reviewed ({n_acc} kept, {n_rej} dropped)"
+    if n_open:
+        text += f" · **{n_open} not reviewed: trained on as proposed unless dropped**"
+    return text + f" · {len(items) - n_rej} images to train with"
 
 
 def review_grid(ws: Workspace, items: pd.DataFrame, classes: list[str], *, keys: GridKeys, decide: Decide,
-                reset: Callable[[], None], caption: Callable[[pd.Series], str]) -> tuple[int, int]:
-    """Bulk actions, a page of ``items`` (image_id, path, status, label) each with a keep / drop decision and
-    a label, and a tally; every change goes through ``decide`` (``reset`` undoes them all). The widgets show
-    ``items`` as given, so pass them with the decisions applied. Returns (accepted, rejected) counts."""
+                reset: Callable[[], None], caption: Callable[[pd.Series], str],
+                sources: pd.DataFrame | None = None, source_caption: Callable[[pd.Series], str] | None = None,
+                per_group: int = 10) -> tuple[int, int]:
+    """Bulk actions (keep / drop the images not reviewed yet, reset, relabel all), a page of ``items``
+    (image_id, path, status, label) each with a keep / drop decision and a label, and a tally saying what
+    training does with the images not reviewed. With ``sources`` (image_id, path of the error images the
+    items were retrieved for; items carry ``source_image_id``), each page shows a few error images, each
+    beside its own candidates (at most ``per_group``), with keep / drop for the group. Every change goes
+    through ``decide`` (``reset`` undoes them all). The widgets show ``items`` as given, so pass them with the
+    decisions applied. Returns (kept, dropped) counts."""
     ids = [int(i) for i in items.image_id]
-
-    def _from_widget(iid: int, what: str) -> None:
-        value = st.session_state[f"{getattr(keys, what)}{iid}"]
-        decide([iid], **({"status": value or "proposed"} if what == "status" else {"label": value}))
-
+    open_ids = [int(i) for i, s in zip(items.image_id, items.status) if s not in STATUSES]
     b1, b2, b3, b4, b5 = st.columns([1, 1, 1, 1.4, 1])
-    b1.button("Accept all", key=keys.accept_all, on_click=decide, args=(ids,), kwargs={"status": "accepted"})
-    b2.button("Reject all", key=keys.reject_all, on_click=decide, args=(ids,), kwargs={"status": "rejected"})
-    b3.button("Reset all", key=keys.reset, on_click=reset, help="Undo the decisions: every image back to proposed")
+    b1.button("Keep the rest", key=keys.keep_rest, on_click=decide, args=(open_ids,), kwargs={"status": "accepted"},
+              help="Keep every image not reviewed yet", disabled=not open_ids)
+    b2.button("Drop the rest", key=keys.drop_rest, on_click=decide, args=(open_ids,), kwargs={"status": "rejected"},
+              help="Drop every image not reviewed yet: train only on what you kept", disabled=not open_ids)
+    b3.button("Reset all", key=keys.reset, on_click=reset, help="Undo the decisions: every image back to not reviewed")
     b4.selectbox("Relabel all to", range(len(classes)), format_func=lambda c: classes[c], key=keys.bulk_label,
                  label_visibility="collapsed")
     b5.button("Relabel all", key=keys.relabel_all,
               on_click=lambda: decide(ids, label=st.session_state[keys.bulk_label]))
+    if sources is None or "source_image_id" not in items:
+        gallery(ws, paginate(items, key=keys.page), caption, columns=5, below=_decision_widgets(keys, decide, classes),
+                width=110)
+    else:
+        below = _decision_widgets(keys, decide, classes, compact=True)
+        order = [s for s in sources.image_id if s in set(items.source_image_id)]
+        shown = sources.set_index("image_id").loc[order].reset_index()
+        for _, src in paginate(shown, key=keys.page, per_page=3).iterrows():
+            _group(ws, src, items[items.source_image_id == src.image_id], keys=keys, decide=decide, caption=caption,
+                   source_caption=source_caption, below=below, limit=per_group)
+    st.markdown(tally_text(items))
+    return int((items.status == "accepted").sum()), int((items.status == "rejected").sum())
 
-    def _decision_widgets(r: pd.Series) -> None:
+
+def _decision_widgets(keys: GridKeys, decide: Decide, classes: list[str], *,
+                      compact: bool = False) -> Callable[[pd.Series], None]:
+    def _from_widget(iid: int, what: str) -> None:
+        value = st.session_state[f"{getattr(keys, what)}{iid}"]
+        decide([iid], **({"status": value or "proposed"} if what == "status" else {"label": value}))
+
+    def widgets(r: pd.Series) -> None:
         iid = int(r.image_id)
         skey, lkey = f"{keys.status}{iid}", f"{keys.label}{iid}"
         st.session_state[skey] = r.status if r.status in STATUSES else None
         st.session_state[lkey] = int(r.label) if pd.notna(r.label) else None
         st.segmented_control("decision", STATUSES, key=skey, label_visibility="collapsed",
-                             format_func=DECISION_NAMES.get, on_change=_from_widget, args=(iid, "status"))
+                             format_func=(DECISION_ICONS if compact else DECISION_NAMES).get,
+                             on_change=_from_widget, args=(iid, "status"), help="keep / drop" if compact else None)
         st.selectbox("label", range(len(classes)), key=lkey, format_func=lambda c: classes[c],
                      label_visibility="collapsed", on_change=_from_widget, args=(iid, "label"))
 
-    gallery(ws, paginate(items, key=keys.page), caption, columns=5, below=_decision_widgets, width=110)
-    n_acc, n_rej = int((items.status == "accepted").sum()), int((items.status == "rejected").sum())
-    st.caption(f"{n_acc} accepted · {n_rej} rejected · {len(items) - n_acc - n_rej} undecided (kept as "
-               f"proposed; rejected images are left out of training)")
-    return n_acc, n_rej
+    return widgets
+
+
+def _group(ws: Workspace, src: pd.Series, group: pd.DataFrame, *, keys: GridKeys, decide: Decide,
+           caption: Callable[[pd.Series], str], source_caption: Callable[[pd.Series], str] | None,
+           below: Callable[[pd.Series], None], limit: int) -> None:
+    """One error image beside the candidates retrieved for it."""
+    gids = [int(i) for i in group.image_id]
+    with st.container(border=True):
+        left, right = st.columns([1, 5])
+        with left:
+            t = thumb(ws, src.image_id, src.path)
+            if t:
+                st.image(t, width=120)
+            st.caption((source_caption(src) if source_caption else f"#{src.image_id}") + f" · {len(group)} found")
+            g1, g2 = st.columns(2)
+            g1.button(":material/check:", key=f"{keys.group}keep_{src.image_id}", help="Keep these", on_click=decide,
+                      args=(gids,), kwargs={"status": "accepted"})
+            g2.button(":material/close:", key=f"{keys.group}drop_{src.image_id}", help="Drop these", on_click=decide,
+                      args=(gids,), kwargs={"status": "rejected"})
+        with right:
+            gallery(ws, group.head(limit), caption, columns=5, below=below, width=96)
+            if len(group) > limit:
+                st.caption(f"and {len(group) - limit} more for this image (kept or dropped with the buttons on the "
+                           f"left, or with Keep / Drop the rest)")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from core.app import charts, queries
 from core.app.report import comparison_csv, comparison_html
+from core.app.slice_report import render_slice_report, report_filename, slices_fixed_by
 from pages._session import view, workspace
 from pages._widgets import pct
 
@@ -44,6 +47,26 @@ for col, m in zip(cols, chosen):
                 st.metric(what, pct(head.loc[eval_set, m]),
                           delta=None if delta is None or delta != delta else f"{100 * delta:+.1f} pt")
 
+
+
+def mitigation_part(model_ids: list[str]) -> None:
+    """For each model kept by a mitigation choice: which candidate, why, and every candidate's held-out scores."""
+    from core.scanner.mitigation_choice import mitigation_summary
+
+    for m in model_ids:
+        found = view(mitigation_summary, m)
+        if found is None:
+            continue
+        reason, candidates = found
+        st.markdown(f"**Mitigation: {labels.get(m, m)}**")
+        st.write(reason)
+        st.dataframe(candidates, hide_index=True, key=f"compare_mitigation_{m}", column_config={
+            c: st.column_config.NumberColumn(c, format="percent") for c in candidates.columns
+            if c not in ("candidate", "kept")})
+
+
+mitigation_part(chosen)
+
 fmt = {m: st.column_config.NumberColumn(labels.get(m, m), format="percent") for m in chosen}
 fmt.update({f"Δ {m}": st.column_config.NumberColumn(f"Δ {m}", format="%+.3f") for m in chosen if m != reference})
 st.subheader("Every evaluation set")
@@ -62,3 +85,11 @@ d1.download_button("Download CSV", comparison_csv(table), file_name="before-afte
 d2.download_button("Download HTML report", comparison_html(table, chosen, labels=labels, workspace=str(ws.root),
                                                            reference=reference),
                    file_name="before-after.html", mime="text/html", key="compare_html")
+
+fixed = view(slices_fixed_by, chosen)
+if fixed:
+    run_rank = st.selectbox("Slice report: a slice these classifiers fix", fixed, key="compare_slice",
+                            format_func=lambda t: f"slice #{t[1]} of {t[0]}")
+    st.download_button("Download report (HTML)", partial(render_slice_report, ws, *run_rank),
+                       file_name=report_filename(*run_rank), mime="text/html", key="compare_slice_report",
+                       help="One self-contained page for stakeholders: mosaic, annotation, fix, before/after")

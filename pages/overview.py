@@ -1,52 +1,148 @@
-"""Overview: the workspace at a glance."""
+"""Overview: the workspace's story in one screen. The failure (a few of its images), what each fix did to it
+and to everything else (core.app.story: n, 95% interval, verdict), one sentence from the numbers, chance
+level, and the classifier under debug, which can be changed here. Dataset, models and jobs below."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core.app import queries
-from pages._session import view, workspace
-from pages._widgets import pct
+from core.app import before_after, charts, names, queries, story
+from core.app.job_summary import duration_text
+from core.models.catalog import set_current_classifier
+from core.store.workspace import Workspace
+from pages._session import refresh, view, workspace
+from pages._widgets import gallery
+
+OUTCOME_BOX = {"fix": st.success, "trade-off": st.warning, "harm": st.error, "no change": st.info}
+OUTCOME_WORDS = {"fix": "a fix", "trade-off": "a trade-off", "harm": "harm", "no change": "no real change"}
+
+
+def failure_ui(ws: Workspace, tale: dict) -> None:
+    """A few images of the failure that the reference gets wrong."""
+    ref = tale["reference"]
+    shown = view(before_after.failure_examples, ref, limit=4)
+    what = f": {tale['failure_name']}" if tale["failure_name"] else ""
+    st.markdown(f"**The failure{what}**, as {tale['names'].get(ref, ref)} sees it")
+    gallery(ws, shown, lambda r: f"{r.label_name}, taken for {r.pred_name} ({100 * r.confidence:.0f}%)", width=88)
+
+
+def headline_ui(tale: dict) -> None:
+    """The reference in a sentence, then the lead fix's sentence coloured by its outcome, then the others."""
+    st.markdown(tale["reference_sentence"])
+    st.caption(f"{tale['num_classes']} classes: guessing scores {story.pct(story.chance_level(tale['num_classes']))}. "
+               "Every change below carries its 95% interval; *within noise* means it could be chance.")
+    lead = tale["headline"]
+    if lead is None:
+        st.info("No fix yet: find debug-train images on **Retrieval (DCD)** and retrain, or run the pipeline "
+                "on the Jobs page.")
+        return
+    outcome = tale["outcomes"].get(lead) or "no change"
+    OUTCOME_BOX[outcome](f"**{OUTCOME_WORDS[outcome].capitalize()}.** {tale['sentences'][lead]}")
+    others = [m for m in tale["fixes"] if m != lead]
+    if others:
+        with st.expander(f"What the other {len(others)} fix{'es' if len(others) > 1 else ''} did"):
+            for m in others:
+                st.markdown(f"- **{OUTCOME_WORDS.get(tale['outcomes'].get(m), '–')}**: {tale['sentences'][m]}")
+
+
+def short_names(tale: dict) -> dict[str, str]:
+    """Model names without ' from <reference>' (every fix here is from the reference), the reference marked."""
+    ref = tale["reference"]
+    ref_name = tale["names"].get(ref, ref)
+    out = {m: tale["names"].get(m, m).removesuffix(f" from {ref_name}") for m in tale["fixes"]}
+    return {ref: f"{ref_name} (before)", **out}
+
+
+def scorecard_ui(tale: dict) -> None:
+    """Every fix beside the reference on every eval set: a coloured table, and the same as a chart."""
+    cmp, ids = tale["comparison"], [tale["reference"], *tale["fixes"]]
+    if cmp.empty:
+        st.info("No metrics yet: run the evaluate job (Jobs page).")
+        return
+    labels = short_names(tale)
+    cells, verdicts = story.scorecard(cmp, ids, names=labels, set_names=tale["set_names"])
+    t_table, t_chart = st.tabs(["Table", "Chart"], key="overview_view")
+    with t_table:
+        st.dataframe(story.style_scorecard(cells, verdicts), hide_index=True, key="overview_scorecard",
+                     width="stretch", height=min(35 * (len(cells) + 1) + 3, 500))
+        st.caption("▲ gain / ▼ regression: the whole 95% interval of the change lies above / below 0; "
+                   "≈ within noise. Changes in accuracy points ± half their 95% interval; n: images in the set. "
+                   "E_sample is not evidence (the fixes trained on it or on its neighbours)"
+                   + (f"; each fix is fine-tuned from {tale['names'].get(ids[0], ids[0])}." if len(ids) > 1 else "."))
+    with t_chart:
+        long = cmp[cmp.kind != "other"][["model_id", "eval_set", "metric", "value", "n"]]
+        order = cells["eval set"].tolist()
+        st.altair_chart(charts.comparison_chart(long, labels, reference=ids[0], set_names=tale["set_names"],
+                                                chance=story.chance_level(tale["num_classes"]), order=order),
+                        key="overview_chart", width="stretch")
+        st.caption("Dashed line: chance level.")
+
+
+def current_ui(ws: Workspace, tale: dict) -> None:
+    """The classifier under debug, and making another one current."""
+    ids = view(queries.classifier_ids)
+    current = view(queries.current_classifier_id)
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("Classifier under debug (the default of every page and job)", ids,
+                        index=ids.index(current) if current in ids else 0, key="overview_current",
+                        format_func=lambda m: tale["names"].get(m, m) + ("  · current" if m == current else ""))
+    if c2.button("Make current", key="overview_make_current", disabled=pick == current, width="stretch"):
+        set_current_classifier(ws, pick)
+        refresh()
+        st.session_state["overview_made_current"] = pick
+        st.rerun()
+    made = st.session_state.pop("overview_made_current", None)
+    if made:
+        st.success(f"{tale['names'].get(made, made)} is now the current classifier.")
+
+
+def details_ui() -> None:
+    """The dataset, every model and the latest jobs."""
+    with st.expander("Dataset, models and latest jobs"):
+        st.markdown("**Dataset**")
+        st.dataframe(view(queries.split_class_table), hide_index=True, key="overview_counts")
+        st.caption("Images per split and class (pool images by their weak label). error_sample: the few images "
+                   "of the failure we retrieve for; error_heldout: where success is measured.")
+        models = view(queries.models_table)
+        st.markdown("**Models**")
+        if models.empty:
+            st.info("No models yet.")
+        else:
+            shown = models.assign(current=models.current.map({True: "★ current", False: ""}))
+            st.dataframe(shown[["name", "current", "parent", "test_acc", "error_heldout_acc", "role", "created_at",
+                                "model_id"]], hide_index=True, key="overview_models",
+                         column_config={"name": "model", "parent": "fine-tuned from", "current": "",
+                                        "test_acc": st.column_config.NumberColumn("test", format="percent"),
+                                        "error_heldout_acc": st.column_config.NumberColumn("failure (debug-heldout)",
+                                                                                          format="percent")})
+        st.markdown("**Latest jobs**")
+        jobs = view(queries.jobs_table, limit=5)
+        if jobs.empty:
+            st.info("No jobs yet: launch one from the Jobs page.")
+        else:
+            model_names, sel_names = view(names.model_names), view(names.selection_names)
+            jobs = jobs.assign(job=[names.job_name(k, a.split(), models=model_names, selections=sel_names)
+                                    for k, a in zip(jobs.kind, jobs.args)],
+                               elapsed=jobs.elapsed_s.map(duration_text))
+            st.dataframe(jobs[["job", "state", "progress", "elapsed", "created", "message", "job_id"]],
+                         hide_index=True, key="overview_jobs",
+                         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0,
+                                                                                    max_value=1)})
+        st.page_link("pages/jobs.py", label="All jobs →")
+
 
 ws = workspace()
 st.title("Overview")
-
-head = view(queries.headline_metrics)
-if head["model_id"] is None:
-    st.warning("No classifier yet: run the train job (Jobs page) or the pipeline.")
+tale = view(before_after.overview_story)
+if tale["reference"] is None:
+    st.warning("No classifier yet: run the pipeline (or the train job) on the Jobs page.")
 else:
-    st.caption(f"Current classifier: `{head['model_id']}`")
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Test accuracy", pct(head["test_acc"]), help=f"{head['n_test'] or 0} test images")
-    c2.metric("Debug-heldout accuracy", pct(head["error_heldout_acc"]),
-              help=f"{head['n_error_heldout'] or 0} held-out images of the error distribution")
-    c3.metric("Worst-group accuracy (test)", pct(head["worst_group_acc"]))
-    c4.metric("Balanced accuracy (test)", pct(head["balanced_accuracy"]))
-    if head["test_acc"] is None:
-        st.info("The current classifier has no metrics yet: run the evaluate job.")
-
-st.subheader("Dataset")
-counts = view(queries.split_class_table)
-st.dataframe(counts, hide_index=True, key="overview_counts")
-st.caption("Images per split and class (pool images by their weak label). error_sample: the few images of "
-           "the failure mode we retrieve for; error_heldout: where success is measured.")
-
-st.subheader("Models")
-models = view(queries.models_table)
-if models.empty:
-    st.info("No models yet.")
-else:
-    st.dataframe(models, hide_index=True, key="overview_models",
-                 column_config={"test_acc": st.column_config.NumberColumn("test acc", format="percent"),
-                                "error_heldout_acc": st.column_config.NumberColumn("debug-heldout acc",
-                                                                                  format="percent")})
-
-st.subheader("Latest jobs")
-jobs = view(queries.jobs_table, limit=5)
-if jobs.empty:
-    st.info("No jobs yet: launch one from the Jobs page.")
-else:
-    st.dataframe(jobs[["job_id", "kind", "state", "progress", "elapsed_s", "created", "message"]], hide_index=True,
-                 key="overview_jobs",
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
-st.page_link("pages/jobs.py", label="All jobs →")
+    left, right = st.columns([2, 3])
+    with left:
+        failure_ui(ws, tale)
+    with right:
+        headline_ui(tale)
+    st.subheader("Before → after: the failure and everything else")
+    scorecard_ui(tale)
+    current_ui(ws, tale)
+details_ui()

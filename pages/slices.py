@@ -4,12 +4,14 @@ numbers, annotation, and spuriousness propagation."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core.app import charts
+from core.app.slice_report import render_slice_report, report_filename
 from core.data.constants import ANNOTATION_KINDS
 from core.scanner import annotations as ann
 from core.scanner import runs as sl
@@ -99,6 +101,9 @@ with c_mosaic:
     st.image(png, caption=f"slice {slice_id}: {layout}, {mode}")
     st.download_button("Export mosaic (PNG)", png, file_name=f"{run_id}-slice-{slice_id}-{layout}-{mode}.png",
                        mime="image/png", key="slices_download")
+    st.download_button("Download report (HTML)", partial(render_slice_report, ws, run_id, int(s.rank)),
+                       file_name=report_filename(run_id, int(s.rank)), mime="text/html", key="slices_report",
+                       help="One self-contained page for stakeholders: mosaic, annotation, fix, before/after")
 with c_numbers:
     st.markdown("**Confusion matrix** (rows: label, columns: prediction)")
     conf = json.loads(s.confusion) if isinstance(s.confusion, str) else []

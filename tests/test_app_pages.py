@@ -62,22 +62,45 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def test_overview_shows_counts_metrics_models_and_jobs(app, ws_copy):
+def test_overview_tells_the_story_and_makes_a_model_current(app, ws_copy):
     ws, report = ws_copy
+    m = report["methods"]
+    base, dcd = m["baseline"], m["dcd"]
     at = app()
     assert at.title[0].value == "Overview"
+    # the reference in a sentence, with its numbers and the chance level
+    told = next(md.value for md in at.markdown if md.value.startswith("Baseline gets"))
+    assert f"{_pct(base['test_acc']).replace('.0%', '%')} of {PLAN['test']} test images right" in told
+    assert any("guessing scores 50%" in c.value for c in at.caption)
+    # every fix beside it on every eval set, each change with its interval
+    card = _df(at, "eval set", "n").set_index("eval set")
+    assert list(card.columns)[:3] == ["n", "Baseline (before)", "DCD"]
+    assert card.loc["Failure (debug-heldout)", "n"] == PLAN["error_heldout"]
+    cell = card.loc["Failure (debug-heldout)", "DCD"]
+    assert cell.startswith(_pct(dcd["error_heldout_acc"]).replace(".0%", "%")) and "±" in cell
+    assert {"Test", "Train", "Test · worst group"} <= set(card.index)
+    assert len([i for i in card.index if i.startswith("Test · ") and "group" not in i]) == 4  # each group
+    # the lead fix's sentence, in a box coloured by its outcome
+    boxes = [b.value for b in [*at.success, *at.warning, *at.info, *at.error]]
+    assert any("DCD from Baseline" in v and "accuracy on the failure" in v for v in boxes)
+    # details: counts, models by name (current marked as text, not a checkbox), jobs by name
     counts = _df(at, "split", "total").set_index("split")
     assert counts["total"].to_dict() == PLAN
-    assert counts.loc["pool", ["disc", "square"]].sum() == PLAN["pool"]
-    base = report["methods"]["baseline"]
-    assert _metric(at, "Test accuracy") == _pct(base["test_acc"])
-    assert _metric(at, "Debug-heldout accuracy") == _pct(base["error_heldout_acc"])
-    models = _df(at, "model_id", "current")
-    assert set(models.model_id) == {m["model_id"] for m in report["methods"].values()}
-    assert models.loc[models.current, "model_id"].tolist() == [base["model_id"]]
-    jobs = _df(at, "job_id", "kind")
-    assert {"ingest", "pipeline"} <= set(jobs.kind)
-    assert "392 images" in at.sidebar.caption[0].value
+    models = _df(at, "name", "current")
+    assert models.loc[models.current == "★ current", "model_id"].tolist() == [base["model_id"]]
+    assert set(models.name) >= {"Baseline", "DCD from Baseline", "Random pool images from Baseline"}
+    assert {"Ingest images", "Whole DCD loop"} <= set(_df(at, "job", "state").job)
+    assert "392 images" in at.sidebar.caption[0].value and "Baseline" in at.sidebar.caption[0].value
+
+    # making DCD current from the UI
+    at.selectbox(key="overview_current").set_value(dcd["model_id"]).run()
+    at.button(key="overview_make_current").click().run()
+    _no_exception(at)
+    assert views.current_classifier_id(ws) == dcd["model_id"]
+    assert any("DCD from Baseline is now the current classifier" in s.value for s in at.success)
+    # AppTest drops the sidebar of a rerun under st.navigation: a fresh session shows the new current one
+    assert "current classifier: **DCD from Baseline**" in app().sidebar.caption[0].value
+    assert at.selectbox(key="overview_current").value == dcd["model_id"]
 
 
 def test_errors_page_confusion_cells_groups_and_mistakes(app, ws_copy):
@@ -109,38 +132,54 @@ def test_errors_page_confusion_cells_groups_and_mistakes(app, ws_copy):
     assert len(thumbs) >= len(expected)  # galleries show cached thumbnails
 
 
+def _tally(at: AppTest) -> str:
+    return next(md.value for md in at.markdown if " reviewed (" in md.value)
+
+
 def test_retrieval_review_and_save_a_selection(app, ws_copy):
     ws, report = ws_copy
     at = app("pages/retrieval.py")
     assert at.selectbox(key="retr_embedder").value == report["embedder"]["embedder_id"]
     k, budget = at.number_input(key="retr_k").value, at.number_input(key="retr_budget").value
     assert (k, budget) == (report["selection"]["k"], report["selection"]["budget"])
-    assert len(at.multiselect(key="retr_sources").value) == PLAN["error_sample"]
+    assert at.radio(key="retr_scope").value == "all"  # as the select job: every error-sample image, no chips
+    assert not [w for w in at.multiselect if w.key == "retr_sources"]
     n = int(at.subheader[0].value.split()[0])
     saved_dcd = views.selection_review(ws, report["methods"]["dcd"]["selection_id"])
     assert n == len(saved_dcd)  # the same candidates as the select job found
+    assert f"**{n} not reviewed: trained on as proposed unless dropped** · {n} images to train with" in _tally(at)
 
-    at.button(key="retr_accept_all").click().run()
+    # candidates are grouped under the error image they were found for
     shown = [int(w.key.rsplit("_", 1)[1]) for w in at.get("button_group") if w.key.startswith("cand_status_")]
-    assert len(shown) == min(n, 10)  # one page of candidates
+    groups = [int(b.key.rsplit("_", 1)[1]) for b in at.button if b.key and b.key.startswith("cand_group_keep_")]
+    source_of = dict(zip(saved_dcd.image_id, saved_dcd.source_image_id))
+    assert 1 <= len(groups) <= 3 and {source_of[i] for i in shown} == set(groups)
+    at.button(key=f"cand_group_drop_{groups[0]}").click().run()  # drop one error image's candidates
+    n_group = sum(1 for v in source_of.values() if v == groups[0])
+    assert f"{n_group} reviewed (0 kept, {n_group} dropped)" in _tally(at)
+    at.button(key="retr_reset").click().run()
+
+    at.button(key="retr_keep_rest").click().run()
     first, second = shown[0], shown[1]
     at.button_group(key=f"cand_status_{first}").set_value("rejected").run()
     at.selectbox(key=f"cand_label_{second}").set_value(1).run()
-    assert any(f"{n - 1} accepted · 1 rejected" in c.value for c in at.caption)
+    assert f"{n} reviewed ({n - 1} kept, 1 dropped) · {n - 1} images to train with" in _tally(at)
     at.text_input(key="retr_name").set_value("reviewed-by-test").run()
     at.button(key="retr_save").click().run()
     _no_exception(at)
-    assert at.success and "Saved selection" in at.success[0].value
+    assert at.success and at.success[0].value.startswith("Saved **reviewed-by-test**")
     sel = ws.df("SELECT selection_id FROM selections WHERE name = 'reviewed-by-test'").selection_id.tolist()
     assert len(sel) == 1
     items = views.selection_review(ws, sel[0]).set_index("image_id")
     assert len(items) == n
     assert items.status.value_counts().to_dict() == {"accepted": n - 1, "rejected": 1}
     assert items.loc[first, "status"] == "rejected" and items.loc[second, "label"] == 1
+    assert any(b.label == "Retrain Baseline with reviewed-by-test" for b in at.button)
 
-    # The saved selection, reviewed again in bulk: every item rejected, then written to the workspace.
-    at.selectbox(key="retr_saved_sel").set_value(sel[0]).run()
-    at.button(key="retr_saved_reject").click().run()
+    # the Saved tab opens on the selection just saved; bulk decisions there are written to the workspace
+    assert at.selectbox(key="retr_saved_sel").value == sel[0]
+    at.button(key="retr_saved_reset").click().run()
+    at.button(key="retr_saved_drop_rest").click().run()
     _no_exception(at)
     assert set(views.selection_review(ws, sel[0]).status) == {"rejected"}
 
@@ -163,7 +202,7 @@ def test_retrieval_with_an_uploaded_image(app, ws_copy):
 
 
 def test_jobs_page_launches_lists_and_reconciles(app, ws_copy):
-    ws, _ = ws_copy
+    ws, report = ws_copy
     store = ws.jobs()
     dead = store.create("embed", [])
     store.start(dead, 2 ** 22 + 12345)  # a pid that does not exist: the process has died
@@ -172,12 +211,13 @@ def test_jobs_page_launches_lists_and_reconciles(app, ws_copy):
     table = _df(at, "job_id", "state")
     assert len(table) == len(store.list())
     assert table.set_index("job_id").loc[dead, "state"] == "failed"
+    assert "Whole DCD loop" in set(table.job)
 
     at.selectbox(key="jobs_kind").set_value("predict").run()
     at.multiselect(key="opt_predict_splits").set_value(["error_sample"])  # submitted with the form
     next(b for b in at.button if b.label == "Launch predict").click().run()
     _no_exception(at)
-    assert at.success and "Launched" in at.success[0].value
+    assert at.success and "Launched **Predict with the current classifier**" in at.success[0].value
     job = store.list(limit=1)[0]
     assert job.kind == "predict" and job.args == ["--splits", "error_sample"]
     done = launcher.wait(ws, job.job_id, timeout=120)
@@ -186,7 +226,60 @@ def test_jobs_page_launches_lists_and_reconciles(app, ws_copy):
     table = _df(at, "job_id", "state").set_index("job_id")
     assert table.loc[job.job_id, "state"] == "succeeded"
     assert at.selectbox(key="jobs_selected").value == table.index[0]
-    assert any("predicted 8 images" in c.value or "predict" in c.value for c in at.code)
+    # a finished job says what it did and links to where to see it, not only its JSON
+    assert any(s.value == "Predicted 8 images with **Baseline**." for s in at.success)
+    assert any("predict" in c.value for c in at.code)
+
+
+def test_job_forms_show_few_fields_never_submit_on_enter_and_pass_no_flag_untouched(app, ws_copy):
+    from core.app.job_forms import FORM_FIELDS
+    from core.runner.registry import get_job
+
+    at = app("pages/jobs.py")
+    for kind in launcher.job_kinds():
+        at.selectbox(key="jobs_kind").set_value(kind).run()
+        _no_exception(at)
+        spec = get_job(kind)
+        values = _form_values(at, spec)
+        assert set(values) == {o.name for o in spec.options}, kind
+        if kind == "ingest":  # it needs a manifest or a folder: an untouched form cannot launch it
+            with pytest.raises(SystemExit):
+                launcher.build_args(kind, values)
+        else:
+            assert launcher.build_args(kind, values) == [], kind  # untouched: the job's (the pipeline's) defaults
+        assert len(FORM_FIELDS.get(kind, ())) <= 3
+        form = next(b for b in _blocks(at.main) if b.proto.DESCRIPTOR.name == "Block" and b.proto.HasField("form"))
+        assert form.proto.form.form_id == f"jobs_form_{kind}" and not form.proto.form.enter_to_submit
+    at.selectbox(key="jobs_kind").set_value("retrain").run()
+    main = [w.label for w in at.selectbox if (w.key or "").startswith("opt_retrain_")][:3]
+    assert main == ["debug-train selection", "classifier", "mitigate"]
+    lr = next(w for w in at.text_input if w.key == "opt_retrain_lr")
+    assert lr.value == "" and "fine-tuning at" in lr.proto.placeholder  # the lr the job will really use
+
+
+def _blocks(node):
+    children = getattr(node, "children", None)
+    if isinstance(children, dict):
+        for child in children.values():
+            yield child
+            yield from _blocks(child)
+
+
+def _form_values(at: AppTest, spec) -> dict:
+    """The job form's widget values by option name, as the page hands them to launcher.build_args (a free
+    list typed as text is split at commas, as the page does)."""
+    prefix, kinds = f"opt_{spec.name}_", {o.name: o.kind for o in spec.options}
+    out = {}
+    for group in (at.text_input, at.selectbox, at.multiselect, at.checkbox):
+        for w in group:
+            if w.key and w.key.startswith(prefix):
+                name, value = w.key[len(prefix):], w.value
+                if name not in kinds:  # the demo's target folder is not an option
+                    continue
+                if kinds.get(name) == "list" and isinstance(value, str):
+                    value = [v.strip() for v in value.split(",") if v.strip()]
+                out[name] = value
+    return out
 
 
 def test_compare_page_table_deltas_and_exports(app, ws_copy):

@@ -6,6 +6,8 @@ model on the Before/after page. Screenshots of every page go to test-output/scre
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from browser_app import CHROMIUM, CHROMIUM_ARGS, SHOTS, wait_idle
 from helpers import wait_until
@@ -41,7 +43,8 @@ def test_every_page_and_a_job_end_to_end(app_server):
             # Something real on each: the overview's counts, the confusion chart, the candidates.
             page.goto(f"{url}/")
             wait_idle(page, "Overview")
-            expect(page.get_by_text("Debug-heldout accuracy").first).to_be_visible()
+            expect(page.get_by_text("Failure (debug-heldout)").first).to_be_attached()  # a dataframe cell (canvas)
+            expect(page.get_by_text("guessing scores 50%").first).to_be_visible()
 
             # Launch a short retrain from the Jobs page.
             page.goto(f"{url}/jobs")
@@ -49,8 +52,8 @@ def test_every_page_and_a_job_end_to_end(app_server):
             page.get_by_test_id("stSelectbox").filter(has_text="Job").first.click()
             page.get_by_role("option", name="retrain", exact=True).click()
             wait_idle(page)
+            page.get_by_text(re.compile(r"^Advanced \(")).first.click()  # epochs and the recorded name are advanced
             page.get_by_role("textbox", name="finetune epochs", exact=True).fill("1")
-            page.get_by_text("Advanced", exact=True).click()  # the model's name in the report is an advanced option
             page.get_by_role("textbox", name="record as", exact=True).fill("browser_finetune")
             page.get_by_role("button", name="Launch retrain").click()
             expect(page.get_by_text("Launched").first).to_be_visible(timeout=30_000)

@@ -138,7 +138,8 @@ def test_comparison_table_deltas_and_export(ws, report):
     data = chart["datasets"][chart["data"]["name"]]
     assert len(data) == len(long)
     delta = charts.delta_chart(table).to_dict()
-    assert len(delta["datasets"][delta["data"]["name"]]) == 2 * len(table)
+    bars = next(layer for layer in delta["layer"] if layer["mark"]["type"] == "bar")
+    assert len(delta["datasets"][bars["data"]["name"]]) == 2 * len(table)
 
     csv = comparison_csv(table)
     back = pd.read_csv(pd.io.common.StringIO(csv))

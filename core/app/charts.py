@@ -12,6 +12,28 @@ import pandas as pd
 CONFUSION_SELECTION = "cell"
 ACCENT = "#2f6fde"
 BAD = "#d1495b"
+#: The reference model ("before") is grey; the others take these colours in order (Okabe-Ito, readable with
+#: colour-blindness), so a model keeps its colour on every chart that is given the same model order.
+REFERENCE_COLOUR = "#8a94a6"
+MODEL_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#332288", "#999933",
+                 "#882255", "#44AA99"]
+VERDICT_OPACITY = {"gain": 1.0, "regression": 1.0, "within noise": 0.35}
+
+
+def model_scale(models: list[str], reference: str | None = None) -> alt.Scale:
+    """One colour per model (in this order; the reference grey): pass the same order to every chart."""
+    colours, i = [], 0
+    for m in models:
+        if m == reference:
+            colours.append(REFERENCE_COLOUR)
+        else:
+            colours.append(MODEL_COLOURS[i % len(MODEL_COLOURS)])
+            i += 1
+    return alt.Scale(domain=list(models), range=colours)
+
+
+def _legend() -> alt.Legend:
+    return alt.Legend(orient="bottom", direction="vertical", labelLimit=0, title=None)
 
 
 def confusion_chart(conf: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
@@ -40,54 +62,115 @@ def confusion_chart(conf: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
     return alt.layer(rect, text).properties(width=side, height=side)
 
 
-def accuracy_bars(acc: pd.DataFrame, *, title: str = "", key: str = "key") -> alt.Chart:
-    """Horizontal accuracy bars (worst first) from a frame with ``key``, ``accuracy``, ``n``."""
-    return alt.Chart(acc, title=title or alt.Undefined).mark_bar().encode(
-        y=alt.Y(f"{key}:N", title=None, sort=alt.EncodingSortField("accuracy", order="ascending")),
+def accuracy_bars(acc: pd.DataFrame, *, title: str = "", key: str = "key") -> alt.LayerChart:
+    """Horizontal accuracy bars (worst first) from a frame with ``key``, ``accuracy``, ``n``; each bar is
+    labelled with its value, so a 0% bar is seen as 0%, and labels are never cut."""
+    base = alt.Chart(acc, title=title or alt.Undefined).encode(
+        y=alt.Y(f"{key}:N", title=None, sort=alt.EncodingSortField("accuracy", order="ascending"),
+                axis=alt.Axis(labelLimit=0)),
         x=alt.X("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=alt.condition(alt.datum.accuracy < 0.5, alt.value(BAD), alt.value(ACCENT)),
         tooltip=[alt.Tooltip(f"{key}:N", title="group"), alt.Tooltip("accuracy:Q", format=".1%"),
                  alt.Tooltip("n:Q", title="images")],
-    ).properties(height=alt.Step(26))
+    )
+    bars = base.mark_bar().encode(color=alt.condition(alt.datum.accuracy < 0.5, alt.value(BAD), alt.value(ACCENT)))
+    text = base.mark_text(align="left", dx=4, fontSize=11).encode(text=alt.Text("accuracy:Q", format=".0%"))
+    return alt.layer(bars, text).properties(height=alt.Step(26))
 
 
-def _set_label(row: pd.Series) -> str:
+def _set_label(row: pd.Series, set_names: dict[str, str] | None = None) -> str:
+    key = row.eval_set if row.metric == "accuracy" else f"{row.eval_set}:{row.metric}"
+    if set_names and key in set_names:
+        return set_names[key]
     return row.eval_set if row.metric == "accuracy" else f"{row.eval_set} · {row.metric}"
 
 
-def comparison_chart(long: pd.DataFrame, labels: dict[str, str] | None = None) -> alt.Chart:
-    """Grouped bars: every eval set (row) with one bar per model; ``long`` has model_id, eval_set, metric,
-    value (see :func:`core.app.queries.comparison_long`)."""
+def comparison_chart(long: pd.DataFrame, labels: dict[str, str] | None = None, *, reference: str | None = None,
+                     set_names: dict[str, str] | None = None, chance: float | None = None,
+                     order: list[str] | None = None) -> alt.LayerChart:
+    """Grouped bars: every eval set (row, in ``order`` or as they come) with one bar per model, one colour
+    per model with a legend (the reference grey), each bar labelled with its value (a 0% bar shows "0%"),
+    full labels, and a dashed line at ``chance``; ``long`` has model_id, eval_set, metric, value (see
+    :func:`core.app.queries.comparison_long`); ``labels`` names the models, ``set_names`` the eval sets
+    (keys as in :func:`core.app.names.eval_set_names`)."""
     df = long.copy()
-    df["set"] = df.apply(_set_label, axis=1) if len(df) else []
+    df["set"] = [_set_label(r, set_names) for r in df.itertuples(index=False)] if len(df) else []
     df["model"] = df.model_id.map(lambda m: (labels or {}).get(m, m))
-    order = list(dict.fromkeys(df["set"]))
-    return alt.Chart(df).mark_bar().encode(
-        y=alt.Y("set:N", title=None, sort=order),
-        yOffset=alt.YOffset("model:N"),
-        x=alt.X("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=alt.Color("model:N", title="model", legend=alt.Legend(orient="bottom", columns=1)),
+    models = list(dict.fromkeys(df["model"]))
+    ref_name = (labels or {}).get(reference, reference) if reference else None
+    sets = order or list(dict.fromkeys(df["set"]))
+    base = alt.Chart(df).encode(
+        y=alt.Y("set:N", title=None, sort=sets, axis=alt.Axis(labelLimit=0)),
+        yOffset=alt.YOffset("model:N", sort=models),
+        x=alt.X("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1.08]),
+                axis=alt.Axis(format="%", values=[i / 10 for i in range(11)])),
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("set:N", title="eval set"),
                  alt.Tooltip("value:Q", format=".1%"), alt.Tooltip("n:Q", title="images")],
-    ).properties(height=alt.Step(10))
+    )
+    bars = base.mark_bar().encode(color=alt.Color("model:N", scale=model_scale(models, ref_name), legend=_legend()))
+    text = base.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text("value:Q", format=".0%"))
+    layers = [bars, text]
+    if chance is not None:
+        layers.append(alt.Chart(pd.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[4, 3], color="#5b6472")
+                      .encode(x="chance:Q", tooltip=[alt.Tooltip("chance:Q", format=".0%", title="chance")]))
+    return alt.layer(*layers).properties(height=alt.Step(11))
 
 
-def delta_chart(table: pd.DataFrame) -> alt.Chart:
+def delta_chart(table: pd.DataFrame, labels: dict[str, str] | None = None, *, set_names: dict[str, str] | None = None,
+                order: list[str] | None = None) -> alt.LayerChart:
     """Diverging bars of every ``Δ <model>`` column of a comparison table (see
-    :func:`core.app.queries.comparison_table`): positive = better than the reference."""
+    :func:`core.app.queries.comparison_table`): one colour per model with a legend, the change labelled in
+    points on each bar, full labels; positive = better than the reference."""
     delta_cols = [c for c in table.columns if str(c).startswith("Δ ")]
-    df = table.assign(set=table.apply(_set_label, axis=1) if len(table) else [])
+    df = table.assign(set=[_set_label(r, set_names) for r in table.itertuples(index=False)] if len(table) else [])
     long = df.melt(id_vars=["set"], value_vars=delta_cols, var_name="model", value_name="delta").dropna()
-    long["model"] = long.model.str.slice(2)
-    order = list(dict.fromkeys(df["set"]))
-    return alt.Chart(long).mark_bar().encode(
-        y=alt.Y("set:N", title=None, sort=order),
-        yOffset=alt.YOffset("model:N"),
+    long["model"] = long.model.str.slice(2).map(lambda m: (labels or {}).get(m, m))
+    models = list(dict.fromkeys(long["model"]))
+    base = alt.Chart(long).encode(
+        y=alt.Y("set:N", title=None, sort=order or list(dict.fromkeys(df["set"])), axis=alt.Axis(labelLimit=0)),
+        yOffset=alt.YOffset("model:N", sort=models),
         x=alt.X("delta:Q", title="change vs reference (accuracy points)", axis=alt.Axis(format="+%")),
-        color=alt.condition(alt.datum.delta >= 0, alt.value(ACCENT), alt.value(BAD)),
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("set:N", title="eval set"),
                  alt.Tooltip("delta:Q", format="+.1%")],
-    ).properties(height=alt.Step(10))
+    )
+    bars = base.mark_bar().encode(color=alt.Color("model:N", scale=model_scale(models), legend=_legend()))
+    up = base.mark_text(fontSize=10, align="left", dx=3).encode(text=alt.Text("delta:Q", format="+.0%")
+                                                                ).transform_filter(alt.datum.delta >= 0)
+    down = base.mark_text(fontSize=10, align="right", dx=-3).encode(text=alt.Text("delta:Q", format="+.0%")
+                                                                   ).transform_filter(alt.datum.delta < 0)
+    zero = alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(color="#1c2430").encode(x="x:Q")
+    return alt.layer(bars, up, down, zero).properties(height=alt.Step(11))
+
+
+def interval_chart(cmp: pd.DataFrame, labels: dict[str, str] | None = None, *,
+                   set_names: dict[str, str] | None = None, order: list[str] | None = None) -> alt.LayerChart:
+    """Each model's change against the reference with its 95% interval, per eval set (the frame of
+    :func:`core.app.story.compare`): a point at the delta and a line across the interval, one colour per model
+    with a legend; a change within noise is drawn faint and hollow, a gain or a regression solid, so a
+    regression shows as plainly as a gain. A vertical line marks no change."""
+    df = cmp[cmp.delta.notna()].copy()
+    df["set"] = [_set_label(r, set_names) for r in df.itertuples(index=False)] if len(df) else []
+    df["model"] = df.model_id.map(lambda m: (labels or {}).get(m, m))
+    df["solid"] = df.verdict != "within noise"
+    models = list(dict.fromkeys(df["model"]))
+    base = alt.Chart(df).encode(
+        y=alt.Y("set:N", title=None, sort=order or list(dict.fromkeys(df["set"])), axis=alt.Axis(labelLimit=0)),
+        yOffset=alt.YOffset("model:N", sort=models),
+        color=alt.Color("model:N", scale=model_scale(models), legend=_legend()),
+        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("set:N", title="eval set"),
+                 alt.Tooltip("ref_value:Q", format=".1%", title="before"),
+                 alt.Tooltip("value:Q", format=".1%", title="after"), alt.Tooltip("delta:Q", format="+.1%"),
+                 alt.Tooltip("lo:Q", format="+.1%", title="95% from"), alt.Tooltip("hi:Q", format="+.1%", title="to"),
+                 alt.Tooltip("n:Q", title="images"), alt.Tooltip("verdict:N")],
+    )
+    scale = alt.Scale(domain=[-1, 1])
+    rule = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("lo:Q", title="change vs reference, with 95% interval", scale=scale, axis=alt.Axis(format="+%")),
+        x2="hi:Q", opacity=alt.condition(alt.datum.solid, alt.value(1.0), alt.value(0.35)))
+    point = base.mark_point(size=60, strokeWidth=2).encode(
+        x=alt.X("delta:Q", scale=scale), filled="solid:N",
+        opacity=alt.condition(alt.datum.solid, alt.value(1.0), alt.value(0.5)))
+    zero = alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(color="#1c2430").encode(x="x:Q")
+    return alt.layer(rule, point, zero).properties(height=alt.Step(12))
 
 
 def slices_chart(slices: pd.DataFrame, *, selected: int | None = None):

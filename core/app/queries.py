@@ -49,15 +49,20 @@ def split_class_table(ws: Workspace) -> pd.DataFrame:
 
 
 def models_table(ws: Workspace) -> pd.DataFrame:
-    """Every model with its headline accuracies: model_id, role, arch, method, parent_id, created_at,
-    current, test_acc, error_heldout_acc."""
+    """Every model with its headline accuracies: model_id, name, current, role, arch, method, parent_id,
+    parent (its name), created_at, test_acc, error_heldout_acc (names: :func:`core.app.names.model_names`)."""
+    from core.app.names import model_names
+
     current = current_classifier_id(ws)
     df = ws.df(
         "SELECT m.model_id, m.role, m.arch, m.method, m.parent_id, m.created_at, "
         "max(x.value) FILTER (WHERE x.eval_set = 'test' AND x.metric = 'accuracy') AS test_acc, "
         "max(x.value) FILTER (WHERE x.eval_set = 'error_heldout' AND x.metric = 'accuracy') AS error_heldout_acc "
         "FROM models m LEFT JOIN metrics x USING (model_id) GROUP BY ALL ORDER BY m.created_at")
-    df.insert(1, "current", df.model_id == current)
+    names = model_names(ws)
+    df.insert(1, "name", df.model_id.map(lambda m: names.get(m, m)))
+    df.insert(2, "current", df.model_id == current)
+    df.insert(7, "parent", df.parent_id.map(lambda m: names.get(m, m) if isinstance(m, str) else None))
     return df
 
 
@@ -194,6 +199,19 @@ def error_sample_images(ws: Workspace, model_id: str | None = None) -> pd.DataFr
         "WHERE i.split = 'error_sample' ORDER BY p.correct NULLS LAST, i.image_id", [model_id or ""])
 
 
+def source_images(ws: Workspace, image_ids: Sequence[int], model_id: str | None = None) -> pd.DataFrame:
+    """The images candidates were retrieved for, as :func:`error_sample_images` shows them (any split):
+    image_id, path, label, label_name, group_name, pred_name, correct; in the order of ``image_ids``."""
+    df = ws.df(
+        "SELECT i.image_id, i.path, i.label, c.name AS label_name, i.group_name, cp.name AS pred_name, "
+        "p.correct FROM images i LEFT JOIN classes c ON c.class_id = i.label "
+        "LEFT JOIN predictions p ON p.image_id = i.image_id AND p.model_id = ? "
+        "LEFT JOIN classes cp ON cp.class_id = p.pred WHERE i.image_id IN (SELECT unnest(?::BIGINT[]))",
+        [model_id or "", _ids(image_ids)])
+    order = {int(i): n for n, i in enumerate(image_ids)}
+    return df.assign(_o=df.image_id.map(order)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
 def images_info(ws: Workspace, image_ids: Sequence[int]) -> pd.DataFrame:
     """image_id, path, split, label, weak_label, weak_label_name, label_name of the given images."""
     return ws.df(
@@ -265,16 +283,23 @@ def selection_review(ws: Workspace, selection_id: str) -> pd.DataFrame:
 
 # -- before / after -------------------------------------------------------------------------------
 
-def _set_order(eval_set: str) -> tuple[int, str]:
-    fixed = {"test": 0, "error_heldout": 1, "error_sample": 2, "train": 3}
+def _set_order(eval_set: str, slice_rank: dict[str, int] | None = None) -> tuple[int, int, str]:
+    """Sort key of an eval set: test, the failure (debug-heldout, then slices' held-out parts by rank),
+    E_sample, train, test groups, then slices by rank (``slice_rank``: 'slice=<id>' -> rank)."""
+    fixed = {"test": 0, "error_heldout": 1, "error_sample": 3, "train": 4}
     if eval_set in fixed:
-        return fixed[eval_set], eval_set
-    return (4 if eval_set.startswith("test/group=") else 5), eval_set
+        return fixed[eval_set], 0, eval_set
+    if eval_set.startswith("slice:"):
+        tail = eval_set.rsplit(":", 1)[-1]
+        return 2, int(tail) if tail.isdigit() else 0, eval_set
+    if eval_set.startswith("slice="):
+        return 6, (slice_rank or {}).get(eval_set, 0), eval_set
+    return (5 if eval_set.startswith("test/group=") else 7), 0, eval_set
 
 
 def slice_metrics(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
     """Accuracy of each model on every slice of the latest slice run (from stored predictions of the
-    slice members): model_id, eval_set ('slice=<slice_id>'), metric, value, n."""
+    slice members): model_id, eval_set ('slice=<slice_id>'), metric, value, n; slices by rank."""
     cols = ["model_id", "eval_set", "metric", "value", "n"]
     if not model_ids:
         return pd.DataFrame(columns=cols)
@@ -284,8 +309,10 @@ def slice_metrics(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
     return ws.df(
         "SELECT p.model_id, 'slice=' || sm.slice_id AS eval_set, 'accuracy' AS metric, "
         "avg(p.correct::INT)::DOUBLE AS value, count(*)::INT AS n FROM slice_members sm "
+        "LEFT JOIN slices s ON s.run_id = sm.run_id AND s.slice_id = sm.slice_id "
         "JOIN predictions p ON p.image_id = sm.image_id WHERE sm.run_id = ? AND p.correct IS NOT NULL "
-        "AND p.model_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL", [run, list(model_ids)])
+        "AND p.model_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY p.model_id, sm.slice_id, s.rank "
+        "ORDER BY s.rank NULLS LAST, sm.slice_id, p.model_id", [run, list(model_ids)])
 
 
 def comparison_long(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
@@ -319,7 +346,8 @@ def comparison_table(long: pd.DataFrame, model_ids: Sequence[str], reference: st
         if mid != reference:
             wide[f"Δ {mid}"] = wide[mid] - wide[reference]
     wide = wide.reset_index()
-    wide["_o"] = wide.eval_set.map(_set_order)
+    ranks = {e: i for i, e in enumerate(dict.fromkeys(long.eval_set[long.eval_set.str.startswith("slice=")]))}
+    wide["_o"] = wide.eval_set.map(lambda e: _set_order(e, ranks))
     metric_order = {"accuracy": 0, "balanced_accuracy": 1, "worst_group_acc": 2}
     wide["_m"] = wide.metric.map(lambda m: metric_order.get(m, 9))
     wide = wide.sort_values(["_o", "_m"]).drop(columns=["_o", "_m"]).reset_index(drop=True)
@@ -328,10 +356,11 @@ def comparison_table(long: pd.DataFrame, model_ids: Sequence[str], reference: st
 
 
 def model_labels(ws: Workspace, model_ids: Sequence[str]) -> dict[str, str]:
-    """model_id -> 'model_id (method)' for display."""
-    df = ws.df("SELECT model_id, method FROM models WHERE model_id IN (SELECT unnest(?::VARCHAR[]))",
-               [list(model_ids)])
-    return {r.model_id: f"{r.model_id} ({r.method})" if r.method else r.model_id for r in df.itertuples()}
+    """model_id -> its human name ('DCD from Baseline', :func:`core.app.names.model_names`) for display."""
+    from core.app.names import model_names
+
+    names = model_names(ws)
+    return {m: names.get(m, m) for m in model_ids}
 
 
 def selection_of_model(ws: Workspace, model_id: str) -> str | None:
@@ -357,3 +386,4 @@ def candidate_items(candidates: pd.DataFrame, decisions: dict[int, dict[str, Any
         items[col] = [decisions.get(int(i), {}).get(col, v) for i, v in zip(items.image_id, items[col])]
     items["status"] = items["status"].fillna("proposed")
     return items
+

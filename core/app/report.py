@@ -7,41 +7,16 @@ model coloured by sign.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 
 import pandas as pd
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1c2430;margin:32px auto;max-width:1100px;
-     padding:0 16px}
-h1{font-size:22px;margin-bottom:4px} .sub{color:#5b6472;font-size:13px;margin-bottom:20px}
-table{border-collapse:collapse;width:100%;font-size:13px} th,td{padding:6px 8px;border-bottom:1px solid #e3e7ee;
-     text-align:left;vertical-align:middle} th{background:#f3f5f9;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.bar{height:8px;background:#2f6fde;border-radius:2px;margin-top:3px}
-.pos{color:#1a7f37;font-weight:600} .neg{color:#d1495b;font-weight:600}
-.cards{display:flex;gap:16px;margin:16px 0 24px} .card{background:#f3f5f9;border-radius:8px;padding:12px 16px;
-     flex:1} .card .v{font-size:20px;font-weight:600} .card .l{font-size:12px;color:#5b6472}
-.foot{color:#8a93a0;font-size:11px;margin-top:24px}
-"""
+from core.app.html_parts import esc, fmt_delta, fmt_pct, generated_at, page
 
 
 def comparison_csv(table: pd.DataFrame) -> str:
     """The comparison table (see :func:`core.app.queries.comparison_table`) as CSV text."""
     return table.to_csv(index=False, float_format="%.6g")
-
-
-def _fmt_pct(v: object) -> str:
-    return "–" if v is None or pd.isna(v) else f"{100 * float(v):.1f}%"
-
-
-def _fmt_delta(v: object) -> str:
-    if v is None or pd.isna(v):
-        return "–"
-    cls = "pos" if float(v) > 0 else "neg" if float(v) < 0 else ""
-    return f'<span class="{cls}">{100 * float(v):+.1f} pt</span>'
 
 
 def comparison_html(table: pd.DataFrame, model_ids: Sequence[str], *, title: str = "Before / after",
@@ -50,7 +25,6 @@ def comparison_html(table: pd.DataFrame, model_ids: Sequence[str], *, title: str
     """A one-page HTML report of a comparison table: headline cards, then every eval set."""
     labels = labels or {}
     reference = reference or (model_ids[0] if model_ids else None)
-    esc = html.escape
     name = lambda m: esc(labels.get(m, m))  # noqa: E731
     cards = []
     for eval_set, what in (("test", "test accuracy"), ("error_heldout", "debug-heldout accuracy")):
@@ -61,7 +35,7 @@ def comparison_html(table: pd.DataFrame, model_ids: Sequence[str], *, title: str
             if m == reference:
                 continue
             delta = row.iloc[0].get(f"Δ {m}")
-            cards.append(f'<div class="card"><div class="v">{_fmt_pct(row.iloc[0][m])} {_fmt_delta(delta)}</div>'
+            cards.append(f'<div class="card"><div class="v">{fmt_pct(row.iloc[0][m])} {fmt_delta(delta)}</div>'
                          f'<div class="l">{esc(what)} · {name(m)}</div></div>')
     head = "".join(f"<th>{name(m)}</th>" for m in model_ids)
     head += "".join(f"<th>Δ {name(m)}</th>" for m in model_ids if m != reference)
@@ -70,16 +44,15 @@ def comparison_html(table: pd.DataFrame, model_ids: Sequence[str], *, title: str
         metric = "" if r.metric == "accuracy" else f" · {esc(str(r.metric))}"
         n = "" if pd.isna(r.get("n")) else f'<br><span class="sub">{int(r["n"])} images</span>'
         cells = "".join(
-            f'<td class="num">{_fmt_pct(r[m])}<div class="bar" style="width:{0 if pd.isna(r[m]) else 100 * float(r[m]):.0f}%">'
+            f'<td class="num">{fmt_pct(r[m])}<div class="bar" style="width:{0 if pd.isna(r[m]) else 100 * float(r[m]):.0f}%">'
             f"</div></td>" for m in model_ids)
-        cells += "".join(f'<td class="num">{_fmt_delta(r.get(f"Δ {m}"))}</td>' for m in model_ids if m != reference)
+        cells += "".join(f'<td class="num">{fmt_delta(r.get(f"Δ {m}"))}</td>' for m in model_ids if m != reference)
         rows.append(f"<tr><td>{esc(str(r.eval_set))}{metric}{n}</td>{cells}</tr>")
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"
-            f'<div class="sub">Workspace {esc(workspace)} · reference model {name(reference or "")} · {when}. '
-            f"Accuracy is the share of correctly classified images; Δ is the change against the reference, "
-            f"in percentage points. debug-heldout: held-out images of the failure mode being fixed.</div>"
+    body = (f"<h1>{esc(title)}</h1>"
+            f'<div class="sub">Workspace {esc(workspace)} · reference model {name(reference or "")} · '
+            f"{generated_at()}. Accuracy is the share of correctly classified images; Δ is the change against "
+            f"the reference, in percentage points. debug-heldout: held-out images of the failure mode being "
+            f"fixed.</div>"
             f'<div class="cards">{"".join(cards)}</div>'
-            f"<table><thead><tr><th>evaluation set</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            f'<div class="foot">Generated by DCD Studio.</div></body></html>')
+            f"<table><thead><tr><th>evaluation set</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return page(title, body)

@@ -85,7 +85,17 @@ def list_models(ws: Workspace, role: str | None = None) -> pd.DataFrame:
 
 
 def set_current_classifier(ws: Workspace, model_id: str) -> None:
+    """Make ``model_id`` the classifier under debug (the default of every job and page); it must be a
+    classifier of the workspace (LookupError / ValueError saying which ones are)."""
     with ws.write() as con:
+        role = con.execute("SELECT role FROM models WHERE model_id = ?", [model_id]).fetchall()
+        if not role:
+            known = [r[0] for r in con.execute("SELECT model_id FROM models WHERE role = 'classifier' "
+                                               "ORDER BY created_at").fetchall()]
+            raise LookupError(f"no model {model_id!r} in the workspace; its classifiers are: "
+                              f"{', '.join(known) or 'none (train one first)'}")
+        if role[0][0] != "classifier":
+            raise ValueError(f"{model_id!r} is an {role[0][0]}, not a classifier: only a classifier can be current")
         con.execute("INSERT OR REPLACE INTO meta VALUES ('current_classifier', ?)", [model_id])
 
 

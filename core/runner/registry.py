@@ -1,7 +1,7 @@
 """The job registry: every batch job by name, with its typed options and the core function it runs.
 
 A job is declared once, as a :class:`JobSpec` registered with :func:`register_job` (the declarations are in
-``core.runner.dcd_jobs``, ``scanner_jobs`` and ``scenario_jobs``). The CLI (``python -m jobs.<name>``, see
+``core.runner.dcd_jobs``, ``scanner_jobs``, ``scenario_jobs`` and ``report_jobs``). The CLI (``python -m jobs.<name>``, see
 core.runner.cli) builds its parser from the spec, and the app's Jobs form builds its widgets from the same
 options, so a flag is declared in one place::
 
@@ -75,7 +75,7 @@ def register_job(spec: JobSpec) -> JobSpec:
 
 def _load() -> None:
     """Import the modules that declare the jobs (once; they register on import)."""
-    from core.runner import dcd_jobs, label_jobs, scanner_jobs, scenario_jobs  # noqa: F401
+    from core.runner import dcd_jobs, label_jobs, report_jobs, scanner_jobs, scenario_jobs  # noqa: F401
 
 
 def job_kinds() -> list[str]:
