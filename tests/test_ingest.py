@@ -377,8 +377,14 @@ def test_cli_fails_when_every_row_is_bad(tmp_path: Path, capsys: pytest.CaptureF
     code = ingest_job.main(["--workspace", str(tmp_path / "w"), "--manifest", str(manifest)])
 
     assert code == 1
-    assert "no row of" in capsys.readouterr().err
-    jobs = Workspace.open(tmp_path / "w").jobs().list()
+    err = capsys.readouterr().err
+    assert "no row of" in err and "unreadable_image: 1" in err and "missing_file: 1" in err
+    assert not (tmp_path / "w").exists()  # a workspace it created holds nothing: it is not left behind
+
+    # into an existing workspace, the failed job is recorded there and the workspace stays
+    Workspace.create(tmp_path / "kept")
+    assert ingest_job.main(["--workspace", str(tmp_path / "kept"), "--manifest", str(manifest)]) == 1
+    jobs = Workspace.open(tmp_path / "kept").jobs().list()
     assert [j.state for j in jobs] == ["failed"]
     assert "unreadable_image: 1" in jobs[0].error and "missing_file: 1" in jobs[0].error
 

@@ -84,11 +84,11 @@ def baseline_classifier(ws: Workspace, config: PipelineConfig, timings: Timings,
                                     overrides=config.train)
         base_id = train_classifier(ws, arch=config.classifier, weights=config.classifier_weights,
                                    hub=config.hub, image_size=config.image_size, config=schedule,
-                                   progress=progress.span(0.0, 0.9))
+                                   progress=progress.stage("training the classifier", 0.0, 0.9))
     timings.step("train", t)
     t = time.perf_counter()
-    result = {**metrics_summary(evaluate(ws, base_id, progress=progress.span(0.9, 1.0))), "n_added": 0,
-              "model_id": base_id}
+    metrics = evaluate(ws, base_id, progress=progress.stage("evaluating the classifier", 0.9, 1.0))
+    result = {**metrics_summary(metrics), "n_added": 0, "model_id": base_id}
     timings.step("evaluate_baseline", t)
     return base_id, result
 
@@ -100,7 +100,8 @@ def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits
     spec = config.embedder
     if spec.arch == "classifier":
         spec = replace(spec, classifier_id=base_id)
-    emb = embed_split_images(ws, spec, splits=splits, progress=progress)
+    emb = embed_split_images(ws, spec, splits=splits,
+                             progress=progress.stage(f"embedding {' + '.join(splits)}", 0, 1))
     timings.step("embed", t)
     return emb
 
@@ -127,7 +128,7 @@ def retrain_each(ws: Workspace, config: PipelineConfig, base_id: str, selections
     schedule = finetune_schedule(ws, base_id, config.train)
     for i, (method, sel) in enumerate(selections.items()):
         t = time.perf_counter()
-        span = progress.span(i / n_sel, (i + 1) / n_sel)
+        span = progress.stage(f"fine-tuning on {method}", i / n_sel, (i + 1) / n_sel)
         model_id = retrain(ws, base_model_id=base_id, selection_id=sel.selection_id, method=method,
                            config=schedule, epochs=config.finetune_epochs, progress=span.span(0, 0.9))
         metrics = evaluate(ws, model_id, progress=span.span(0.9, 1.0))
@@ -164,6 +165,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     progress = as_progress(progress)
     t0, timings = time.perf_counter(), Timings()
     counts = check_counts(ws, config, error_split=True)
+    progress.expect_stages((1 if config.classifier_id else 2) + 1 + len(config.methods))  # stage names: Progress.stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
     budget = config.budget or default_budget(counts["error_sample"], counts["pool"])

@@ -22,7 +22,7 @@ from typing import Any
 
 from core.models.checkpoints import allow_pickle
 from core.runner.options import Option, split_values
-from core.runner.progress import Progress
+from core.runner.progress import Progress, StageLine
 from core.runner.registry import JobSpec, get_job
 from core.store.jobs import HEARTBEAT_SECONDS, JobStore
 from core.store.workspace import Workspace, WorkspaceError, set_write_guard
@@ -135,6 +135,7 @@ def main(name: str, argv: Sequence[str] | None = None, *,
     if not opts.workspace:
         print(f"error: {name} needs --workspace DIR (or the DCD_WORKSPACE environment variable)", file=sys.stderr)
         return 2
+    before = _folder_entries(Path(opts.workspace)) if spec.creates_workspace else None
     try:
         ws = (Workspace.create(opts.workspace, exist_ok=True) if spec.creates_workspace
               else Workspace.open(opts.workspace))
@@ -142,10 +143,42 @@ def main(name: str, argv: Sequence[str] | None = None, *,
         print(f"error: {exc}", file=sys.stderr)
         return 2
     allow_pickle(opts.trust_checkpoint)
+    new_workspace = before is None or "workspace.duckdb" not in before
     try:
-        return run_recorded(spec, ws, opts, argv_list, report=report)
+        return run_recorded(spec, ws, opts, argv_list, report=report,
+                            discard=(lambda: _discard_if_empty(ws, before)) if spec.creates_workspace and new_workspace
+                            else None)
     finally:
         allow_pickle(False)
+
+
+def _folder_entries(path: Path) -> set[str] | None:
+    """The names in folder ``path`` (None if there is no such folder)."""
+    try:
+        return {p.name for p in path.iterdir()}
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _discard_if_empty(ws: Workspace, before: set[str] | None) -> bool:
+    """After a failed run of a job that created workspace ``ws``: if it holds no image, remove what the run
+    made (the whole folder if the run made it, else only the entries it added); True if removed."""
+    import shutil
+
+    try:
+        if ws.scalar("SELECT count(*) FROM images"):
+            return False
+    except Exception:  # an unreadable half-made workspace is not worth keeping either
+        pass
+    root = Path(ws.root)
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return not root.exists()
+    for entry in set(_folder_entries(root) or ()) - before:
+        target = root / entry
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() and not target.is_symlink() else \
+            target.unlink(missing_ok=True)
+    return True
 
 
 class JobLostError(RuntimeError):
@@ -173,11 +206,16 @@ def _log_failure(log_path: Path, spec: JobSpec, exc: BaseException) -> None:
 
 
 def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: list[str], *,
-                 report: Callable[[dict[str, Any]], None] | None = None) -> int:
+                 report: Callable[[dict[str, Any]], None] | None = None,
+                 discard: Callable[[], bool] | None = None) -> int:
     """Run ``spec`` as a job recorded in the workspace's job table; returns the process exit code.
 
     The job waits its turn behind a running job of the same kind, keeps a heartbeat, and commits nothing
-    once its row is no longer its own (:func:`core.store.workspace.set_write_guard`)."""
+    once its row is no longer its own (:func:`core.store.workspace.set_write_guard`). It prints its stages
+    with elapsed time and ETA (:class:`~core.runner.progress.StageLine`) on stderr. If it fails or is
+    cancelled, ``discard()`` may remove the workspace (a new one that kept nothing): then the error is one
+    line, with no log to point to. An exception's ``exit_code`` attribute (2: something to pass on the command
+    line) is the exit code of a failure."""
     store = ws.jobs()
     store.init()
     job_id = opts.job_id or store.create(spec.name, argv)
@@ -186,8 +224,17 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
         store.set_log_path(job_id, str(log_path))
     signal.signal(signal.SIGTERM, _on_sigterm)
     stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True).start()
+    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
+    beat.start()
     pid = os.getpid()
+
+    def discarded() -> bool:
+        """Whether ``discard`` removed the workspace (once the heartbeat has stopped writing to it)."""
+        if discard is None:
+            return False
+        stop.set()
+        beat.join(timeout=10)
+        return discard()
 
     def guard() -> None:
         if not store.owns(job_id, pid):
@@ -195,7 +242,8 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
                                f"{store.get(job_id).state} while this process was paused or cut off); its results "
                                f"were not saved. Run the command again.")
 
-    progress = Progress(lambda f, m: store.update(job_id, progress=f, message=m))
+    terminal = StageLine(spec.name)
+    progress = Progress(lambda f, m: store.update(job_id, progress=f, message=m), terminal=terminal)
     try:
         _wait_for_turn(store, job_id, spec.name)
         set_write_guard(guard)
@@ -207,10 +255,12 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
             opts.json.parent.mkdir(parents=True, exist_ok=True)
             opts.json.write_text(json.dumps(result, indent=2, default=str))
         store.finish(job_id, "succeeded", result=result, message="done")
+        terminal.finish("done")
         return 0
     except (JobCancelled, KeyboardInterrupt) as exc:
         store.finish(job_id, "cancelled", error=str(exc) or "cancelled")
-        print(f"{spec.name}: cancelled", file=sys.stderr)
+        print(f"{spec.name}: cancelled" + (f"; nothing was kept ({ws.root} removed)" if discarded() else ""),
+              file=sys.stderr)
         return 130
     except Exception as exc:
         _log_failure(log_path, spec, exc)
@@ -218,8 +268,10 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
         if opts.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        print(f"(details: {log_path})", file=sys.stderr)
-        return 1
+        if not discarded():
+            print(f"(details: {log_path})", file=sys.stderr)
+        code = getattr(exc, "exit_code", 1)
+        return code if isinstance(code, int) and code > 0 else 1
     finally:
         set_write_guard(None)
         stop.set()

@@ -4,6 +4,7 @@ ground truth."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,44 @@ def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[s
     from core.data.ingest import ingest_manifest
     from core.data.manifest import manifest_without_splits
     from core.scanner.slice_loop import run_loop
-    from core.scenarios.demos import assets_dir, demo_settings, generate_demo
+    from core.scenarios.demos import assets_dir, check_assets, demo_settings, generate_demo
 
     if ws.scalar("SELECT count(*) FROM images"):
         raise ValueError(f"{ws.root} already holds images; the demo generates into a new workspace")
+    if opts.rest_in_background and opts.no_error_split:
+        raise ValueError("--rest-in-background needs the error_sample split; leave out --no-error-split")
     assets = assets_dir(opts.assets)
+    check_assets(opts.dataset, assets)
     for key, value in demo_settings(opts.dataset, opts.size).values(assets).items():
         if getattr(opts, key) is None:  # what the user did not give
             setattr(opts, key, value)
     data_dir = Path(opts.data_dir) if opts.data_dir else ws.root / "data"
-    progress.report(0.0, f"generating the {opts.dataset} scenario", force=True)
+    progress.expect_stages(2)
+    progress.stage(f"generating the {opts.dataset} scenario", 0.0, 0.02)
     manifest = generate_demo(opts.dataset, data_dir, size=opts.size, seed=opts.seed, image_size=opts.image_size,
                              assets=assets, corruption=opts.corruption)
     if opts.no_error_split:
         manifest = manifest_without_splits(manifest, ("error_sample", "error_heldout"))
-    report = ingest_manifest(ws, manifest, progress=progress.span(0.02, 0.05))
+    report = ingest_manifest(ws, manifest, progress=progress.stage("ingesting the images", 0.02, 0.05))
     print(report.summary())
     if opts.no_pipeline:
         return {"ingest": report.to_dict()}
-    result = run_loop(ws, pipeline_config(opts), progress=progress.span(0.05, 1.0))
+    config = pipeline_config(opts)
+    later = [m for m in config.methods if m != "dcd"] if opts.rest_in_background and "dcd" in config.methods else []
+    result = run_loop(ws, replace(config, methods=("dcd",)) if later else config, progress=progress.span(0.05, 1.0))
     result["dataset"] = {"name": opts.dataset, "size": opts.size, "manifest": str(manifest)}
+    if opts.rest_in_background:
+        result["background_jobs"] = _launch_rest(ws, opts, result, later)
     return result
+
+
+def _launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any], methods: list[str]) -> list[dict]:
+    from core.runner.first_run import launch_rest
+
+    jobs = launch_rest(ws, opts, result, methods)
+    print("continuing in the background (the app's Jobs page shows them): "
+          + "; ".join(f"{j['what']} (job {j['job_id']})" for j in jobs), flush=True)
+    return jobs
 
 
 def _demo_options() -> tuple[Option, ...]:
@@ -55,6 +73,9 @@ def _demo_options() -> tuple[Option, ...]:
         Option("data_dir", "path", advanced=True, help="where to write the images (default WORKSPACE/data)"),
         Option("corruption", default="fog", advanced=True, help="cifar10: the error distribution's corruption"),
         Option("no_pipeline", "flag", False, help="only generate and ingest the data"),
+        Option("rest_in_background", "flag", False, advanced=True,
+               help="train the baseline and fine-tune on DCD's selection here, then start the other methods' "
+                    "fine-tuning and the slices as background jobs (how make run opens the app quickly)"),
         Option("no_error_split", "flag", False, advanced=True,
                help="leave out the error_sample and error_heldout splits, as most users' data has none: the "
                     "loop then finds the failure as a slice and fixes that (core.scanner.slice_loop)"),

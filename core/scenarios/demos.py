@@ -20,7 +20,10 @@ SIZES = ("small", "full")
 
 
 class AssetsMissingError(FileNotFoundError):
-    """A scenario needs the real assets and they are not where it was told to look."""
+    """A scenario needs the real assets and they are not where it was told to look. A job's command line
+    exits with ``exit_code`` 2 (something to pass), as for a missing flag."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,31 @@ def require_asset(assets: Path | None, relative: str) -> Path:
         raise AssetsMissingError(f"this demo needs {path}, which does not exist; pass --assets DIR (the folder "
                                  f"holding {relative}) or set {ASSETS_ENV}")
     return path
+
+
+#: The asset files each demo cannot run without (paths under the assets folder); photos falls back to
+#: torchvision's downloader, so it needs none.
+REQUIRED_ASSETS: dict[str, tuple[str, ...]] = {
+    "waterbirds": (),
+    "cifar10": ("cifar10/cifar10-jpg.zip", "cifar10/CIFAR-10_human.pt", *_CIFAR_WEIGHTS.values()),
+    "photos": (),
+}
+
+
+def check_assets(dataset: str, assets: Path | None) -> None:
+    """Raise one :class:`AssetsMissingError` naming what to pass if demo ``dataset`` lacks any of its assets
+    (before anything is written)."""
+    needed = REQUIRED_ASSETS.get(dataset, ())
+    if not needed:
+        return
+    if assets is None:
+        raise AssetsMissingError(f"the {dataset} demo needs the real assets: pass --assets DIR or set {ASSETS_ENV}=DIR, "
+                                 f"the folder holding {', '.join(needed)}")
+    missing = [rel for rel in needed if not (assets / rel).exists()]
+    if missing:
+        raise AssetsMissingError(f"the {dataset} demo needs {', '.join(missing)} under {assets}, which "
+                                 f"{'does' if len(missing) == 1 else 'do'} not exist; pass --assets DIR, the folder "
+                                 f"holding them")
 
 
 def demo_settings(dataset: str, size: str) -> DemoSettings:
