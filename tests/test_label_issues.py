@@ -203,17 +203,23 @@ def test_the_job_from_the_command_line(ws, tmp_path, capsys):
     assert set(label_issues(ws).split) == {"pool"}  # train took part in the fits, but only pool is stored
 
 
-def test_clear_errors_without_embeddings_or_labels(tmp_path, tiny_manifest, ws, capsys):
+def test_a_workspace_without_embeddings_uses_the_default_embedder(tmp_path, tiny_manifest):
     from jobs import ingest
-    from jobs import label_issues as job
+
+    from core.dcd.embed import EmbedderSpec
+    from core.store.vectors import list_embedders
 
     bare = tmp_path / "bare"
     assert ingest.main(["--workspace", str(bare), "--manifest", str(tiny_manifest)]) == 0
-    capsys.readouterr()
-    with pytest.raises(ValueError, match="no embeddings yet; run `python -m jobs.embed"):
-        compute_label_issues(Workspace.open(bare))
-    assert job.main(["--workspace", str(bare)]) == 1
-    assert "error: the workspace has no embeddings yet" in capsys.readouterr().err
+    fresh = Workspace.open(bare)
+    summary = compute_label_issues(fresh, folds=3)
+    assert summary["embedder_id"] == EmbedderSpec().embedder_id(fresh)
+    assert list_embedders(fresh) == [summary["embedder_id"]]
+    scored = label_issues(fresh)
+    assert set(scored.split) == {"train", "pool"} and len(scored) == len(scored.image_id.unique())
+
+
+def test_clear_errors_for_bad_splits_folds_or_labels(ws):
     with pytest.raises(ValueError, match="label issues are found for the splits"):
         compute_label_issues(ws, splits=["test"])
     with pytest.raises(ValueError, match="into 500 folds"):
