@@ -1,4 +1,6 @@
-"""Before / after: compare classifiers on test, debug-heldout and every group or slice; export the result."""
+"""Before / after: classifiers against a reference on the failure and on everything else (test, train, the
+worst group, each group and slice), each change with n, its 95% interval and a verdict; the sentence that
+tells each fix; a mitigation's choice; exports and the slice report."""
 
 from __future__ import annotations
 
@@ -6,11 +8,28 @@ from functools import partial
 
 import streamlit as st
 
-from core.app import charts, queries
+from core.app import before_after, queries
 from core.app.report import comparison_csv, comparison_html
 from core.app.slice_report import render_slice_report, report_filename, slices_fixed_by
 from pages._session import view, workspace
-from pages._widgets import pct
+from pages._story import outcome_box, scorecard_ui, short_names
+
+
+def mitigation_part(model_ids: list[str], labels: dict[str, str]) -> None:
+    """For each model kept by a mitigation choice: which candidate, why, and every candidate's held-out scores."""
+    from core.scanner.mitigation_choice import mitigation_summary
+
+    for m in model_ids:
+        found = view(mitigation_summary, m)
+        if found is None:
+            continue
+        reason, candidates = found
+        st.markdown(f"**Mitigation: {labels.get(m, m)}**")
+        st.write(reason)
+        st.dataframe(candidates, hide_index=True, key=f"compare_mitigation_{m}", column_config={
+            c: st.column_config.NumberColumn(c, format="percent") for c in candidates.columns
+            if c not in ("candidate", "kept")})
+
 
 ws = workspace()
 st.title("Before / after")
@@ -29,62 +48,30 @@ if not chosen:
     st.info("Pick at least one classifier.")
     st.stop()
 reference = chosen[0]
-
-long = view(queries.comparison_long, chosen)
-if long.empty:
+tale = view(before_after.comparison_story, chosen, reference)
+if tale["comparison"].empty:
     st.info("No metrics for these classifiers yet: run the evaluate job.")
     st.stop()
-table = queries.comparison_table(long, chosen, reference)
 
-head = table[(table.metric == "accuracy") & table.eval_set.isin(["test", "error_heldout"])].set_index("eval_set")
-cols = st.columns(max(1, len(chosen)))
-for col, m in zip(cols, chosen):
-    with col:
-        st.markdown(f"**{labels.get(m, m)}**" + (" · reference" if m == reference else ""))
-        for eval_set, what in (("test", "Test"), ("error_heldout", "Debug-heldout")):
-            if eval_set in head.index:
-                delta = head.loc[eval_set].get(f"Δ {m}")
-                st.metric(what, pct(head.loc[eval_set, m]),
-                          delta=None if delta is None or delta != delta else f"{100 * delta:+.1f} pt")
+st.caption(f"Against **{labels.get(reference, reference)}**, on the failure and on everything else. "
+           f"{tale['num_classes']} classes: guessing scores {100 / tale['num_classes']:.0f}%. A change counts "
+           "only when its whole 95% interval lies on one side of 0; otherwise it is *within noise*.")
+for m in tale["fixes"]:
+    outcome_box(tale, m)
 
-
-
-def mitigation_part(model_ids: list[str]) -> None:
-    """For each model kept by a mitigation choice: which candidate, why, and every candidate's held-out scores."""
-    from core.scanner.mitigation_choice import mitigation_summary
-
-    for m in model_ids:
-        found = view(mitigation_summary, m)
-        if found is None:
-            continue
-        reason, candidates = found
-        st.markdown(f"**Mitigation: {labels.get(m, m)}**")
-        st.write(reason)
-        st.dataframe(candidates, hide_index=True, key=f"compare_mitigation_{m}", column_config={
-            c: st.column_config.NumberColumn(c, format="percent") for c in candidates.columns
-            if c not in ("candidate", "kept")})
-
-
-mitigation_part(chosen)
-
-fmt = {m: st.column_config.NumberColumn(labels.get(m, m), format="percent") for m in chosen}
-fmt.update({f"Δ {m}": st.column_config.NumberColumn(f"Δ {m}", format="%+.3f") for m in chosen if m != reference})
 st.subheader("Every evaluation set")
-st.dataframe(table, hide_index=True, key="compare_table", column_config=fmt)
+scorecard_ui(tale, key="compare")
+mitigation_part(chosen, labels)
 
-c1, c2 = st.columns(2)
-with c1:
-    st.altair_chart(charts.comparison_chart(long, labels), key="compare_chart")
-with c2:
-    if len(chosen) > 1:
-        st.altair_chart(charts.delta_chart(table), key="compare_delta_chart")
-
+names = short_names(tale)
 d1, d2 = st.columns(2)
-d1.download_button("Download CSV", comparison_csv(table), file_name="before-after.csv", mime="text/csv",
-                   key="compare_csv")
-d2.download_button("Download HTML report", comparison_html(table, chosen, labels=labels, workspace=str(ws.root),
-                                                           reference=reference),
-                   file_name="before-after.html", mime="text/html", key="compare_html")
+d1.download_button("Download CSV", comparison_csv(tale["comparison"], names=names, set_names=tale["set_names"]),
+                   file_name="before-after.csv", mime="text/csv", key="compare_csv",
+                   help="One row per classifier and eval set: value, n, the reference's value, the change, its "
+                        "95% interval and the verdict")
+d2.download_button("Download HTML report", comparison_html(tale, workspace=str(ws.root), names=names),
+                   file_name="before-after.html", mime="text/html", key="compare_html",
+                   help="One self-contained page: each fix's sentence and the coloured table")
 
 fixed = view(slices_fixed_by, chosen)
 if fixed:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.app import before_after, charts, names, queries, story
+from core.app import before_after, names, queries, story
 from core.app.job_summary import duration_text
 from core.models.catalog import set_current_classifier
 from core.store.workspace import Workspace
 from pages._session import refresh, view, workspace
+from pages._story import outcome_box, outcome_word, scorecard_ui
 from pages._widgets import gallery
-
-OUTCOME_BOX = {"fix": st.success, "trade-off": st.warning, "harm": st.error, "no change": st.info}
-OUTCOME_WORDS = {"fix": "a fix", "trade-off": "a trade-off", "harm": "harm", "no change": "no real change"}
-
 
 def failure_ui(ws: Workspace, tale: dict) -> None:
     """A few images of the failure that the reference gets wrong."""
@@ -36,46 +33,12 @@ def headline_ui(tale: dict) -> None:
         st.info("No fix yet: find debug-train images on **Retrieval (DCD)** and retrain, or run the pipeline "
                 "on the Jobs page.")
         return
-    outcome = tale["outcomes"].get(lead) or "no change"
-    OUTCOME_BOX[outcome](f"**{OUTCOME_WORDS[outcome].capitalize()}.** {tale['sentences'][lead]}")
+    outcome_box(tale, lead)
     others = [m for m in tale["fixes"] if m != lead]
     if others:
         with st.expander(f"What the other {len(others)} fix{'es' if len(others) > 1 else ''} did"):
             for m in others:
-                st.markdown(f"- **{OUTCOME_WORDS.get(tale['outcomes'].get(m), '–')}**: {tale['sentences'][m]}")
-
-
-def short_names(tale: dict) -> dict[str, str]:
-    """Model names without ' from <reference>' (every fix here is from the reference), the reference marked."""
-    ref = tale["reference"]
-    ref_name = tale["names"].get(ref, ref)
-    out = {m: tale["names"].get(m, m).removesuffix(f" from {ref_name}") for m in tale["fixes"]}
-    return {ref: f"{ref_name} (before)", **out}
-
-
-def scorecard_ui(tale: dict) -> None:
-    """Every fix beside the reference on every eval set: a coloured table, and the same as a chart."""
-    cmp, ids = tale["comparison"], [tale["reference"], *tale["fixes"]]
-    if cmp.empty:
-        st.info("No metrics yet: run the evaluate job (Jobs page).")
-        return
-    labels = short_names(tale)
-    cells, verdicts = story.scorecard(cmp, ids, names=labels, set_names=tale["set_names"])
-    t_table, t_chart = st.tabs(["Table", "Chart"], key="overview_view")
-    with t_table:
-        st.dataframe(story.style_scorecard(cells, verdicts), hide_index=True, key="overview_scorecard",
-                     width="stretch", height=min(35 * (len(cells) + 1) + 3, 500))
-        st.caption("▲ gain / ▼ regression: the whole 95% interval of the change lies above / below 0; "
-                   "≈ within noise. Changes in accuracy points ± half their 95% interval; n: images in the set. "
-                   "E_sample is not evidence (the fixes trained on it or on its neighbours)"
-                   + (f"; each fix is fine-tuned from {tale['names'].get(ids[0], ids[0])}." if len(ids) > 1 else "."))
-    with t_chart:
-        long = cmp[cmp.kind != "other"][["model_id", "eval_set", "metric", "value", "n"]]
-        order = cells["eval set"].tolist()
-        st.altair_chart(charts.comparison_chart(long, labels, reference=ids[0], set_names=tale["set_names"],
-                                                chance=story.chance_level(tale["num_classes"]), order=order),
-                        key="overview_chart", width="stretch")
-        st.caption("Dashed line: chance level.")
+                st.markdown(f"- **{outcome_word(tale, m)}**: {tale['sentences'][m]}")
 
 
 def current_ui(ws: Workspace, tale: dict) -> None:
@@ -143,6 +106,6 @@ else:
     with right:
         headline_ui(tale)
     st.subheader("Before → after: the failure and everything else")
-    scorecard_ui(tale)
+    scorecard_ui(tale, key="overview")
     current_ui(ws, tale)
 details_ui()

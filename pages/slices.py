@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.app import charts
+from core.app import charts, names
 from core.app.slice_report import render_slice_report, report_filename
 from core.data.constants import ANNOTATION_KINDS
 from core.scanner import annotations as ann
@@ -31,7 +31,9 @@ if runs.empty:
 
 class_names = ws.class_names()
 name_of = dict(enumerate(class_names))
-run_labels = {r.run_id: f"{r.run_id} · {r.model_id} · {r.n_slices} slices" for r in runs.itertuples()}
+model_names = view(names.model_names)
+run_labels = {r.run_id: f"{model_names.get(r.model_id, r.model_id)} · {r.n_slices} slices · {r.run_id}"
+              for r in runs.itertuples()}
 run_id = st.selectbox("Slice run", runs.run_id.tolist(), format_func=run_labels.get, key="slices_run")
 params = json.loads(runs.loc[runs.run_id == run_id, "params"].iloc[0] or "{}")
 st.caption(f"k = {params.get('k')} ({params.get('k_chosen', '?')}), {params.get('n_images', '?')} images of "
@@ -42,6 +44,7 @@ slices = view(sl.get_slices, run_id)
 current = view(ann.current_annotations, run_id)
 kind_of = dict(zip(current.slice_id.astype(int), current.kind))
 slices = slices.assign(annotation=[kind_of.get(int(i), "") for i in slices.slice_id])
+what = {int(r.slice_id): names.describe_slice(r._asdict(), class_names) for r in slices.itertuples()}
 
 # -- ranked list and chart ----------------------------------------------------------------------------
 ids = slices.slice_id.astype(int).tolist()
@@ -57,8 +60,8 @@ with right:
         st.session_state["slices_slice"] = int(picked[0]["slice_id"])
 with left:
     table = pd.DataFrame({
-        "rank": slices["rank"], "slice": slices.slice_id, "size": slices["size"],
-        "accuracy": slices.accuracy, "score": slices.score.round(2),
+        "rank": slices["rank"], "what it holds": [what[int(i)] for i in slices.slice_id], "size": slices["size"],
+        "accuracy": slices.accuracy, "errors × error rate": slices.score.round(1),
         "predicted": slices.dominant_pred.map(name_of), "labelled": slices.dominant_label.map(name_of),
         "annotation": slices.annotation,
     })
@@ -70,17 +73,17 @@ rank_of = dict(zip(slices.slice_id.astype(int), slices["rank"].astype(int)))
 row_of = {int(r.slice_id): r for r in slices.itertuples()}
 slice_id = st.selectbox(
     "Slice (click the chart, or choose)", ids, key="slices_slice",
-    format_func=lambda s: f"#{rank_of[s]} · slice {s} · {int(row_of[s].size)} images · "
+    format_func=lambda s: f"#{rank_of[s]} · {what[s]} · {int(row_of[s].size)} images · "
                           f"accuracy {pct(row_of[s].accuracy)}" + (f" · {kind_of[s]}" if s in kind_of else ""))
 s = row_of[slice_id]
 
 # -- the selected slice ---------------------------------------------------------------------------------
-st.subheader(f"Slice {slice_id} (rank {s.rank})")
-m1, m2, m3, m4 = st.columns(4)
+st.subheader(f"#{s.rank} · {what[slice_id][:1].upper()}{what[slice_id][1:]}")
+m1, m2, m3 = st.columns(3)
 m1.metric("Images", f"{int(s.size):,}")
 m2.metric("Accuracy", pct(s.accuracy))
 m3.metric("Errors", f"{int(round(s.size * (s.error_rate or 0))):,}")
-m4.metric("Score", f"{s.score:.2f}")
+st.caption(f"Slice {slice_id} of run {run_id}; rank {s.rank} of {len(slices)} by errors × error rate ({s.score:.1f}).")
 
 c_mosaic, c_numbers = st.columns([3, 2])
 with c_mosaic:

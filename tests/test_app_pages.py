@@ -282,21 +282,24 @@ def _form_values(at: AppTest, spec) -> dict:
     return out
 
 
-def test_compare_page_table_deltas_and_exports(app, ws_copy):
+def test_compare_page_tells_each_fix_with_its_intervals_and_exports(app, ws_copy):
     ws, report = ws_copy
     m = report["methods"]
+    base, dcd = m["baseline"], m["dcd"]
     at = app("pages/compare.py")
     chosen = at.multiselect(key="compare_models")
-    assert chosen.value[0] == m["baseline"]["model_id"]
-    at.multiselect(key="compare_models").set_value([m["baseline"]["model_id"], m["dcd"]["model_id"]]).run()
+    assert chosen.value[0] == base["model_id"]
+    at.multiselect(key="compare_models").set_value([base["model_id"], dcd["model_id"]]).run()
     _no_exception(at)
-    table = _df(at, "eval_set", "metric")
-    row = table[(table.eval_set == "error_heldout") & (table.metric == "accuracy")].iloc[0]
-    delta = m["dcd"]["error_heldout_acc"] - m["baseline"]["error_heldout_acc"]
-    assert row[f"Δ {m['dcd']['model_id']}"] == pytest.approx(delta)
-    groups = {r for r in table.eval_set if r.startswith("test/group=")}
-    assert len(groups) == 4
-    assert _metric(at, "Debug-heldout") == _pct(m["baseline"]["error_heldout_acc"])
+    card = _df(at, "eval set", "n").set_index("eval set")
+    assert list(card.columns) == ["n", "Baseline (before)", "DCD"]
+    cell = card.loc["Failure (debug-heldout)", "DCD"]
+    assert cell.startswith(_pct(dcd["error_heldout_acc"]).replace(".0%", "%")) and "±" in cell
+    assert len([i for i in card.index if i.startswith("Test · ") and "group" not in i]) == 4  # each group
+    # one sentence for the fix, in a box coloured by its outcome; the old bare metric cards are gone
+    boxes = [b.value for b in [*at.success, *at.warning, *at.info, *at.error]]
+    assert len(boxes) == 1 and "DCD from Baseline" in boxes[0] and "accuracy on the failure" in boxes[0]
+    assert not at.metric
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download CSV", "Download HTML report"]
 

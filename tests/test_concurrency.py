@@ -58,7 +58,7 @@ def _page_queries(ws: Workspace, model: str, selection_id: str) -> None:
     views.embedders(ws)
     views.selections(ws)
     views.selection_review(ws, selection_id)
-    views.comparison_table(views.comparison_long(ws, views.classifier_ids(ws)), views.classifier_ids(ws))
+    views.comparison_long(ws, views.classifier_ids(ws))
 
 
 @pytest.mark.slow

@@ -44,7 +44,9 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
     assert not at.exception and at.title[0].value == "Slices"
     at.selectbox(key="slices_slice").set_value(target).run()
     assert not at.exception
-    assert at.subheader[0].value.startswith(f"Slice {target} ")
+    row = slices[slices.slice_id == target].iloc[0]
+    assert at.subheader[0].value.startswith(f"#{int(row['rank'])} · ")  # described by what it holds, not its id
+    assert any(f"Slice {target} of run" in c.value for c in at.caption)
     images = at.get("image")
     assert images, "the selected slice's mosaic is shown"
     assert any(f"slice {target}" in str(getattr(img, "proto", "")) for img in images)

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from core.app import charts
+from core.app import charts, story
+from core.app.before_after import comparison_story
 from core.app import queries as views
+from core.app.queries import comparison_long
 from core.app.report import comparison_csv, comparison_html
 from core.dcd.strategies import pairs_from_search
 from core.store.workspace import Workspace
@@ -122,32 +125,35 @@ def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, r
     assert decided.status.tolist()[:2] == ["rejected", "proposed"] and decided.label.iloc[0] == 0
 
 
-def test_comparison_table_deltas_and_export(ws, report):
+def test_the_comparison_story_and_its_export(ws, report):
     methods = report["methods"]
     ids = [methods["baseline"]["model_id"], methods["dcd"]["model_id"], methods["random"]["model_id"]]
-    long = views.comparison_long(ws, ids)
-    table = views.comparison_table(long, ids)
-    row = table[(table.eval_set == "error_heldout") & (table.metric == "accuracy")].iloc[0]
-    assert row[ids[1]] == pytest.approx(methods["dcd"]["error_heldout_acc"])
-    assert row[f"Δ {ids[1]}"] == pytest.approx(methods["dcd"]["error_heldout_acc"] - methods["baseline"]["error_heldout_acc"])
-    assert f"Δ {ids[0]}" not in table.columns
-    assert table.eval_set.tolist()[:2] == ["test", "test"] and "test/group=disc_on_dark" in set(table.eval_set)
-    assert table.n.notna().all()
+    tale = comparison_story(ws, ids, ids[0])
+    assert tale["fixes"] == ids[1:] and set(tale["sentences"]) == set(ids[1:])
+    cmp = tale["comparison"]
+    row = cmp[(cmp.model_id == ids[1]) & (cmp.eval_set == "error_heldout") & (cmp.metric == "accuracy")].iloc[0]
+    assert row.value == pytest.approx(methods["dcd"]["error_heldout_acc"])
+    assert row.delta == pytest.approx(methods["dcd"]["error_heldout_acc"] - methods["baseline"]["error_heldout_acc"])
+    assert row.n == PLAN["error_heldout"] and row.lo < row.delta < row.hi
+    assert cmp[cmp.model_id == ids[0]].delta.isna().all()  # the reference has no change
+    assert "test/group=disc_on_dark" in set(cmp.eval_set)
 
-    chart = charts.comparison_chart(long).to_dict()
-    data = chart["datasets"][chart["data"]["name"]]
-    assert len(data) == len(long)
-    delta = charts.delta_chart(table).to_dict()
-    bars = next(layer for layer in delta["layer"] if layer["mark"]["type"] == "bar")
-    assert len(delta["datasets"][bars["data"]["name"]]) == 2 * len(table)
+    chart = charts.comparison_chart(comparison_long(ws, ids)).to_dict()
+    assert len(chart["datasets"][chart["data"]["name"]]) == len(comparison_long(ws, ids))
+    changes = charts.interval_chart(cmp).to_dict()
+    drawn = pd.DataFrame(changes["datasets"][changes["layer"][0]["data"]["name"]])  # the interval rules
+    assert len(drawn) == cmp.delta.notna().sum() and set(drawn.model_id) == set(ids[1:])
+    assert (drawn.lo <= drawn.delta).all() and (drawn.delta <= drawn.hi).all()
 
-    csv = comparison_csv(table)
-    back = pd.read_csv(pd.io.common.StringIO(csv))
-    assert len(back) == len(table) and ids[2] in back.columns
-    page = comparison_html(table, ids, labels=views.model_labels(ws, ids), workspace=str(ws.root))
+    back = pd.read_csv(pd.io.common.StringIO(comparison_csv(cmp, names=tale["names"], set_names=tale["set_names"])))
+    assert len(back) == len(cmp) and set(back.model_id) == set(ids)
+    got = back[(back.model_id == ids[1]) & (back.eval_set == "error_heldout") & (back.metric == "accuracy")].iloc[0]
+    assert got["delta 95% low"] == pytest.approx(row.lo, abs=1e-5) and got["verdict"] == row.verdict
+    page = comparison_html(tale, workspace=str(ws.root))
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
-    assert f"{100 * methods['dcd']['error_heldout_acc']:.1f}%" in page
-    assert page.count("<tr>") == len(table) + 1
+    assert all(html.escape(tale["sentences"][m]) in page for m in ids[1:])
+    cells, _ = story.scorecard(cmp, ids, names=tale["names"], set_names=tale["set_names"])
+    assert page.count("<tr>") == len(cells) + 1 and html.escape(cells.iloc[0][tale["names"][ids[1]]]) in page
 
 
 def test_slice_metrics_join_members_with_predictions(ws_copy, report):
@@ -160,8 +166,7 @@ def test_slice_metrics_join_members_with_predictions(ws_copy, report):
     s = views.slice_metrics(ws, [model])
     assert s.eval_set.tolist() == ["slice=0"] and s.n.tolist() == [10]
     assert s.value.iloc[0] == pytest.approx(members.correct.mean())
-    table = views.comparison_table(views.comparison_long(ws, [model]), [model])
-    assert table.eval_set.iloc[-1] == "slice=0"
+    assert views.comparison_long(ws, [model]).eval_set.iloc[-1] == "slice=0"
 
 
 def test_confusion_and_accuracy_charts_carry_the_data(ws, report):

@@ -89,24 +89,40 @@ def failure_description(ws: Workspace) -> str | None:
     return " and ".join(sorted(str(g).replace("_", " ") for g in big.group_name))
 
 
+def comparison_story(ws: Workspace, model_ids: Sequence[str], reference: str) -> dict:
+    """Every fix in ``model_ids`` told against ``reference``, in one cached read: ``reference``, ``fixes``
+    (the others, in order), ``comparison`` (:func:`story_comparison`), ``set_names``, ``names`` (models),
+    ``sentences`` and ``outcomes`` per fix (:func:`core.app.story.tell` / ``outcome``), ``failure_name``
+    (:func:`failure_description`) and ``num_classes``."""
+    from core.app import story
+    from core.app.names import model_names
+
+    fixes = [m for m in dict.fromkeys(model_ids) if m != reference]
+    names, k = model_names(ws), len(ws.class_names())
+    cmp = story_comparison(ws, fixes, reference)
+    set_names, failure_name = story_set_names(ws, cmp), failure_description(ws)
+    return {"reference": reference, "fixes": fixes, "names": names, "num_classes": k, "comparison": cmp,
+            "set_names": set_names, "failure_name": failure_name,
+            "sentences": {m: story.tell(cmp, m, reference=reference, num_classes=k, names=names,
+                                        set_names=set_names, failure_name=failure_name) for m in fixes},
+            "outcomes": {m: story.outcome(cmp, m) for m in fixes}}
+
+
 def overview_story(ws: Workspace) -> dict:
-    """Everything the Overview tells, in one cached read: ``reference`` and ``fixes`` (:func:`story_models`),
-    ``comparison`` (:func:`story_comparison`, empty without fixes), ``set_names``, ``names`` (models),
-    ``sentences`` and ``outcomes`` per fix (:func:`core.app.story.tell` / ``outcome``), ``headline`` (the
-    fix to lead with: the current classifier if it is one, else the largest gain on the failure),
-    ``failure_name`` (:func:`failure_description`), ``num_classes`` and ``reference_sentence``."""
+    """Everything the Overview tells, in one cached read: :func:`comparison_story` of the fixes of
+    :func:`story_models` against its reference, plus ``headline`` (the fix to lead with: the current
+    classifier if it is one, else the largest gain on the failure) and ``reference_sentence``; with no
+    classifier, ``reference`` is None and the rest empty."""
     from core.app import story
     from core.app.names import model_names
 
     reference, fixes = story_models(ws)
-    names, k = model_names(ws), len(ws.class_names())
-    out = {"reference": reference, "fixes": fixes, "names": names, "num_classes": k,
-           "failure_name": failure_description(ws), "sentences": {}, "outcomes": {}, "headline": None,
-           "comparison": pd.DataFrame(columns=story.COLUMNS), "set_names": {}, "reference_sentence": None}
     if reference is None:
-        return out
-    cmp = story_comparison(ws, fixes, reference)
-    out["comparison"], out["set_names"] = cmp, story_set_names(ws, cmp)
+        return {"reference": None, "fixes": [], "names": model_names(ws), "num_classes": len(ws.class_names()),
+                "failure_name": failure_description(ws), "sentences": {}, "outcomes": {}, "headline": None,
+                "comparison": pd.DataFrame(columns=story.COLUMNS), "set_names": {}, "reference_sentence": None}
+    out = comparison_story(ws, fixes, reference)
+    cmp, names, k = out["comparison"], out["names"], out["num_classes"]
     ref_rows = cmp[cmp.model_id == reference].set_index(["eval_set", "metric"])
     values = {key: (ref_rows.loc[(e, m), "value"], int(ref_rows.loc[(e, m), "n"]))
               for key, (e, m) in {"test": ("test", "accuracy"), "error_heldout": ("error_heldout", "accuracy"),
@@ -114,10 +130,6 @@ def overview_story(ws: Workspace) -> dict:
     what = f"the failure ({out['failure_name']})" if out["failure_name"] else "the failure (debug-heldout)"
     out["reference_sentence"] = story.describe_model(values, name=names.get(reference, reference), num_classes=k,
                                                      failure_name=what)
-    for m in fixes:
-        out["sentences"][m] = story.tell(cmp, m, reference=reference, num_classes=k, names=names,
-                                         set_names=out["set_names"], failure_name=out["failure_name"])
-        out["outcomes"][m] = story.outcome(cmp, m)
     fails = cmp[(cmp.kind == "failure") & cmp.delta.notna()].sort_values("delta", ascending=False)
     current = current_classifier_id(ws)
     out["headline"] = current if current in fixes else (fails.model_id.iloc[0] if len(fails) else

@@ -115,32 +115,6 @@ def comparison_chart(long: pd.DataFrame, labels: dict[str, str] | None = None, *
     return alt.layer(*layers).properties(height=alt.Step(11))
 
 
-def delta_chart(table: pd.DataFrame, labels: dict[str, str] | None = None, *, set_names: dict[str, str] | None = None,
-                order: list[str] | None = None) -> alt.LayerChart:
-    """Diverging bars of every ``Δ <model>`` column of a comparison table (see
-    :func:`core.app.queries.comparison_table`): one colour per model with a legend, the change labelled in
-    points on each bar, full labels; positive = better than the reference."""
-    delta_cols = [c for c in table.columns if str(c).startswith("Δ ")]
-    df = table.assign(set=[_set_label(r, set_names) for r in table.itertuples(index=False)] if len(table) else [])
-    long = df.melt(id_vars=["set"], value_vars=delta_cols, var_name="model", value_name="delta").dropna()
-    long["model"] = long.model.str.slice(2).map(lambda m: (labels or {}).get(m, m))
-    models = list(dict.fromkeys(long["model"]))
-    base = alt.Chart(long).encode(
-        y=alt.Y("set:N", title=None, sort=order or list(dict.fromkeys(df["set"])), axis=alt.Axis(labelLimit=0)),
-        yOffset=alt.YOffset("model:N", sort=models),
-        x=alt.X("delta:Q", title="change vs reference (accuracy points)", axis=alt.Axis(format="+%")),
-        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("set:N", title="eval set"),
-                 alt.Tooltip("delta:Q", format="+.1%")],
-    )
-    bars = base.mark_bar().encode(color=alt.Color("model:N", scale=model_scale(models), legend=_legend()))
-    up = base.mark_text(fontSize=10, align="left", dx=3).encode(text=alt.Text("delta:Q", format="+.0%")
-                                                                ).transform_filter(alt.datum.delta >= 0)
-    down = base.mark_text(fontSize=10, align="right", dx=-3).encode(text=alt.Text("delta:Q", format="+.0%")
-                                                                   ).transform_filter(alt.datum.delta < 0)
-    zero = alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(color="#1c2430").encode(x="x:Q")
-    return alt.layer(bars, up, down, zero).properties(height=alt.Step(11))
-
-
 def interval_chart(cmp: pd.DataFrame, labels: dict[str, str] | None = None, *,
                    set_names: dict[str, str] | None = None, order: list[str] | None = None) -> alt.LayerChart:
     """Each model's change against the reference with its 95% interval, per eval set (the frame of
@@ -166,11 +140,12 @@ def interval_chart(cmp: pd.DataFrame, labels: dict[str, str] | None = None, *,
     rule = base.mark_rule(strokeWidth=2).encode(
         x=alt.X("lo:Q", title="change vs reference, with 95% interval", scale=scale, axis=alt.Axis(format="+%")),
         x2="hi:Q", opacity=alt.condition(alt.datum.solid, alt.value(1.0), alt.value(0.35)))
-    point = base.mark_point(size=60, strokeWidth=2).encode(
-        x=alt.X("delta:Q", scale=scale), filled="solid:N",
-        opacity=alt.condition(alt.datum.solid, alt.value(1.0), alt.value(0.5)))
+    solid = base.mark_point(size=60, strokeWidth=2, filled=True).encode(x=alt.X("delta:Q", scale=scale)
+                                                                        ).transform_filter(alt.datum.solid)
+    faint = base.mark_point(size=60, strokeWidth=2, filled=False, opacity=0.5).encode(
+        x=alt.X("delta:Q", scale=scale)).transform_filter(~alt.datum.solid)
     zero = alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(color="#1c2430").encode(x="x:Q")
-    return alt.layer(rule, point, zero).properties(height=alt.Step(12))
+    return alt.layer(rule, solid, faint, zero).properties(height=alt.Step(12))
 
 
 def slices_chart(slices: pd.DataFrame, *, selected: int | None = None):

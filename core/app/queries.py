@@ -283,20 +283,6 @@ def selection_review(ws: Workspace, selection_id: str) -> pd.DataFrame:
 
 # -- before / after -------------------------------------------------------------------------------
 
-def _set_order(eval_set: str, slice_rank: dict[str, int] | None = None) -> tuple[int, int, str]:
-    """Sort key of an eval set: test, the failure (debug-heldout, then slices' held-out parts by rank),
-    E_sample, train, test groups, then slices by rank (``slice_rank``: 'slice=<id>' -> rank)."""
-    fixed = {"test": 0, "error_heldout": 1, "error_sample": 3, "train": 4}
-    if eval_set in fixed:
-        return fixed[eval_set], 0, eval_set
-    if eval_set.startswith("slice:"):
-        tail = eval_set.rsplit(":", 1)[-1]
-        return 2, int(tail) if tail.isdigit() else 0, eval_set
-    if eval_set.startswith("slice="):
-        return 6, (slice_rank or {}).get(eval_set, 0), eval_set
-    return (5 if eval_set.startswith("test/group=") else 7), 0, eval_set
-
-
 def slice_metrics(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
     """Accuracy of each model on every slice of the latest slice run (from stored predictions of the
     slice members): model_id, eval_set ('slice=<slice_id>'), metric, value, n; slices by rank."""
@@ -328,31 +314,6 @@ def comparison_long(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
         s = s.assign(method=s.model_id.map(methods))[m.columns]
         m = pd.concat([m, s], ignore_index=True)
     return m
-
-
-def comparison_table(long: pd.DataFrame, model_ids: Sequence[str], reference: str | None = None) -> pd.DataFrame:
-    """Wide before/after table: one row per (eval_set, metric), a column per model (in ``model_ids`` order)
-    and a ``Δ <model>`` column per other model (its value minus the reference's, in points of accuracy
-    fraction). The reference defaults to the first model."""
-    model_ids = [m for m in model_ids]
-    if long.empty or not model_ids:
-        return pd.DataFrame(columns=["eval_set", "metric", "n", *model_ids])
-    reference = reference or model_ids[0]
-    wide = long.pivot_table(index=["eval_set", "metric"], columns="model_id", values="value", aggfunc="first")
-    wide = wide.reindex(columns=model_ids)
-    n = long.groupby(["eval_set", "metric"]).n.max()
-    wide.insert(0, "n", n.reindex(wide.index).astype("Int64"))
-    for mid in model_ids:
-        if mid != reference:
-            wide[f"Δ {mid}"] = wide[mid] - wide[reference]
-    wide = wide.reset_index()
-    ranks = {e: i for i, e in enumerate(dict.fromkeys(long.eval_set[long.eval_set.str.startswith("slice=")]))}
-    wide["_o"] = wide.eval_set.map(lambda e: _set_order(e, ranks))
-    metric_order = {"accuracy": 0, "balanced_accuracy": 1, "worst_group_acc": 2}
-    wide["_m"] = wide.metric.map(lambda m: metric_order.get(m, 9))
-    wide = wide.sort_values(["_o", "_m"]).drop(columns=["_o", "_m"]).reset_index(drop=True)
-    wide.columns.name = None
-    return wide
 
 
 def model_labels(ws: Workspace, model_ids: Sequence[str]) -> dict[str, str]:

@@ -1,58 +1,73 @@
-"""The before/after export: the comparison table as CSV and as a one-page, self-contained HTML report.
+"""The before/after export: the honest comparison (:func:`core.app.story.compare`) as CSV, and as a one-page,
+self-contained HTML report.
 
 The HTML has no script and no external resource (it opens offline, in any browser, or attached to an
-e-mail): a table of every eval set with a bar per model drawn in CSS, and the deltas against the reference
-model coloured by sign.
+e-mail): each fix's sentence, coloured by its outcome, then the scorecard (every eval set, every model, each
+change with its 95% interval, gains green and regressions red).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pandas as pd
 
-from core.app.html_parts import esc, fmt_delta, fmt_pct, generated_at, page
+from core.app import story
+from core.app.html_parts import esc, generated_at, page
+
+CSV_COLUMNS = ["model", "model_id", "eval_set", "eval set", "metric", "n", "value", "reference value", "delta",
+               "delta 95% low", "delta 95% high", "verdict"]
+OUTCOME_CLASS = {"fix": "gain", "trade-off": "mixed", "harm": "regression", "no change": "noise"}
+EXTRA_CSS = """
+.tell{border-radius:6px;padding:10px 14px;margin:8px 0;font-size:14px}
+.tell.gain{background:#e3f4e8} .tell.mixed{background:#fff4d6} .tell.regression{background:#fbe4e6}
+.tell.noise{background:#eef2f7}
+td.gain{background:#e3f4e8;color:#14532d} td.regression{background:#fbe4e6;color:#7f1d1d}
+td.within{color:#5b6472}
+"""
 
 
-def comparison_csv(table: pd.DataFrame) -> str:
-    """The comparison table (see :func:`core.app.queries.comparison_table`) as CSV text."""
-    return table.to_csv(index=False, float_format="%.6g")
+def comparison_csv(cmp: pd.DataFrame, *, names: Mapping[str, str] | None = None,
+                   set_names: Mapping[str, str] | None = None) -> str:
+    """Every row of a comparison as CSV: model, eval set (id and name), n, value, the reference's value, the
+    change and its 95% interval, the verdict."""
+    from core.app.names import eval_set_name
+
+    def set_name(e: str, m: str) -> str:
+        return (set_names or {}).get(e if m == "accuracy" else f"{e}:{m}") or eval_set_name(e, m)
+
+    out = pd.DataFrame({
+        "model": [(names or {}).get(m, m) for m in cmp.model_id], "model_id": cmp.model_id,
+        "eval_set": cmp.eval_set, "eval set": [set_name(e, m) for e, m in zip(cmp.eval_set, cmp.metric)],
+        "metric": cmp.metric, "n": cmp.n, "value": cmp.value, "reference value": cmp.ref_value,
+        "delta": cmp.delta, "delta 95% low": cmp.lo, "delta 95% high": cmp.hi, "verdict": cmp.verdict,
+    }, columns=CSV_COLUMNS)
+    return out.to_csv(index=False, float_format="%.6g")
 
 
-def comparison_html(table: pd.DataFrame, model_ids: Sequence[str], *, title: str = "Before / after",
-                    labels: Mapping[str, str] | None = None, workspace: str = "",
-                    reference: str | None = None) -> str:
-    """A one-page HTML report of a comparison table: headline cards, then every eval set."""
-    labels = labels or {}
-    reference = reference or (model_ids[0] if model_ids else None)
-    name = lambda m: esc(labels.get(m, m))  # noqa: E731
-    cards = []
-    for eval_set, what in (("test", "test accuracy"), ("error_heldout", "debug-heldout accuracy")):
-        row = table[(table.eval_set == eval_set) & (table.metric == "accuracy")]
-        if row.empty:
-            continue
-        for m in model_ids:
-            if m == reference:
-                continue
-            delta = row.iloc[0].get(f"Δ {m}")
-            cards.append(f'<div class="card"><div class="v">{fmt_pct(row.iloc[0][m])} {fmt_delta(delta)}</div>'
-                         f'<div class="l">{esc(what)} · {name(m)}</div></div>')
-    head = "".join(f"<th>{name(m)}</th>" for m in model_ids)
-    head += "".join(f"<th>Δ {name(m)}</th>" for m in model_ids if m != reference)
+def comparison_html(tale: dict, *, workspace: str = "", names: Mapping[str, str] | None = None,
+                    title: str = "Before / after") -> str:
+    """A one-page HTML report of :func:`core.app.before_after.comparison_story`'s ``tale``: a sentence per
+    fix, then the scorecard."""
+    ref, ids = tale["reference"], [tale["reference"], *tale["fixes"]]
+    names = dict(names or {m: tale["names"].get(m, m) for m in ids})
+    cells, verdicts = story.scorecard(tale["comparison"], ids, names=names, set_names=tale["set_names"])
+    told = "".join(f'<div class="tell {OUTCOME_CLASS.get(tale["outcomes"].get(m), "noise")}">'
+                   f"{esc(tale['sentences'][m])}</div>" for m in tale["fixes"])
+    head = "".join(f"<th>{esc(c)}</th>" for c in cells.columns)
     rows = []
-    for _, r in table.iterrows():
-        metric = "" if r.metric == "accuracy" else f" · {esc(str(r.metric))}"
-        n = "" if pd.isna(r.get("n")) else f'<br><span class="sub">{int(r["n"])} images</span>'
-        cells = "".join(
-            f'<td class="num">{fmt_pct(r[m])}<div class="bar" style="width:{0 if pd.isna(r[m]) else 100 * float(r[m]):.0f}%">'
-            f"</div></td>" for m in model_ids)
-        cells += "".join(f'<td class="num">{fmt_delta(r.get(f"Δ {m}"))}</td>' for m in model_ids if m != reference)
-        rows.append(f"<tr><td>{esc(str(r.eval_set))}{metric}{n}</td>{cells}</tr>")
+    for (_, r), (_, v) in zip(cells.iterrows(), verdicts.iterrows()):
+        tds = [f"<td>{esc(r['eval set'])}</td>", f'<td class="num">{"" if pd.isna(r["n"]) else int(r["n"])}</td>']
+        for c in cells.columns[2:]:
+            cls = {"gain": "gain", "regression": "regression", "within noise": "within"}.get(v[c], "")
+            tds.append(f'<td class="num {cls}">{esc(r[c])}</td>')
+        rows.append(f"<tr>{''.join(tds)}</tr>")
+    k = tale["num_classes"]
     body = (f"<h1>{esc(title)}</h1>"
-            f'<div class="sub">Workspace {esc(workspace)} · reference model {name(reference or "")} · '
-            f"{generated_at()}. Accuracy is the share of correctly classified images; Δ is the change against "
-            f"the reference, in percentage points. debug-heldout: held-out images of the failure mode being "
-            f"fixed.</div>"
-            f'<div class="cards">{"".join(cards)}</div>'
-            f"<table><thead><tr><th>evaluation set</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    return page(title, body)
+            f'<div class="sub">Workspace {esc(workspace)} · reference {esc(names.get(ref, ref))} · {generated_at()}. '
+            f"Accuracy is the share of correctly classified images ({k} classes: guessing scores "
+            f"{100 / k:.0f}%). Each change is in accuracy points ± half its 95% interval; ▲ gain / ▼ regression "
+            f"when the whole interval lies above / below 0, ≈ within noise; n: images in the set.</div>"
+            f"{told}"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return page(title, body, extra_css=EXTRA_CSS)
