@@ -1,7 +1,10 @@
 """End to end in a real browser: `streamlit run app.py` driven by headless Chromium (Playwright).
 
-Opens every page, launches a short retrain job from the Jobs page, waits for it to finish and finds the new
-model on the Before/after page. Screenshots of every page go to test-output/screenshots/.
+Opens every page, then walks the curator's loop as a person would: Overview (the story, with the demo's
+regression) → Slices (no annotation without a choice, then one made) → Retrieval (review the candidates,
+save them under a typed name) → Jobs (retrain on that selection with the simple form, wait for it) →
+Before / after (the new model by name, the regression as plain as the gain). Screenshots of every page and
+every step go to test-output/screenshots/ (`make screenshots` copies two of them into docs/ for the README).
 """
 
 from __future__ import annotations
@@ -19,60 +22,108 @@ pytestmark = [
                                                      "chromium) to run the browser test"),
 ]
 
+TITLES = {"": "Overview", "errors": "Errors", "slices": "Slices", "retrieval": "Retrieval (DCD)", "jobs": "Jobs",
+          "compare": "Before / after"}
+SELECTION = "walkthrough picks"
 
-def test_every_page_and_a_job_end_to_end(app_server):
+
+def _regression_shown(page) -> None:
+    """The demo's DCD swapped one shortcut for another: its box says trade-off and names what fell."""
+    from playwright.sync_api import expect
+
+    box = page.get_by_test_id("stAlertContentWarning").filter(has_text="A trade-off.").first
+    expect(box).to_be_visible(timeout=30_000)
+    expect(box).to_contain_text("fell from")
+    expect(page.get_by_text("▼").first).to_be_attached()  # a regression cell of the scorecard
+
+
+def test_the_curators_walk_through_every_page(app_server):
     from playwright.sync_api import expect, sync_playwright
 
     from core.store.workspace import Workspace
+    from jobs import slices
 
     url, ws_dir = app_server
     ws = Workspace.open(ws_dir)
+    assert slices.main(["--workspace", str(ws_dir), "--slices", "4"]) == 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            titles = {"": "Overview", "errors": "Errors", "slices": "Slices", "retrieval": "Retrieval (DCD)",
-                      "jobs": "Jobs",
-                      "compare": "Before / after"}
-            for path, title in titles.items():
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            for path, title in TITLES.items():
                 page.goto(f"{url}/{path}")
                 wait_idle(page, title)
                 assert page.get_by_test_id("stException").count() == 0, f"exception on {title}"
                 page.screenshot(path=str(SHOTS / f"{path or 'overview'}.png"), full_page=True)
-            # Something real on each: the overview's counts, the confusion chart, the candidates.
+
+            # 1. Overview: the failure, the story in a sentence, chance level, the regression plainly.
             page.goto(f"{url}/")
             wait_idle(page, "Overview")
-            expect(page.get_by_text("Failure (debug-heldout)").first).to_be_attached()  # a dataframe cell (canvas)
             expect(page.get_by_text("guessing scores 50%").first).to_be_visible()
+            expect(page.get_by_text("Failure (debug-heldout)").first).to_be_attached()  # a dataframe cell (canvas)
+            _regression_shown(page)
+            page.screenshot(path=str(SHOTS / "walkthrough-1-overview.png"), full_page=True)
 
-            # Launch a short retrain from the Jobs page.
+            # 2. Slices: saving without a choice records nothing; a choice is saved.
+            page.goto(f"{url}/slices")
+            wait_idle(page, "Slices")
+            expect(page.get_by_text("Attribution Mosaic").first).to_be_visible()
+            page.get_by_role("button", name="Save annotation").click()
+            expect(page.get_by_text("Choose what the model relies on").first).to_be_visible(timeout=30_000)
+            assert ws.scalar("SELECT count(*) FROM annotations") == 0
+            page.get_by_text("spurious correlation").first.click()
+            page.get_by_label("Note").fill("looks at the background, not the shape")
+            page.get_by_label("Your name").fill("walkthrough")
+            page.get_by_role("button", name="Save annotation").click()
+            expect(page.get_by_text("annotated spurious").first).to_be_visible(timeout=30_000)
+            assert ws.df("SELECT kind, annotator FROM annotations").values.tolist() == [["spurious", "walkthrough"]]
+            page.screenshot(path=str(SHOTS / "walkthrough-2-slices.png"), full_page=True)
+
+            # 3. Retrieval: candidates under their error images; review them, save under a typed name.
+            page.goto(f"{url}/retrieval")
+            wait_idle(page, "Retrieval (DCD)")
+            expect(page.get_by_text(re.compile(r"^\d+ candidates$")).first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"not reviewed: trained on as proposed")).first).to_be_visible()
+            page.get_by_role("button", name="Keep the rest").click()
+            wait_idle(page)
+            expect(page.get_by_text(re.compile(r"^\d+ reviewed \(\d+ kept, 0 dropped\)")).first).to_be_visible()
+            page.get_by_role("textbox", name="Selection name").fill(SELECTION)
+            page.get_by_role("button", name="Save as debug-train selection").click()
+            expect(page.get_by_text(f"Saved {SELECTION}").first).to_be_visible(timeout=30_000)
+            saved = ws.df("SELECT selection_id, name FROM selections WHERE name = ?", [SELECTION])
+            assert len(saved) == 1
+            page.get_by_role("tab", name="Saved selections").click()
+            all_kept = re.compile(rf"^{SELECTION} · (\d+) images \(\1 kept, 0 dropped, 0 not reviewed\)")
+            expect(page.get_by_role("combobox", name="Selection")).to_have_value(all_kept, timeout=30_000)
+            expect(page.get_by_role("button", name=f"Retrain Baseline with {SELECTION}")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "walkthrough-3-retrieval.png"), full_page=True)
+
+            # 4. Jobs: retrain on it with the simple form (no Advanced field touched).
             page.goto(f"{url}/jobs")
             wait_idle(page, "Jobs")
             page.get_by_test_id("stSelectbox").filter(has_text="Job").first.click()
             page.get_by_role("option", name="retrain", exact=True).click()
             wait_idle(page)
-            page.get_by_text(re.compile(r"^Advanced \(")).first.click()  # epochs and the recorded name are advanced
-            page.get_by_role("textbox", name="finetune epochs", exact=True).fill("1")
-            page.get_by_role("textbox", name="record as", exact=True).fill("browser_finetune")
+            page.get_by_test_id("stSelectbox").filter(has_text="debug-train selection").first.click()
+            page.get_by_role("option", name=re.compile(f"^{SELECTION} ")).click()
             page.get_by_role("button", name="Launch retrain").click()
             expect(page.get_by_text("Launched").first).to_be_visible(timeout=30_000)
             job = ws.jobs().list(limit=1)[0]
-            assert job.kind == "retrain"
-            assert job.args[job.args.index("--finetune-epochs") + 1] == "1"
-            page.screenshot(path=str(SHOTS / "jobs-running.png"), full_page=True)
-            wait_until(lambda: not ws.jobs().get(job.job_id).is_active, 150, f"retrain job {job.job_id} to finish",
+            assert job.kind == "retrain" and job.args[job.args.index("--selection-id") + 1] == saved.selection_id[0]
+            wait_until(lambda: not ws.jobs().get(job.job_id).is_active, 240, f"retrain job {job.job_id} to finish",
                        interval=1)
             job = ws.jobs().get(job.job_id)
             assert job.state == "succeeded", f"{job.state}: {job.error}"
-            # The polling fragment shows it finished without a manual reload.
-            expect(page.get_by_text("No job running").first).to_be_visible(timeout=20_000)
-            page.screenshot(path=str(SHOTS / "jobs-finished.png"), full_page=True)
+            expect(page.get_by_text("No job running").first).to_be_visible(timeout=20_000)  # polled, no reload
+            expect(page.get_by_test_id("stAlertContentSuccess").first).to_be_visible()  # the job's summary
+            page.screenshot(path=str(SHOTS / "walkthrough-4-jobs.png"), full_page=True)
 
-            new_model = job.result["methods"]["browser_finetune"]["model_id"]
+            # 5. Before / after: the new model by its selection's name, the regression as plain as the gain.
             page.goto(f"{url}/compare")
             wait_idle(page, "Before / after")
-            expect(page.get_by_text(new_model).first).to_be_attached(timeout=20_000)
-            page.screenshot(path=str(SHOTS / "compare-after-job.png"), full_page=True)
+            expect(page.get_by_test_id("stAlertContainer").filter(has_text=f"'{SELECTION}'").first).to_be_visible(timeout=30_000)
+            _regression_shown(page)
+            page.screenshot(path=str(SHOTS / "walkthrough-5-before-after.png"), full_page=True)
         finally:
             browser.close()
