@@ -109,6 +109,13 @@ def test_pick_keeps_corm_only_when_it_beats_plain_beyond_noise():
     # ties on the worst slice go to the higher mean
     kept, _ = pick([_cand("finetune", 0.1), _cand("corm:a", 0.9, 0.9), _cand("corm:b", 0.9, 0.95)], sizes)
     assert kept.name == "corm:b"
+    # tied with plain on the worst slice: kept only if better on the mean beyond the noise, and never if worse
+    kept, why = pick([_cand("finetune", 0.0, 0.0), _cand("upweight", 0.0, 0.22, {"upweight_share": 0.5})], sizes)
+    assert kept.name == "upweight" and "as plain fine-tuning did (0%)" in why and "22% against 0%" in why
+    kept, _ = pick([_cand("finetune", 0.0, 0.2), _cand("corm:a", 0.0, 0.22)], sizes)
+    assert kept.name == "finetune"
+    kept, _ = pick([_cand("finetune", 0.3, 0.3), _cand("corm:a", 0.2, 0.9)], sizes)
+    assert kept.name == "finetune"
     assert noise_margin(1.0, 8) == pytest.approx(1 / 8) and noise_margin(0.0, 0) == 1.0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import TINY_ARCH
 
@@ -122,10 +123,11 @@ def test_a_slice_with_too_few_failures_is_refused(sliced):
 
 @pytest.mark.slow
 def test_the_whole_loop_runs_without_an_error_sample_split(tiny_manifest, tmp_path):
-    from core.data.manifest import manifest_without_splits
+    from core.data.manifest import manifest_with_splits_as
     from jobs import ingest, pipeline
 
-    manifest = manifest_without_splits(tiny_manifest, ("error_sample", "error_heldout"))
+    manifest = manifest_with_splits_as(tiny_manifest, ("error_sample", "error_heldout"), "test")
+    n_test = int(pd.read_csv(tiny_manifest).split.isin(["test", "error_sample", "error_heldout"]).sum())
     ws_dir, out = tmp_path / "ws", tmp_path / "report.json"
     assert ingest.main(["--workspace", str(ws_dir), "--manifest", str(manifest)]) == 0
     assert pipeline.main(["--workspace", str(ws_dir), "--json", str(out), "--classifier", TINY_ARCH,
@@ -134,6 +136,7 @@ def test_the_whole_loop_runs_without_an_error_sample_split(tiny_manifest, tmp_pa
     report = json.loads(out.read_text())
     ws = Workspace.open(ws_dir)
     assert ws.scalar("SELECT count(*) FROM images WHERE split IN ('error_sample', 'error_heldout')") == 0
+    assert ws.scalar("SELECT count(*) FROM images WHERE split = 'test'") == n_test  # the failure's images kept
     target = get_target(ws, report["slice"]["target_id"])
     assert target is not None and report["slice"]["n_heldout"] == len(target.heldout_ids) > 0
     assert set(report["methods"]) == {"baseline", "dcd", "random"}

@@ -25,6 +25,23 @@ def test_share_weights_give_the_added_images_their_share_whatever_the_sizes():
         share_weights(is_added, 1.0)
 
 
+def test_share_weights_by_class_keep_train_class_mix():
+    # train: 600 of class 0, 300 of class 1; added: 100 of class 1 only (a slice of one class)
+    labels = np.array([0] * 600 + [1] * 300 + [1] * 100)
+    is_added = np.arange(1000) >= 900
+    w = share_weights(is_added, 0.5, labels)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[labels == 0].sum() == pytest.approx(600 / 900) and w[labels == 1].sum() == pytest.approx(300 / 900)
+    assert w[is_added].sum() == pytest.approx(0.5 * 300 / 900)  # half of class 1's draws, not half of all
+    assert np.allclose(w[labels == 0], (600 / 900) / 600)  # class 0 has nothing added: its images as before
+    # a class only the added images hold still gets drawn: its share among the added, times added_share
+    labels2 = np.array([0] * 500 + [1] * 400 + [2] * 100)
+    w2 = share_weights(is_added, 0.5, labels2)
+    assert w2.sum() == pytest.approx(1.0) and w2[labels2 == 2].sum() > 0
+    with pytest.raises(ValueError, match="added_mix"):
+        TrainConfig(added_mix="half")
+
+
 def _tiny_fit(sample_weights, seen):
     torch.manual_seed(0)
     model = create_model("test_resnet", num_classes=2)

@@ -344,11 +344,14 @@ def scan_imagefolder(root: str | Path) -> pd.DataFrame:
     return load_imagefolder(root).rows
 
 
-def manifest_without_splits(path: str | Path, splits: Sequence[str]) -> Path:
-    """A copy of the CSV manifest ``path`` without the rows of ``splits`` (next to it, ``<stem>-without-...``);
-    e.g. a demo without its ``error_sample`` / ``error_heldout`` splits, as most users' data comes."""
+def manifest_with_splits_as(path: str | Path, splits: Sequence[str], into: str) -> Path:
+    """A copy of the CSV manifest ``path`` whose rows of ``splits`` are moved into the split ``into`` (next
+    to it, ``<stem>-<splits>-as-<into>``). E.g. a demo without its ``error_sample`` / ``error_heldout``
+    splits, as most users' data comes: the failure's images stay in ``test``, unmarked, where a user would
+    meet them."""
     path = Path(path)
     df = pd.read_csv(path)
-    out = path.with_name(f"{path.stem}-without-{'-'.join(splits)}{path.suffix}")
-    df[~df["split"].isin(list(splits))].to_csv(out, index=False)
+    out = path.with_name(f"{path.stem}-{'-'.join(splits)}-as-{into}{path.suffix}")
+    df.loc[df["split"].isin(list(splits)), "split"] = into
+    df.to_csv(out, index=False)
     return out

@@ -20,6 +20,9 @@ from core.store.workspace import Workspace
 
 # Fine-tuning draws this share of its batches from the added selection (see TrainConfig.added_share).
 ADDED_SHARE = 0.5
+# How that share is taken (TrainConfig.added_mix): "class" within each class, "batch" of the whole batch.
+ADDED_MIXES = ("class", "batch")
+ADDED_MIX = "class"
 # Fine-tuning visits at most this many times the train set's size per epoch, whatever was added.
 FINETUNE_EPOCH_CAP = 2
 
@@ -38,6 +41,10 @@ class TrainConfig:
     # Fine-tuning only: the share of every batch drawn from the added (debug-train) images, whatever their
     # number, so that a few hundred targeted images are not drowned by train; None samples all alike.
     added_share: float | None = ADDED_SHARE
+    # How: "class" takes the share within each class the added images hold, so every batch keeps train's
+    # class mix (a selection of one class, e.g. a slice's "waterbird taken for landbird", then changes how
+    # the classifier sees that class, not how often it answers it); "batch" takes it of the whole batch.
+    added_mix: str = ADDED_MIX
     # Train only the last this many stages (timm's coarse parameter groups) and the head; the earlier
     # stages stay frozen, BatchNorm statistics included. None trains the whole network.
     trainable_stages: int | None = None
@@ -45,6 +52,10 @@ class TrainConfig:
     # probe), then fine-tune (LP-FT, Kumar et al. 2022: the random head's early gradients do not distort
     # the pretrained features).
     probe_first: bool = False
+
+    def __post_init__(self) -> None:
+        if self.added_mix not in ADDED_MIXES:
+            raise ValueError(f"added_mix must be one of {ADDED_MIXES}, got {self.added_mix!r}")
 
     def finetune(self, epochs: int | None = None, lr: float | None = None) -> "TrainConfig":
         """The schedule used to fine-tune an already trained classifier."""

@@ -299,17 +299,40 @@ def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] 
     return df.reset_index(drop=True)
 
 
-def share_weights(is_added: np.ndarray, added_share: float | None) -> np.ndarray | None:
-    """Per-image sampling weights giving the added images ``added_share`` of the draws (None: uniform)."""
+def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.ndarray | None = None
+                  ) -> np.ndarray | None:
+    """Per-image sampling weights (summing to 1) giving the added images ``added_share`` of the draws (None:
+    uniform).
+
+    With ``labels`` the share is taken within each class: every class keeps the share of the draws it has
+    among the other images (train's class mix), and of a class's draws its added images get ``added_share``
+    (none where it has no added image). So added images of one or two classes change how those classes are
+    seen, not how often they are answered. A class that only added images hold gets the share of the draws
+    it has among the added images, times ``added_share``."""
     if added_share is None:
         return None
     if not 0.0 < added_share < 1.0:
         raise ValueError(f"added_share must be between 0 and 1 (exclusive), got {added_share}")
+    is_added = np.asarray(is_added, bool)
     n_added = int(is_added.sum())
     n_rest = len(is_added) - n_added
     if n_added == 0 or n_rest == 0:
         return None
-    return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
+    if labels is None:
+        return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
+    labels = np.asarray(labels)
+    weights = np.zeros(len(labels))
+    for c in np.unique(labels):
+        added, rest = is_added & (labels == c), ~is_added & (labels == c)
+        n_a, n_r = int(added.sum()), int(rest.sum())
+        mass = n_r / n_rest if n_r else added_share * n_a / n_added
+        if n_a and n_r:
+            weights[added], weights[rest] = mass * added_share / n_a, mass * (1.0 - added_share) / n_r
+        elif n_a:
+            weights[added] = mass / n_a
+        else:
+            weights[rest] = mass / n_r
+    return weights / weights.sum()
 
 
 @dataclass
@@ -356,7 +379,8 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
     if upweight_ids:
         weights = share_weights(df.image_id.isin(upweight_ids).to_numpy(), upweight_share)
     else:
-        weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share)
+        weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share,
+                                df.label.to_numpy() if cfg.added_mix == "class" else None)
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
         samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
         progress=progress.span(0.1, 1.0))

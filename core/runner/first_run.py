@@ -37,7 +37,7 @@ from core.store.workspace import Workspace
 DEFAULT_WAIT_SECONDS = 150.0
 POLL_SECONDS = 0.5
 #: The training settings the background fine-tuning jobs get exactly as the demo had them.
-TRAIN_SETTINGS = ("epochs", "finetune_epochs", "trainable_stages", "added_share", "batch_size", "lr", "seed")
+TRAIN_SETTINGS = ("epochs", "finetune_epochs", "trainable_stages", "added_share", "added_mix", "batch_size", "lr", "seed")
 _BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[|it/s\]|img/s\]")  # a tqdm bar's redraw
 
 

@@ -110,6 +110,7 @@ def embedder_options() -> tuple[Option, ...]:
 
 
 def train_options() -> tuple[Option, ...]:
+    from core.models.schedules import ADDED_MIXES
     from core.models.schedules import PRETRAINED_SCHEDULE as P
     from core.models.schedules import SCRATCH_SCHEDULE as S
 
@@ -128,6 +129,9 @@ def train_options() -> tuple[Option, ...]:
         Option("added_share", "float", P.added_share, group=g, advanced=True,
                help=f"share of every fine-tuning batch drawn from the added selection ({P.added_share}); "
                     f"0 samples train and selection alike"),
+        Option("added_mix", "choice", P.added_mix, choices=ADDED_MIXES, group=g, advanced=True,
+               help=f"how that share is taken: within each class, keeping train's class mix (class), or of the "
+                    f"whole batch (batch; default {P.added_mix})"),
         Option("batch_size", "int", group=g, advanced=True, help=f"images per step ({P.batch_size})"),
         Option("lr", "float", group=g, advanced=True, help=f"learning rate ({both('lr')})"),
         Option("seed", "int", P.seed, group=g, help="random seed of data order and initial weights"),
@@ -209,6 +213,8 @@ def train_overrides(opts: argparse.Namespace) -> dict[str, Any]:
     core.models.training.initial_schedule / finetune_schedule)."""
     given = {k: getattr(opts, k) for k in ("epochs", "batch_size", "lr", "seed") if getattr(opts, k) is not None}
     given["added_share"] = opts.added_share or None  # 0: sample train and selection alike
+    if getattr(opts, "added_mix", None):
+        given["added_mix"] = opts.added_mix
     stages = opts.trainable_stages
     if stages is not None:
         if str(stages).strip().lower() in ("all", "none"):

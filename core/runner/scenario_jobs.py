@@ -17,7 +17,7 @@ from core.store.workspace import Workspace
 
 def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     from core.data.ingest import ingest_manifest
-    from core.data.manifest import manifest_without_splits
+    from core.data.manifest import manifest_with_splits_as
     from core.scanner.slice_loop import run_loop
     from core.scenarios.demos import assets_dir, check_assets, demo_settings, generate_demo
 
@@ -36,7 +36,7 @@ def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[s
     manifest = generate_demo(opts.dataset, data_dir, size=opts.size, seed=opts.seed, image_size=opts.image_size,
                              assets=assets, corruption=opts.corruption)
     if opts.no_error_split:
-        manifest = manifest_without_splits(manifest, ("error_sample", "error_heldout"))
+        manifest = manifest_with_splits_as(manifest, ("error_sample", "error_heldout"), "test")
     report = ingest_manifest(ws, manifest, progress=progress.stage("ingesting the images", 0.02, 0.05))
     print(report.summary())
     if opts.no_pipeline:
@@ -77,8 +77,9 @@ def _demo_options() -> tuple[Option, ...]:
                help="train the baseline and fine-tune on DCD's selection here, then start the other methods' "
                     "fine-tuning and the slices as background jobs (how make run opens the app quickly)"),
         Option("no_error_split", "flag", False, advanced=True,
-               help="leave out the error_sample and error_heldout splits, as most users' data has none: the "
-                    "loop then finds the failure as a slice and fixes that (core.scanner.slice_loop)"),
+               help="no error_sample and error_heldout splits, as most users' data has none: their images "
+                    "join test, unmarked, and the loop finds the failure as a slice and fixes that "
+                    "(core.scanner.slice_loop)"),
         # Unset so that the demo's own settings apply unless the user gives a value.
         *with_defaults(pipeline_options(), **{k: None for k in scenario_set}),
     )
