@@ -159,6 +159,22 @@ def test_flagged_pool_ids_leave_out_kept_and_add_dropped(ws):
     assert counts.loc["pool", "n_keep"] == 3 and counts.loc["pool", "n_drop"] == 1
 
 
+def test_dcd_with_drop_label_issues_never_selects_a_flagged_pool_image(ws):
+    from core.dcd.selection import selection_items
+    from core.dcd.strategies import SelectionRequest, select
+
+    compute_label_issues(ws)
+    flagged = flagged_pool_ids(ws)
+    assert flagged
+    request = SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak")
+    plain = set(selection_items(ws, select(ws, "dcd", request).selection_id).image_id.astype(int))
+    assert plain & flagged  # without the flag the nearest neighbours include flagged images
+    dropped = select(ws, "dcd", SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak",
+                                                 drop_label_issues=True))
+    items = set(selection_items(ws, dropped.selection_id).image_id.astype(int))
+    assert items and not items & flagged
+
+
 def _fake_slice_run(ws: Workspace, members: dict[int, list[int]]) -> str:
     run_id = "run-li"
     with ws.write() as con:

@@ -119,7 +119,7 @@ def annotated_ws(ws_copy):
     from jobs import annotate_demo, slices
 
     ws_dir = ws_copy[0].root
-    assert slices.main(["--workspace", str(ws_dir), "--k", "5", "--no-mosaics"]) == 0
+    assert slices.main(["--workspace", str(ws_dir), "--slices", "5", "--no-mosaics"]) == 0
     assert annotate_demo.main(["--workspace", str(ws_dir), "--min-purity", "0.5"]) == 0
     from core.scanner.annotations import annotate, annotated_slices
     from core.scanner.runs import get_slices, latest_run

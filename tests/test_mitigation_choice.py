@@ -23,7 +23,7 @@ def annotated(ws_copy):
     from jobs import slices
 
     ws = ws_copy[0]
-    assert slices.main(["--workspace", str(ws.root), "--k", "4", "--no-mosaics"]) == 0
+    assert slices.main(["--workspace", str(ws.root), "--slices", "4", "--no-mosaics"]) == 0
     run_id = latest_run(ws)
     m = slice_members(ws, run_id)
     train_err = m[(m.split == "train") & ~m.correct.astype(bool)]

@@ -114,7 +114,7 @@ def sliced_ws(ws_copy, tmp_path):
 
     ws_dir = ws_copy[0].root
     out = tmp_path / "slices.json"
-    assert slices.main(["--workspace", str(ws_dir), "--json", str(out), "--k", "5"]) == 0
+    assert slices.main(["--workspace", str(ws_dir), "--json", str(out), "--slices", "5"]) == 0
     return ws_dir, json.loads(out.read_text())
 
 

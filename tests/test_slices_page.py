@@ -16,7 +16,7 @@ def sliced_copy(ws_copy):
     from jobs import slices
 
     ws_dir = ws_copy[0].root
-    assert slices.main(["--workspace", str(ws_dir), "--k", "4"]) == 0
+    assert slices.main(["--workspace", str(ws_dir), "--slices", "4"]) == 0
     return ws_dir
 
 
@@ -86,7 +86,7 @@ def test_slices_page_in_a_browser(app_server):
     from jobs import slices
 
     url, ws_dir = app_server
-    assert slices.main(["--workspace", str(ws_dir), "--k", "4"]) == 0
+    assert slices.main(["--workspace", str(ws_dir), "--slices", "4"]) == 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -278,7 +278,7 @@ class SelectionRequest:
 def _flagged(ws: Workspace, req: SelectionRequest) -> set[int]:
     if not req.drop_label_issues:
         return set()
-    from core.dcd.label_issues import flagged_pool_ids
+    from core.dcd.label_review import flagged_pool_ids
 
     return flagged_pool_ids(ws)
 
