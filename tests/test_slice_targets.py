@@ -144,3 +144,10 @@ def test_the_whole_loop_runs_without_an_error_sample_split(tiny_manifest, tmp_pa
     for method in ("dcd", "random"):
         assert 0.0 <= report["methods"][method]["slice_heldout_acc"] <= 1.0
     assert report["methods"]["dcd"]["n_added"] == report["methods"]["random"]["n_added"]
+    # the loop found the pool's label issues in DCD's space and left the flagged ones out of DCD's selection
+    from core.dcd.label_review import count_label_issues, flagged_pool_ids
+    from core.dcd.selection import selection_items
+
+    assert report["selection"]["drop_label_issues"] is True and count_label_issues(ws, splits=["pool"]) > 0
+    picked = set(selection_items(ws, report["methods"]["dcd"]["selection_id"]).image_id.astype(int))
+    assert picked and not picked & flagged_pool_ids(ws)

@@ -51,6 +51,20 @@ class PipelineConfig:
     # Without an error_sample split, core.scanner.slice_loop finds the slices and targets the worst one.
     from_slice: str | None = None
     heldout_share: float = 0.5
+    # The pool's flagged label issues (core.dcd.label_issues): "drop" leaves them out of DCD's selection,
+    # "keep" does not, "auto" drops them in the loop for a slice (which finds everything itself) and keeps
+    # them with an error_sample split. Where none are stored, they are found in DCD's feature space first.
+    label_issues: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.label_issues not in LABEL_ISSUE_CHOICES:
+            raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {self.label_issues!r}")
+
+    def drops_label_issues(self, *, slice_loop: bool) -> bool:
+        return self.label_issues == "drop" or (self.label_issues == "auto" and slice_loop)
+
+
+LABEL_ISSUE_CHOICES = ("auto", "drop", "keep")
 
 
 class Timings(dict):
@@ -106,6 +120,28 @@ def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits
     return emb
 
 
+def prepare_label_issues(ws: Workspace, config: PipelineConfig, embedder_id: str, timings: Timings, *,
+                         slice_loop: bool, progress: Progress) -> dict | None:
+    """Whether DCD leaves out the pool's flagged label issues (``config.label_issues``); if it does and none
+    are stored, find them first with ``embedder_id`` (DCD's feature space, embedded already). Returns the
+    label issues' summary (``{"embedder_id", "splits": ...}`` when found here, ``{"stored": True}`` when
+    they were), or None when they are kept."""
+    if not config.drops_label_issues(slice_loop=slice_loop):
+        return None
+    from core.dcd.label_issues import compute_label_issues
+    from core.dcd.label_review import count_label_issues
+
+    if count_label_issues(ws, splits=["pool"]):
+        return {"stored": True}
+    t = time.perf_counter()
+    summary = compute_label_issues(ws, embedder_id=embedder_id, seed=config.seed, progress=progress)
+    timings.step("label_issues", t)
+    pool = summary["splits"].get("pool", {})
+    print(f"label issues in {embedder_id}'s space: {pool.get('n_flagged', 0)} of {pool.get('n_scored', 0)} pool "
+          f"labels flagged, left out of DCD's selection", flush=True)
+    return summary
+
+
 def make_selections(ws: Workspace, config: PipelineConfig, request: SelectionRequest,
                     timings: Timings) -> dict[str, Selection]:
     """Step 3: ``dcd`` and the baselines with as many images as DCD found."""
@@ -149,6 +185,7 @@ def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dic
                        "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
         "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
         "selection": {"k": request.neighbours, "budget": request.budget, "label_policy": config.label_policy,
+                      "drop_label_issues": request.drop_label_issues,
                       "n_dcd": len(dcd.items) if dcd else None,
                       "index_type": info.index_type if info else None,
                       "recall": info.recall_at_k if info else None},
@@ -169,9 +206,12 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
     budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
+    issues = prepare_label_issues(ws, config, emb["embedder_id"], timings, slice_loop=False,
+                                  progress=progress.span(0.4, 0.4))
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
-                               seed=config.seed, index_memory_gb=config.index_memory_gb)
+                               seed=config.seed, index_memory_gb=config.index_memory_gb,
+                               drop_label_issues=issues is not None)
     selections = make_selections(ws, config, request, timings)
     results = {"baseline": baseline}
     retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(0.4, 1.0))

@@ -335,6 +335,7 @@ register_job(JobSpec(
 # -- the whole loop -------------------------------------------------------------------------------------------
 
 def pipeline_options() -> tuple[Option, ...]:
+    from core.dcd.pipeline import LABEL_ISSUE_CHOICES
     from core.dcd.strategies import METHODS
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()
@@ -342,7 +343,11 @@ def pipeline_options() -> tuple[Option, ...]:
                       help="methods to compare"),
                Option("from_slice", group="selection",
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
-                           "error_sample split the worst slice of a new slice run is the target)"))
+                           "error_sample split the worst slice of a new slice run is the target)"),
+               Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, group="selection", advanced=True,
+                      help="the pool's flagged label issues: drop (DCD never selects them; found first in DCD's "
+                           "feature space if none are stored), keep, or auto (drop for a slice, keep with an "
+                           "error_sample split)"))
             + index_options())
 
 
@@ -354,7 +359,8 @@ def pipeline_config(opts: argparse.Namespace):
                           embedder=embedder_spec(opts), k=opts.neighbours, budget=opts.budget,
                           label_policy=opts.label_policy, train=train_overrides(opts),
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
-                          index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice)
+                          index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
+                          label_issues=getattr(opts, "label_issues", None) or "auto")
 
 
 def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:

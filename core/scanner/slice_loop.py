@@ -7,8 +7,12 @@ Users rarely have a curated sample of their model's failure. Here AttributionSca
    slice ``config.from_slice`` (``RUN:RANK``), by default the worst-ranked slice with enough errors;
 3. that slice's misclassified members are split into a query part and a held-out part
    (core.dcd.slice_targets); the pool is embedded, and so are the query members;
-4. ``dcd`` retrieves for the query part; the baselines get as many images (``random`` from the pool,
-   ``all_pool``, ``error_sample_only`` = the query part itself);
+4. the pool's label issues are found in the same feature space (unless stored already), and ``dcd``
+   retrieves for the query part, leaving out the flagged pool images (``PipelineConfig.label_issues``:
+   under the ``agree`` policy a wrong weak label that happens to agree with the error image's is otherwise
+   kept; on the Waterbirds-like demo most of them were land images labelled "waterbird", and training on
+   them swapped the background shortcut for the opposite one); the baselines get as many images
+   (``random`` from the whole pool, ``all_pool``, ``error_sample_only`` = the query part itself);
 5. each selection fine-tunes the classifier; every model is evaluated on test, train and the slice's
    held-out part (the eval set ``slice:<run_id>:<rank>``, never trained on).
 
@@ -28,6 +32,7 @@ from core.dcd.pipeline import (
     embed_for_search,
     loop_report,
     make_selections,
+    prepare_label_issues,
     retrain_each,
     run_pipeline,
 )
@@ -95,11 +100,13 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
           f"{len(target.heldout_ids)} held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
+    issues = prepare_label_issues(ws, config, emb["embedder_id"], timings, slice_loop=True,
+                                  progress=progress.span(0.4, 0.4))
     budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
-                               heldout_share=config.heldout_share)
+                               heldout_share=config.heldout_share, drop_label_issues=issues is not None)
     selections = make_selections(ws, config, request, timings)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
     from core.models.evaluation import compute_metrics, metrics_summary
