@@ -53,7 +53,7 @@ class PipelineConfig:
     heldout_share: float = 0.5
     # The pool's flagged label issues (core.dcd.label_issues): "drop" leaves them out of DCD's selection,
     # "keep" does not, "auto" drops them in the loop for a slice (which finds everything itself) and keeps
-    # them with an error_sample split. Where none are stored, they are found in DCD's feature space first.
+    # them with an error_sample split. Where none are stored, they are found first (prepare_label_issues).
     label_issues: str = "auto"
 
     def __post_init__(self) -> None:
@@ -120,24 +120,28 @@ def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits
     return emb
 
 
-def prepare_label_issues(ws: Workspace, config: PipelineConfig, embedder_id: str, timings: Timings, *,
-                         slice_loop: bool, progress: Progress) -> dict | None:
+def prepare_label_issues(ws: Workspace, config: PipelineConfig, timings: Timings, *, slice_loop: bool,
+                         progress: Progress) -> dict | None:
     """Whether DCD leaves out the pool's flagged label issues (``config.label_issues``); if it does and none
-    are stored, find them first with ``embedder_id`` (DCD's feature space, embedded already). Returns the
-    label issues' summary (``{"embedder_id", "splits": ...}`` when found here, ``{"stored": True}`` when
-    they were), or None when they are kept."""
+    are stored, find them first in the pretrained default backbone's feature space (embedding train and pool
+    in it as needed). Not in the classifier's own space: where the classifier learnt a shortcut, a minority
+    image's right label looks wrong there (on the Waterbirds-like demo the classifier's space flagged the
+    pool at precision 0.76, and left DCD nothing of the failure to select; the backbone's, 0.90). Returns
+    the label issues' summary (``{"stored": True}`` when they were stored already), or None when kept."""
     if not config.drops_label_issues(slice_loop=slice_loop):
         return None
+    from core.dcd.embed import EmbedderSpec
     from core.dcd.label_issues import compute_label_issues
     from core.dcd.label_review import count_label_issues
 
     if count_label_issues(ws, splits=["pool"]):
         return {"stored": True}
     t = time.perf_counter()
-    summary = compute_label_issues(ws, embedder_id=embedder_id, seed=config.seed, progress=progress)
+    summary = compute_label_issues(ws, embedder_id=EmbedderSpec().embedder_id(ws), seed=config.seed,
+                                   progress=progress)
     timings.step("label_issues", t)
     pool = summary["splits"].get("pool", {})
-    print(f"label issues in {embedder_id}'s space: {pool.get('n_flagged', 0)} of {pool.get('n_scored', 0)} pool "
+    print(f"label issues ({summary['embedder_id']}): {pool.get('n_flagged', 0)} of {pool.get('n_scored', 0)} pool "
           f"labels flagged, left out of DCD's selection", flush=True)
     return summary
 
@@ -206,7 +210,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
     budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
-    issues = prepare_label_issues(ws, config, emb["embedder_id"], timings, slice_loop=False,
+    issues = prepare_label_issues(ws, config, timings, slice_loop=False,
                                   progress=progress.span(0.4, 0.4))
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]

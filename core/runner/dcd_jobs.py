@@ -345,8 +345,8 @@ def pipeline_options() -> tuple[Option, ...]:
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
                            "error_sample split the worst slice of a new slice run is the target)"),
                Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, group="selection", advanced=True,
-                      help="the pool's flagged label issues: drop (DCD never selects them; found first in DCD's "
-                           "feature space if none are stored), keep, or auto (drop for a slice, keep with an "
+                      help="the pool's flagged label issues: drop (DCD never selects them; found first with the "
+                           "pretrained backbone if none are stored), keep, or auto (drop for a slice, keep with an "
                            "error_sample split)"))
             + index_options())
 

@@ -7,7 +7,7 @@ Users rarely have a curated sample of their model's failure. Here AttributionSca
    slice ``config.from_slice`` (``RUN:RANK``), by default the worst-ranked slice with enough errors;
 3. that slice's misclassified members are split into a query part and a held-out part
    (core.dcd.slice_targets); the pool is embedded, and so are the query members;
-4. the pool's label issues are found in the same feature space (unless stored already), and ``dcd``
+4. the pool's label issues are found (unless stored already; core.dcd.pipeline.prepare_label_issues), and ``dcd``
    retrieves for the query part, leaving out the flagged pool images (``PipelineConfig.label_issues``:
    under the ``agree`` policy a wrong weak label that happens to agree with the error image's is otherwise
    kept; on the Waterbirds-like demo most of them were land images labelled "waterbird", and training on
@@ -100,7 +100,7 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
           f"{len(target.heldout_ids)} held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
-    issues = prepare_label_issues(ws, config, emb["embedder_id"], timings, slice_loop=True,
+    issues = prepare_label_issues(ws, config, timings, slice_loop=True,
                                   progress=progress.span(0.4, 0.4))
     budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
