@@ -138,7 +138,7 @@ def prepare_label_issues(ws: Workspace, config: PipelineConfig, timings: Timings
         return {"stored": True}
     t = time.perf_counter()
     summary = compute_label_issues(ws, embedder_id=EmbedderSpec().embedder_id(ws), seed=config.seed,
-                                   progress=progress)
+                                   progress=progress.stage("finding the pool's label issues", 0, 1))
     timings.step("label_issues", t)
     pool = summary["splits"].get("pool", {})
     print(f"label issues ({summary['embedder_id']}): {pool.get('n_flagged', 0)} of {pool.get('n_scored', 0)} pool "
@@ -206,18 +206,19 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     progress = as_progress(progress)
     t0, timings = time.perf_counter(), Timings()
     counts = check_counts(ws, config, error_split=True)
-    progress.expect_stages((1 if config.classifier_id else 2) + 1 + len(config.methods))  # stage names: Progress.stage
+    drop = config.drops_label_issues(slice_loop=False)
+    progress.expect_stages((1 if config.classifier_id else 2) + 1 + drop + len(config.methods))  # Progress.stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
     budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
-    issues = prepare_label_issues(ws, config, timings, slice_loop=False,
-                                  progress=progress.span(0.4, 0.4))
+    mid = 0.5 if drop else 0.4  # where the label issues' stage ends and retraining starts
+    issues = prepare_label_issues(ws, config, timings, slice_loop=False, progress=progress.span(0.4, mid))
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb,
                                drop_label_issues=issues is not None)
     selections = make_selections(ws, config, request, timings)
     results = {"baseline": baseline}
-    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(0.4, 1.0))
+    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(mid, 1.0))
     return loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
                        results=results, counts=counts, timings=timings, t0=t0)

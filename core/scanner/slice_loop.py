@@ -100,8 +100,8 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
           f"{len(target.heldout_ids)} held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
-    issues = prepare_label_issues(ws, config, timings, slice_loop=True,
-                                  progress=progress.span(0.4, 0.4))
+    mid = 0.5 if config.drops_label_issues(slice_loop=True) else 0.4  # label issues' stage, then retraining
+    issues = prepare_label_issues(ws, config, timings, slice_loop=True, progress=progress.span(0.4, mid))
     budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
@@ -112,7 +112,7 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     from core.models.evaluation import compute_metrics, metrics_summary
 
     results = {"baseline": {**baseline, **metrics_summary(compute_metrics(ws, base_id))}}
-    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(0.4, 1.0))
+    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(mid, 1.0))
     for r in results.values():
         r["slice_heldout_acc"] = r.get(f"{target.eval_set}_acc")
     report = loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
