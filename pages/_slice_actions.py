@@ -29,7 +29,9 @@ def slice_actions(ws: Workspace, run_id: str, rank: int, *, model_id: str, n_err
         with c1:
             launch_button(ws, "Collect targeted data for this slice", "select",
                           ["--from-slice", ref, "--name", f"slice {rank} of {run_id}"], key=f"slice_collect_{ref}")
-            st.caption("Retrieves the nearest pool images; review them on the Retrieval page, then retrain.")
+            st.caption("Retrieves the nearest pool images, leaving out pool labels flagged as label issues "
+                       "(found first if the Errors page has none yet); review them on the Retrieval page, then "
+                       "retrain.")
         with c2:
             launch_button(ws, "Collect, retrain and compare with random", "pipeline",
                           ["--from-slice", ref, "--classifier-id", model_id, "--methods", "dcd", "random"],

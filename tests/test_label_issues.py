@@ -166,11 +166,15 @@ def test_dcd_with_drop_label_issues_never_selects_a_flagged_pool_image(ws):
     compute_label_issues(ws)
     flagged = flagged_pool_ids(ws)
     assert flagged
-    request = SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak")
+    request = SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak")  # auto: kept for E_sample
+    assert not request.drops_label_issues() and SelectionRequest(from_slice="latest:1").drops_label_issues()
+    assert not SelectionRequest(from_slice="latest:1", label_issues="keep").drops_label_issues()
+    with pytest.raises(ValueError, match="label_issues must be one of"):
+        SelectionRequest(label_issues="maybe")
     plain = set(selection_items(ws, select(ws, "dcd", request).selection_id).image_id.astype(int))
     assert plain & flagged  # without the flag the nearest neighbours include flagged images
     dropped = select(ws, "dcd", SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak",
-                                                 drop_label_issues=True))
+                                                 label_issues="drop"))
     items = set(selection_items(ws, dropped.selection_id).image_id.astype(int))
     assert items and not items & flagged
 

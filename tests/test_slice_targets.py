@@ -76,6 +76,10 @@ def test_select_from_slice_holds_out_part_of_its_failures(sliced, tmp_path):
                       [result["selection_id"]]).image_id)
     pool = set(ws.df("SELECT image_id FROM images WHERE split = 'pool'").image_id)
     assert items <= pool
+    # for a slice DCD leaves out the pool's flagged label issues, found first since none were stored
+    from core.dcd.label_review import count_label_issues, flagged_pool_ids
+
+    assert count_label_issues(ws, splits=["pool"]) == len(pool) and not items & flagged_pool_ids(ws)
     # its random baseline reuses the same split; another split of the same slice is refused
     assert select.main(["--workspace", str(ws.root), "--from-slice", f"{run_id}:1", "--method", "random",
                         "--budget", str(len(items)), "--json", str(out)]) == 0

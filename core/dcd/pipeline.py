@@ -20,7 +20,15 @@ from typing import Any
 from core.data.splits import split_counts
 from core.dcd.embed import EmbedderSpec, embed_split_images
 from core.dcd.selection import Selection
-from core.dcd.strategies import DEFAULT_LABEL_POLICY, METHODS, SelectionRequest, default_budget, default_k, select
+from core.dcd.strategies import (
+    DEFAULT_LABEL_POLICY,
+    LABEL_ISSUE_CHOICES,
+    METHODS,
+    SelectionRequest,
+    default_budget,
+    default_k,
+    select,
+)
 from core.models.catalog import get_model
 from core.models.evaluation import evaluate, metrics_summary
 from core.models.pretrained import DEFAULT_BACKBONE
@@ -62,9 +70,6 @@ class PipelineConfig:
 
     def drops_label_issues(self, *, slice_loop: bool) -> bool:
         return self.label_issues == "drop" or (self.label_issues == "auto" and slice_loop)
-
-
-LABEL_ISSUE_CHOICES = ("auto", "drop", "keep")
 
 
 class Timings(dict):
@@ -122,27 +127,19 @@ def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits
 
 def prepare_label_issues(ws: Workspace, config: PipelineConfig, timings: Timings, *, slice_loop: bool,
                          progress: Progress) -> dict | None:
-    """Whether DCD leaves out the pool's flagged label issues (``config.label_issues``); if it does and none
-    are stored, find them first in the pretrained default backbone's feature space (embedding train and pool
-    in it as needed). Not in the classifier's own space: where the classifier learnt a shortcut, a minority
-    image's right label looks wrong there (on the Waterbirds-like demo the classifier's space flagged the
-    pool at precision 0.76, and left DCD nothing of the failure to select; the backbone's, 0.90). Returns
-    the label issues' summary (``{"stored": True}`` when they were stored already), or None when kept."""
+    """If DCD leaves out the pool's flagged label issues (``config.label_issues``), make sure they are there,
+    as a stage of its own (core.dcd.label_issues.ensure_label_issues); None when they are kept."""
     if not config.drops_label_issues(slice_loop=slice_loop):
         return None
-    from core.dcd.embed import EmbedderSpec
-    from core.dcd.label_issues import compute_label_issues
+    from core.dcd.label_issues import ensure_label_issues
     from core.dcd.label_review import count_label_issues
 
     if count_label_issues(ws, splits=["pool"]):
         return {"stored": True}
     t = time.perf_counter()
-    summary = compute_label_issues(ws, embedder_id=EmbedderSpec().embedder_id(ws), seed=config.seed,
-                                   progress=progress.stage("finding the pool's label issues", 0, 1))
+    summary = ensure_label_issues(ws, seed=config.seed,
+                                  progress=progress.stage("finding the pool's label issues", 0, 1))
     timings.step("label_issues", t)
-    pool = summary["splits"].get("pool", {})
-    print(f"label issues ({summary['embedder_id']}): {pool.get('n_flagged', 0)} of {pool.get('n_scored', 0)} pool "
-          f"labels flagged, left out of DCD's selection", flush=True)
     return summary
 
 
@@ -189,7 +186,7 @@ def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dic
                        "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
         "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
         "selection": {"k": request.neighbours, "budget": request.budget, "label_policy": config.label_policy,
-                      "drop_label_issues": request.drop_label_issues,
+                      "drop_label_issues": request.drops_label_issues(),
                       "n_dcd": len(dcd.items) if dcd else None,
                       "index_type": info.index_type if info else None,
                       "recall": info.recall_at_k if info else None},
@@ -216,7 +213,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb,
-                               drop_label_issues=issues is not None)
+                               label_issues="drop" if issues is not None else "keep")
     selections = make_selections(ws, config, request, timings)
     results = {"baseline": baseline}
     retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(mid, 1.0))

@@ -234,6 +234,10 @@ def default_k(budget: int, n_error_sample: int) -> int:
     return max(5, math.ceil(2 * budget / max(1, n_error_sample)))
 
 
+#: What DCD does with the pool's flagged label issues (SelectionRequest.label_issues).
+LABEL_ISSUE_CHOICES = ("auto", "drop", "keep")
+
+
 @dataclass(frozen=True)
 class SelectionRequest:
     """What a strategy is asked for. ``budget``: most images (``random``: exactly that many; default
@@ -241,8 +245,10 @@ class SelectionRequest:
     ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw and a slice target's split;
     ``index_memory_gb``: the pool index's memory budget (default: core.dcd.index_build.default_memory_gb);
     ``from_slice``: ``RUN:RANK``, retrieve for that slice's query part instead of the ``error_sample`` split
-    (core.dcd.slice_targets; its held-out part becomes an eval set); ``drop_label_issues``: never select
-    pool images flagged as label issues (core.dcd.label_issues) unless a person kept them."""
+    (core.dcd.slice_targets; its held-out part becomes an eval set); ``label_issues``: ``"drop"`` never
+    selects pool images flagged as label issues (core.dcd.label_issues, found first if none are stored)
+    unless a person kept them, ``"keep"`` does, ``"auto"`` drops them for a slice (which the loop finds by
+    itself, labels included) and keeps them for the ``error_sample`` split (:data:`LABEL_ISSUE_CHOICES`)."""
 
     budget: int | None = None
     neighbours: int | None = None
@@ -253,7 +259,14 @@ class SelectionRequest:
     index_memory_gb: float | None = None
     from_slice: str | None = None
     heldout_share: float = 0.5
-    drop_label_issues: bool = False
+    label_issues: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.label_issues not in LABEL_ISSUE_CHOICES:
+            raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {self.label_issues!r}")
+
+    def drops_label_issues(self) -> bool:
+        return self.label_issues == "drop" or (self.label_issues == "auto" and self.from_slice is not None)
 
     def target(self, ws: Workspace) -> SliceTarget | None:
         if not self.from_slice:
@@ -275,11 +288,13 @@ class SelectionRequest:
         return {"from_slice": target.describe()} if target else {}
 
 
-def _flagged(ws: Workspace, req: SelectionRequest) -> set[int]:
-    if not req.drop_label_issues:
+def _flagged(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> set[int]:
+    if not req.drops_label_issues():
         return set()
+    from core.dcd.label_issues import ensure_label_issues
     from core.dcd.label_review import flagged_pool_ids
 
+    ensure_label_issues(ws, seed=req.seed, progress=progress)
     return flagged_pool_ids(ws)
 
 
@@ -296,7 +311,7 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     name = req.name or (f"dcd-slice{target.rank}-b{budget}" if target else None)
     return select_dcd(ws, embedder_id=embedder_id, k=k, budget=budget, label_policy=req.label_policy,
                       name=name, source_ids=target.query_ids if target else None,
-                      index_memory_gb=req.index_memory_gb, exclude=_flagged(ws, req),
+                      index_memory_gb=req.index_memory_gb, exclude=_flagged(ws, req, progress),
                       extra_params=req.recorded(ws, target), progress=progress)
 
 

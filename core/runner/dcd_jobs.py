@@ -182,7 +182,8 @@ def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=opts.embedder_id,
                                label_policy=opts.label_policy, seed=opts.seed, name=opts.name,
                                index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
-                               heldout_share=opts.heldout_share, drop_label_issues=opts.drop_label_issues)
+                               heldout_share=opts.heldout_share,
+                               label_issues="drop" if opts.drop_label_issues else opts.label_issues)
     target = request.target(ws)
     if target is not None:
         print(f"slice {target.rank} of {target.run_id}: {len(target.query_ids)} misclassified members to search "
@@ -199,7 +200,7 @@ def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
 
 
 def _select_options() -> tuple[Option, ...]:
-    from core.dcd.strategies import METHODS
+    from core.dcd.strategies import LABEL_ISSUE_CHOICES, METHODS
 
     budget = next(o for o in selection_options() if o.name == "budget")
     return (
@@ -217,8 +218,11 @@ def _select_options() -> tuple[Option, ...]:
                                   "held out as the eval set slice:RUN:RANK"),
         Option("heldout_share", "float", 0.5, advanced=True,
                help="with --from-slice: share of the slice's misclassified members held out (seeded by --seed)"),
-        Option("drop_label_issues", "flag", False, advanced=True,
-               help="dcd: never select pool images flagged as label issues (python -m jobs.label_issues)"),
+        Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, advanced=True,
+               help="dcd and the pool's flagged label issues: drop (never select them; found first with the "
+                    "pretrained backbone if none are stored), keep, or auto (drop for --from-slice, keep for the "
+                    "error_sample split)"),
+        Option("drop_label_issues", "flag", False, advanced=True, help="the old spelling of --label-issues drop"),
         *index_options(),
     )
 
@@ -335,7 +339,7 @@ register_job(JobSpec(
 # -- the whole loop -------------------------------------------------------------------------------------------
 
 def pipeline_options() -> tuple[Option, ...]:
-    from core.dcd.pipeline import LABEL_ISSUE_CHOICES
+    from core.dcd.strategies import LABEL_ISSUE_CHOICES
     from core.dcd.strategies import METHODS
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()

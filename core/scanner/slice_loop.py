@@ -106,7 +106,8 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
-                               heldout_share=config.heldout_share, drop_label_issues=issues is not None)
+                               heldout_share=config.heldout_share,
+                               label_issues="drop" if issues is not None else "keep")
     selections = make_selections(ws, config, request, timings)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
     from core.models.evaluation import compute_metrics, metrics_summary
