@@ -177,6 +177,8 @@ def test_dcd_with_drop_label_issues_never_selects_a_flagged_pool_image(ws):
                                                  label_issues="drop"))
     items = set(selection_items(ws, dropped.selection_id).image_id.astype(int))
     assert items and not items & flagged
+    params = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [dropped.selection_id]))
+    assert params["n_label_issues_left_out"] == len(flagged)  # the selection says what it left out
 
 
 def _fake_slice_run(ws: Workspace, members: dict[int, list[int]]) -> str:

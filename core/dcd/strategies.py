@@ -309,10 +309,11 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     budget = req.resolved_budget(ws, target)
     k = req.neighbours or default_k(budget, req.n_error_images(ws, target))
     name = req.name or (f"dcd-slice{target.rank}-b{budget}" if target else None)
+    exclude = _flagged(ws, req, progress)
+    extra = {**req.recorded(ws, target), **({"n_label_issues_left_out": len(exclude)} if exclude else {})}
     return select_dcd(ws, embedder_id=embedder_id, k=k, budget=budget, label_policy=req.label_policy,
                       name=name, source_ids=target.query_ids if target else None,
-                      index_memory_gb=req.index_memory_gb, exclude=_flagged(ws, req, progress),
-                      extra_params=req.recorded(ws, target), progress=progress)
+                      index_memory_gb=req.index_memory_gb, exclude=exclude, extra_params=extra, progress=progress)
 
 
 def _random(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
