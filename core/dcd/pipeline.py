@@ -59,17 +59,14 @@ class PipelineConfig:
     # Without an error_sample split, core.scanner.slice_loop finds the slices and targets the worst one.
     from_slice: str | None = None
     heldout_share: float = 0.5
-    # The pool's flagged label issues (core.dcd.label_issues): "drop" leaves them out of DCD's selection,
-    # "keep" does not, "auto" drops them in the loop for a slice (which finds everything itself) and keeps
-    # them with an error_sample split. Where none are stored, they are found first (prepare_label_issues).
+    # The pool's flagged label issues, as SelectionRequest.label_issues: "drop" leaves them out of DCD's
+    # selection, "keep" does not, "auto" drops them for a slice and keeps them with an error_sample split.
+    # Where none are stored, they are found first (finds_label_issues, find_label_issues_stage).
     label_issues: str = "auto"
 
     def __post_init__(self) -> None:
         if self.label_issues not in LABEL_ISSUE_CHOICES:
             raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {self.label_issues!r}")
-
-    def drops_label_issues(self, *, slice_loop: bool) -> bool:
-        return self.label_issues == "drop" or (self.label_issues == "auto" and slice_loop)
 
 
 class Timings(dict):
@@ -125,22 +122,22 @@ def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits
     return emb
 
 
-def prepare_label_issues(ws: Workspace, config: PipelineConfig, timings: Timings, *, slice_loop: bool,
-                         progress: Progress) -> dict | None:
-    """If DCD leaves out the pool's flagged label issues (``config.label_issues``), make sure they are there,
-    as a stage of its own (core.dcd.label_issues.ensure_label_issues); None when they are kept."""
-    if not config.drops_label_issues(slice_loop=slice_loop):
-        return None
-    from core.dcd.label_issues import ensure_label_issues
+def finds_label_issues(ws: Workspace, request: SelectionRequest) -> bool:
+    """Whether the loop must find the pool's label issues before selecting: DCD drops them and none are
+    stored."""
     from core.dcd.label_review import count_label_issues
 
-    if count_label_issues(ws, splits=["pool"]):
-        return {"stored": True}
+    return request.drops_label_issues() and not count_label_issues(ws, splits=["pool"])
+
+
+def find_label_issues_stage(ws: Workspace, config: PipelineConfig, timings: Timings, *, progress: Progress) -> None:
+    """The pool's label issues, found as a stage of its own (core.dcd.label_issues.ensure_label_issues), so
+    that DCD's selection can leave the flagged ones out."""
+    from core.dcd.label_issues import ensure_label_issues
+
     t = time.perf_counter()
-    summary = ensure_label_issues(ws, seed=config.seed,
-                                  progress=progress.stage("finding the pool's label issues", 0, 1))
+    ensure_label_issues(ws, seed=config.seed, progress=progress.stage("finding the pool's label issues", 0, 1))
     timings.step("label_issues", t)
-    return summary
 
 
 def make_selections(ws: Workspace, config: PipelineConfig, request: SelectionRequest,
@@ -203,17 +200,19 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     progress = as_progress(progress)
     t0, timings = time.perf_counter(), Timings()
     counts = check_counts(ws, config, error_split=True)
-    drop = config.drops_label_issues(slice_loop=False)
-    progress.expect_stages((1 if config.classifier_id else 2) + 1 + drop + len(config.methods))  # Progress.stage
+    budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
+    request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
+                               label_policy=config.label_policy,  # type: ignore[arg-type]
+                               seed=config.seed, index_memory_gb=config.index_memory_gb,
+                               label_issues=config.label_issues)
+    find_issues = finds_label_issues(ws, request)
+    progress.expect_stages((1 if config.classifier_id else 2) + 1 + find_issues + len(config.methods))  # .stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
-    budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
-    mid = 0.5 if drop else 0.4  # where the label issues' stage ends and retraining starts
-    issues = prepare_label_issues(ws, config, timings, slice_loop=False, progress=progress.span(0.4, mid))
-    request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
-                               embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
-                               seed=config.seed, index_memory_gb=config.index_memory_gb,
-                               label_issues="drop" if issues is not None else "keep")
+    mid = 0.5 if find_issues else 0.4  # where the label issues' stage ends and retraining starts
+    if find_issues:
+        find_label_issues_stage(ws, config, timings, progress=progress.span(0.4, mid))
+    request = replace(request, embedder_id=emb["embedder_id"])
     selections = make_selections(ws, config, request, timings)
     results = {"baseline": baseline}
     retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(mid, 1.0))

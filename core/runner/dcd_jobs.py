@@ -200,7 +200,7 @@ def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
 
 
 def _select_options() -> tuple[Option, ...]:
-    from core.dcd.strategies import LABEL_ISSUE_CHOICES, METHODS
+    from core.dcd.strategies import METHODS
 
     budget = next(o for o in selection_options() if o.name == "budget")
     return (
@@ -218,10 +218,6 @@ def _select_options() -> tuple[Option, ...]:
                                   "held out as the eval set slice:RUN:RANK"),
         Option("heldout_share", "float", 0.5, advanced=True,
                help="with --from-slice: share of the slice's misclassified members held out (seeded by --seed)"),
-        Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, advanced=True,
-               help="dcd and the pool's flagged label issues: drop (never select them; found first with the "
-                    "pretrained backbone if none are stored), keep, or auto (drop for --from-slice, keep for the "
-                    "error_sample split)"),
         Option("drop_label_issues", "flag", False, advanced=True, help="the old spelling of --label-issues drop"),
         *index_options(),
     )
@@ -339,7 +335,6 @@ register_job(JobSpec(
 # -- the whole loop -------------------------------------------------------------------------------------------
 
 def pipeline_options() -> tuple[Option, ...]:
-    from core.dcd.strategies import LABEL_ISSUE_CHOICES
     from core.dcd.strategies import METHODS
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()
@@ -347,11 +342,7 @@ def pipeline_options() -> tuple[Option, ...]:
                       help="methods to compare"),
                Option("from_slice", group="selection",
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
-                           "error_sample split the worst slice of a new slice run is the target)"),
-               Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, group="selection", advanced=True,
-                      help="the pool's flagged label issues: drop (DCD never selects them; found first with the "
-                           "pretrained backbone if none are stored), keep, or auto (drop for a slice, keep with an "
-                           "error_sample split)"))
+                           "error_sample split the worst slice of a new slice run is the target)"))
             + index_options())
 
 

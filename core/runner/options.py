@@ -192,7 +192,7 @@ def engine_options() -> tuple[Option, ...]:
 
 
 def selection_options() -> tuple[Option, ...]:
-    from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES
+    from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_ISSUE_CHOICES, LABEL_POLICIES
 
     g = "selection"
     return (
@@ -203,6 +203,10 @@ def selection_options() -> tuple[Option, ...]:
         Option("label_policy", "choice", DEFAULT_LABEL_POLICY, choices=LABEL_POLICIES, group=g,
                help="label of a retrieved pool image: its weak label (weak), the error image's label "
                     f"(source), or only images where both agree (agree; default {DEFAULT_LABEL_POLICY})"),
+        Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, group=g, advanced=True,
+               help="dcd and the pool's flagged label issues: drop (never select them; found first with the "
+                    "pretrained backbone if none are stored), keep, or auto (drop for a slice, keep for the "
+                    "error_sample split)"),
     )
 
 

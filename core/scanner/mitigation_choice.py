@@ -24,10 +24,11 @@ answer from what is left around the noised region (README, Waterbirds-like ``--s
    of the held-out images (:func:`noise_margin`) on its worst slice, or ties it there (no worse) and beats
    it by more than the noise on the mean over the slices (on Waterbirds-like ``--seed 1`` every candidate
    scored 0% on the worst slice, and only the mean told them apart); otherwise plain fine-tuning, the
-   simpler model, is kept and the reason says so. Only the kept model is saved and registered (with its eval sets, in one transaction),
-   so a killed job leaves nothing and the workspace does not fill with the losers; its ``models.config``
-   holds the ``mitigation`` record (candidates, their held-out scores, which was kept and why), which
-   :func:`mitigation_summary` turns into a sentence and a table for the Before / after page.
+   simpler model, is kept and the reason says so. Only the kept model is saved and registered (with its
+   eval sets, in one transaction), so a killed job leaves nothing and the workspace does not fill with the
+   losers; its ``models.config`` holds the ``mitigation`` record (candidates, their held-out scores, which
+   was kept and why), which :func:`mitigation_summary` turns into a sentence and a table for the Before /
+   after page.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Users rarely have a curated sample of their model's failure. Here AttributionSca
    slice ``config.from_slice`` (``RUN:RANK``), by default the worst-ranked slice with enough errors;
 3. that slice's misclassified members are split into a query part and a held-out part
    (core.dcd.slice_targets); the pool is embedded, and so are the query members;
-4. the pool's label issues are found (unless stored already; core.dcd.pipeline.prepare_label_issues), and ``dcd``
-   retrieves for the query part, leaving out the flagged pool images (``PipelineConfig.label_issues``:
+4. the pool's label issues are found (unless stored already; core.dcd.label_issues.ensure_label_issues),
+   and ``dcd`` retrieves for the query part, leaving out the flagged pool images (``label_issues``:
    under the ``agree`` policy a wrong weak label that happens to agree with the error image's is otherwise
    kept; on the Waterbirds-like demo most of them were land images labelled "waterbird", and training on
    them swapped the background shortcut for the opposite one); the baselines get as many images
@@ -30,9 +30,10 @@ from core.dcd.pipeline import (
     baseline_classifier,
     check_counts,
     embed_for_search,
+    find_label_issues_stage,
+    finds_label_issues,
     loop_report,
     make_selections,
-    prepare_label_issues,
     retrain_each,
     run_pipeline,
 )
@@ -100,14 +101,15 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
           f"{len(target.heldout_ids)} held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
-    mid = 0.5 if config.drops_label_issues(slice_loop=True) else 0.4  # label issues' stage, then retraining
-    issues = prepare_label_issues(ws, config, timings, slice_loop=True, progress=progress.span(0.4, mid))
     budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
     request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
-                               heldout_share=config.heldout_share,
-                               label_issues="drop" if issues is not None else "keep")
+                               heldout_share=config.heldout_share, label_issues=config.label_issues)
+    find_issues = finds_label_issues(ws, request)
+    mid = 0.5 if find_issues else 0.4  # where the label issues' stage ends and retraining starts
+    if find_issues:
+        find_label_issues_stage(ws, config, timings, progress=progress.span(0.4, mid))
     selections = make_selections(ws, config, request, timings)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
     from core.models.evaluation import compute_metrics, metrics_summary
