@@ -14,6 +14,7 @@ from pages._session import refresh, view, workspace
 from pages._story import outcome_box, outcome_word, scorecard_ui
 from pages._widgets import gallery
 
+
 def failure_ui(ws: Workspace, tale: dict) -> None:
     """A few images of the failure that the reference gets wrong."""
     ref = tale["reference"]

@@ -226,10 +226,9 @@ def test_the_job_from_the_command_line(ws, tmp_path, capsys):
 
 
 def test_a_workspace_without_embeddings_uses_the_default_embedder(tmp_path, tiny_manifest):
-    from jobs import ingest
-
     from core.dcd.embed import EmbedderSpec
     from core.store.vectors import list_embedders
+    from jobs import ingest
 
     bare = tmp_path / "bare"
     assert ingest.main(["--workspace", str(bare), "--manifest", str(tiny_manifest)]) == 0

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from core.app import charts, story
-from core.app.before_after import comparison_story
 from core.app import queries as views
+from core.app.before_after import comparison_story
 from core.app.queries import comparison_long
 from core.app.report import comparison_csv, comparison_html
 from core.dcd.strategies import pairs_from_search
