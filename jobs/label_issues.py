@@ -1,4 +1,4 @@
-"""Find label issues in the train labels and the pool's weak labels (confident learning, cleanlab).
+"""Find label issues in the train labels and the pool's weak labels (out-of-sample probabilities, the noise posterior).
 
     python -m jobs.label_issues --workspace DIR [--embedder-id ID] [--splits train pool] [--folds 5] [--seed 0]
 """

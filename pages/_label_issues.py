@@ -1,5 +1,5 @@
-"""The Errors page's label-issues part: the train and pool images whose labels look wrong (confident learning,
-core.dcd.label_issues), filtered and sorted by score, each with its given and suggested label, and the
+"""The Errors page's label-issues part: the train and pool images whose labels look wrong (more likely wrong than
+right, core.dcd.label_issues), filtered and sorted by score, each with its given and suggested label, and the
 decisions a person makes on them (accept the relabel, drop, keep), for one image or for the page shown."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ DECISION_NAMES = {"relabel": ":material/edit: relabel", "drop": ":material/close
                   "keep": ":material/check: keep"}
 SORT_NAMES = {"score": "lowest score first (most likely wrong)", "-score": "highest score first"}
 HOW_TO = ("Compute them with `python -m jobs.label_issues --workspace DIR` or the **label_issues** job on the "
-          "Jobs page: out-of-sample probabilities of a head on an embedder's frozen features, then confident "
-          "learning on the train labels and the pool's weak labels.")
+          "Jobs page: out-of-sample probabilities of a head on an embedder's frozen features, then, for each "
+          "train label and pool weak label, the probability that it is right under the estimated noise.")
 
 
 def _decide(ws: Workspace, image_ids: list[int], decision: str | None) -> None:
@@ -75,9 +75,9 @@ def label_issues_ui(ws: Workspace) -> None:
         st.info("No label issues computed yet. " + HOW_TO)
         launch_button(ws, "Run the label_issues job", "label_issues", key="li_launch")
         return
-    st.caption("Images whose given label (train: `label`, pool: `weak_label`) confident learning finds likely "
-               "wrong. Score: the given label's out-of-sample probability (low = likely wrong). A relabel or "
-               "drop takes effect when a classifier is next trained or fine-tuned.")
+    st.caption("Images whose given label (train: `label`, pool: `weak_label`) is more likely wrong than right. "
+               "Score: the probability that the given label is right (flagged below 0.5). A relabel or drop "
+               "takes effect when a classifier is next trained or fine-tuned.")
     st.dataframe(counts, hide_index=True, key="li_counts")
     splits, flagged, sort = filters_ui()
     if not splits:

@@ -1,7 +1,7 @@
 """Label issues (core.dcd.label_issues, core.dcd.label_review, jobs.label_issues, the Errors page's part) on a
 tiny workspace with planted truth: 12 of its 120 train labels flipped, the pool's 30% weak-label flips, and
-synthetic embeddings in which the true classes are separable, so the flips are what confident learning
-must find."""
+synthetic embeddings in which the true classes are separable, so the flips are what the method must find;
+and the noise posterior on probabilities that are calibrated by construction."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ import streamlit as st
 from helpers import copy_workspace
 from streamlit.testing.v1 import AppTest
 
-from core.dcd.label_issues import compute_label_issues, find_issues, out_of_sample_probs
+from core.dcd.label_issues import (
+    compute_label_issues,
+    cross_val_probs,
+    find_issues,
+    noise_posterior,
+    out_of_sample_probs,
+    stratified_folds,
+)
 from core.dcd.label_review import (
     count_label_issues,
     decide,
@@ -74,9 +81,12 @@ def test_planted_flips_are_found_and_stored(ws):
     q = _truth(ws)
     assert q.loc["train", "n_wrong"] == N_TRAIN_FLIPS
     assert q.loc["pool", "n_wrong"] > 40  # the tiny dataset's 30% weak-label noise
+    # Flagged = more likely wrong than right, so flips near the class boundary stay unflagged: the bar is
+    # #15's (precision 0.7 at recall 0.5), with a margin on precision.
     for split in ("train", "pool"):
-        assert q.loc[split, "precision"] >= 0.8 and q.loc[split, "recall"] >= 0.7, q
+        assert q.loc[split, "precision"] >= 0.8 and q.loc[split, "recall"] >= 0.5, q
         assert summary["splits"][split]["n_flagged"] == q.loc[split, "n_flagged"]
+    assert q.loc["pool", "recall"] >= 0.7, q
     rows = label_issues(ws)
     images = ws.df("SELECT image_id, split, label, weak_label FROM images WHERE split IN ('train', 'pool')")
     assert len(rows) == len(images) == 320
@@ -114,8 +124,53 @@ def test_weak_labels_in_the_fit_as_given_would_learn_their_noise():
         return (issue & flip[pool]).sum() / issue.sum()
 
     two_stage = out_of_sample_probs(x, given, trusted, k, folds=5, seed=0)
-    as_given = out_of_sample_probs(x, given, np.ones(len(true), bool), k, folds=5, seed=0)
+    everyone = np.ones(len(true), bool)
+    as_given = cross_val_probs(x, given, k, stratified_folds(given, 5, 0), everyone)  # one stage, no cleaning
     assert precision(two_stage) > precision(as_given) + 0.05
+
+
+def _calibrated_noisy_labels(seed: int = 0, n: int = 3000):
+    """Probabilities calibrated by construction (each true class drawn from its image's probabilities, many
+    of them unsure, as a weak head's are) and given labels drawn from an asymmetric noise matrix."""
+    rng = np.random.default_rng(seed)
+    noise = np.array([[0.8, 0.2, 0.0], [0.0, 0.9, 0.1], [0.05, 0.05, 0.9]])
+    probs = rng.dirichlet(np.full(3, 0.5), size=n)
+
+    def draw(p: np.ndarray) -> np.ndarray:
+        return (rng.random((len(p), 1)) > p.cumsum(1)).sum(1)
+
+    true = draw(probs)
+    given = draw(noise[true])
+    return probs, true, given, noise
+
+
+def test_noise_posterior_recovers_the_noise_and_flags_what_is_more_likely_wrong():
+    probs, true, given, noise = _calibrated_noisy_labels()
+    posterior, estimated = noise_posterior(given, probs)
+    assert np.abs(estimated - noise).max() < 0.08  # the asymmetric matrix, not a symmetric guess
+    wrong = given != true
+    p_right = posterior[np.arange(len(given)), given]
+    assert abs((1 - p_right).sum() - wrong.sum()) < 0.1 * wrong.sum()  # the expected number wrong is the truth's
+
+    is_issue, score, suggested = find_issues(given, probs)
+    assert np.allclose(score, p_right) and (is_issue == (score < 0.5)).all()
+    assert (suggested[is_issue] != given[is_issue]).all()  # a flagged label's suggestion is another class
+    precision = (is_issue & wrong).sum() / is_issue.sum()
+    # cleanlab counts every confident disagreement of an unsure head as a wrong label: it flags about twice
+    # as many as are wrong, at half the precision
+    counted = find_issues(given, probs, filter_by="prune_by_noise_rate")[0]
+    assert is_issue.sum() <= wrong.sum() < counted.sum()
+    assert precision >= 0.65 and precision > (counted & wrong).sum() / counted.sum() + 0.2
+
+
+def test_noise_posterior_and_find_issues_reject_bad_input():
+    probs, _, given, _ = _calibrated_noisy_labels(n=50)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        noise_posterior(given + 3, probs)
+    with pytest.raises(ValueError, match="labels for"):
+        noise_posterior(given[:-1], probs)
+    with pytest.raises(ValueError, match="filter_by must be one of"):
+        find_issues(given, probs, filter_by="threshold")
 
 
 def test_decisions_apply_in_training_and_survive_a_rerun(ws):
@@ -195,11 +250,12 @@ def _fake_slice_run(ws: Workspace, members: dict[int, list[int]]) -> str:
 
 def test_slices_mostly_flagged_are_suggested_mislabeled(ws):
     compute_label_issues(ws)
-    rows = label_issues(ws, splits=["train"])
+    rows = label_issues(ws)
     flagged = [int(i) for i in rows.image_id[rows.is_issue]][:8]
     clean = [int(i) for i in rows.image_id[~rows.is_issue]][:8]
     test_ids = [int(i) for i in ws.df("SELECT image_id FROM images WHERE split = 'test' LIMIT 10").image_id]
-    # slice 0: 8 flagged + 2 clean train images and 5 test images (not scored); slice 1: clean; slice 2: test only
+    # slice 0: 8 flagged + 2 clean train or pool images and 5 test images (not scored); slice 1: clean;
+    # slice 2: test only
     run_id = _fake_slice_run(ws, {0: flagged + clean[:2] + test_ids[:5], 1: clean[2:], 2: test_ids[5:]})
     share = slice_label_issue_share(ws, run_id).set_index("slice_id")
     assert share.loc[0, "n_members_scored"] == 10 and share.loc[0, "n_flagged"] == 8

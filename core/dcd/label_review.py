@@ -11,7 +11,7 @@ Rows of ``label_issues`` are written by core.dcd.label_issues (one per scored tr
 - :func:`slice_label_issue_share` / :func:`suggest_mislabeled`: the slices whose scored members are mostly
   flagged, to suggest the annotation "mislabeled".
 
-"Flagged" means confident learning flagged the image and no one decided ``'keep'``.
+"Flagged" means core.dcd.label_issues flagged the image and no one decided ``'keep'``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def label_issues(ws: Workspace, *, splits: Sequence[str] | None = None, issues_o
                  sort: str = "score", limit: int | None = None, offset: int = 0) -> pd.DataFrame:
     """Stored label issues: image_id, split, path, given_label, given_name, suggested_label, suggested_name,
     score, is_issue, decision, embedder_id, group_name, true_label. ``sort`` is one of :data:`SORTS`
-    (``"score"``: most likely wrong first); ``issues_only`` keeps the images confident learning flagged."""
+    (``"score"``: most likely wrong first); ``issues_only`` keeps the flagged images."""
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {SORTS}, got {sort!r}")
     where, params = _where(splits, issues_only)
@@ -89,7 +89,7 @@ def count_label_issues(ws: Workspace, *, splits: Sequence[str] | None = None, is
 
 
 def label_issue_counts(ws: Workspace) -> pd.DataFrame:
-    """Per split: n_scored, n_flagged (by confident learning), and how many were decided each way."""
+    """Per split: n_scored, n_flagged, and how many were decided each way."""
     return ws.df(
         "SELECT i.split, count(*) AS n_scored, count(*) FILTER (WHERE li.is_issue) AS n_flagged, "
         "count(*) FILTER (WHERE li.decision = 'relabel') AS n_relabel, "

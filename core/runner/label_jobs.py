@@ -1,4 +1,4 @@
-"""The label-issues job: out-of-sample probabilities and confident learning on the train and pool labels.
+"""The label-issues job: out-of-sample probabilities, then which train and pool labels are more likely wrong.
 
 ``python -m jobs.label_issues --workspace W [--embedder-id E] [--splits train pool] [--folds 5] [--seed 0]``
 runs :func:`core.dcd.label_issues.compute_label_issues`; the app's Errors page shows and decides the issues.
@@ -34,9 +34,10 @@ def _options() -> tuple[Option, ...]:
         Option("folds", "int", DEFAULT_FOLDS, help="cross-validation folds for the out-of-sample probabilities"),
         Option("seed", "int", 0, help="seed of the fold assignment"),
         Option("filter_by", "choice", DEFAULT_FILTER_BY, choices=FILTER_BY, advanced=True,
-               help="cleanlab's find_label_issues method (prune_by_noise_rate: as many as the estimated noise)"),
+               help="which labels are flagged: posterior (more likely wrong than right) or one of cleanlab's "
+                    "find_label_issues methods (prune_by_noise_rate: as many as confident learning counts wrong)"),
     )
 
 
 register_job(JobSpec("label_issues", "Find label issues in the train labels and the pool's weak labels "
-                                     "(out-of-sample probabilities, confident learning).", _options(), _label_issues))
+                                     "(out-of-sample probabilities, the noise posterior).", _options(), _label_issues))

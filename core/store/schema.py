@@ -198,8 +198,8 @@ CREATE TABLE IF NOT EXISTS eval_sets (
     PRIMARY KEY (eval_set, image_id)
 );
 
--- Label issues (confident learning on out-of-sample probabilities): one row per train or pool image
--- scored; score is the given label's out-of-sample probability (low: likely wrong); decision is a
+-- Label issues (core.dcd.label_issues, from out-of-sample probabilities): one row per train or pool image
+-- scored; score is the probability that the given label is right (low: likely wrong); decision is a
 -- person's (relabel to suggested_label, drop, or keep as given), NULL until one is made.
 CREATE TABLE IF NOT EXISTS label_issues (
     image_id BIGINT PRIMARY KEY,
