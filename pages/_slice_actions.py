@@ -20,8 +20,8 @@ def slice_actions(ws: Workspace, run_id: str, rank: int, *, model_id: str, n_err
                    f"{len(target.query_ids)} to search the pool with, {len(target.heldout_ids)} held out (never "
                    f"trained on) to measure the fix on, as the eval set `{target.eval_set}` on Before / after.")
     else:
-        st.caption(f"Half of its {n_errors} misclassified members (pool images aside) are searched with; the other "
-                   f"half is held out, never trained on, and measures the fix on Before / after.")
+        st.caption(f"Half of its {n_errors} misclassified members outside train and the pool are searched with; "
+                   f"the other half is held out, never trained on, and measures the fix on Before / after.")
     if n_errors < 2:
         st.info("This slice has fewer than 2 misclassified members: nothing to retrieve for.")
     else:

@@ -117,7 +117,7 @@ with c_numbers:
                f"**{name_of.get(s.dominant_label, '?')}**.")
 
 members = view(sl.slice_members, run_id, slice_id)
-n_errors = int((~members.correct.fillna(True).astype(bool) & (members.split != "pool")).sum())
+n_errors = int((~members.correct.fillna(True).astype(bool) & ~members.split.isin(["pool", "train"])).sum())
 slice_actions(ws, run_id, int(s.rank), model_id=str(runs.loc[runs.run_id == run_id, "model_id"].iloc[0]),
               n_errors=n_errors, annotated=bool(kind_of))
 

@@ -28,7 +28,7 @@ def _failures(ws: Workspace, run_id: str, rank: int) -> set[int]:
     df = ws.df("SELECT m.image_id FROM slice_members m JOIN slices s USING (run_id, slice_id) "
                "JOIN slice_runs r USING (run_id) JOIN images i ON i.image_id = m.image_id "
                "JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
-               "WHERE m.run_id = ? AND s.rank = ? AND NOT p.correct AND i.split <> 'pool'", [run_id, rank])
+               "WHERE m.run_id = ? AND s.rank = ? AND NOT p.correct AND i.split NOT IN ('pool', 'train')", [run_id, rank])
     return set(df.image_id)
 
 
