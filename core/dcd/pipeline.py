@@ -111,12 +111,14 @@ def baseline_classifier(ws: Workspace, config: PipelineConfig, timings: Timings,
 
 def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits: tuple[str, ...],
                      timings: Timings, *, progress: Progress) -> dict:
-    """Step 2: embed ``splits`` in DCD's feature space (the classifier's own, for embedder ``classifier``)."""
+    """Step 2: embed the images of ``splits`` that DCD's feature space (the classifier's own, for embedder
+    ``classifier``) lacks; a frozen embedder's stored vectors are kept (finding label issues embeds the pool
+    with the pretrained backbone, and a second run on the same pool embeds nothing)."""
     t = time.perf_counter()
     spec = config.embedder
     if spec.arch == "classifier":
         spec = replace(spec, classifier_id=base_id)
-    emb = embed_split_images(ws, spec, splits=splits,
+    emb = embed_split_images(ws, spec, splits=splits, only_missing=True,
                              progress=progress.stage(f"embedding {' + '.join(splits)}", 0, 1))
     timings.step("embed", t)
     return emb
