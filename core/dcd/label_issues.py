@@ -1,4 +1,4 @@
-"""Label issues per image: out-of-sample probabilities on frozen embeddings, then the posterior that each label is right.
+"""Label issues per image: out-of-sample probabilities on frozen embeddings, then how likely each label is right.
 
 :func:`compute_label_issues` scores the ``train`` split against its ``label`` and the ``pool`` against its
 ``weak_label``, in one embedder's frozen feature space, and stores one row per image in ``label_issues``
@@ -26,9 +26,8 @@ How, and why:
   when that is below 0.5. Confident learning (``cleanlab.filter.find_label_issues``, the field's standard,
   by name: ``prune_by_noise_rate`` and the others) remains a choice, and always picks which weak labels the
   second fit leaves out. Why not by default: it counts the head's own confident mistakes as label errors,
-  so with a weak head it flags far more than are wrong (CIFAR-10N ``random_label1``, 17.3% wrong: 5,298
-  flagged at precision 0.52 against 3,029 at 0.72 by the posterior, whose estimated noise, 3,445 labels,
-  is within 1% of the truth).
+  so with a weak head it flags far more than are wrong (CIFAR-10N ``random_label1``, 3,467 of 20,000 wrong:
+  5,298 flagged at precision 0.52, against 3,238 at 0.70 by the posterior, which estimates 3,610 wrong).
 - **Score** per image: that posterior probability that the given label is right, in [0, 1], low = likely
   wrong. ``suggested_label`` is the most probable true class (for a flagged image, other than the given one).
 """
@@ -198,7 +197,7 @@ def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, is_trusted: np
                            progress=progress.span(0.5, 1.0))
 
 
-# -- confident learning -----------------------------------------------------------------------------
+# -- which labels are wrong -------------------------------------------------------------------------
 
 def noise_posterior(labels: np.ndarray, pred_probs: np.ndarray, *, max_iter: int = NOISE_EM_MAX_ITER,
                     tol: float = NOISE_EM_TOL) -> tuple[np.ndarray, np.ndarray]:
