@@ -13,6 +13,7 @@ import streamlit as st
 from core.app import charts, names
 from core.app.slice_report import render_slice_report, report_filename
 from core.data.constants import ANNOTATION_KINDS
+from core.dcd.slice_targets import failure_counts
 from core.scanner import annotations as ann
 from core.scanner import runs as sl
 from pages._session import refresh, slice_mosaic_png, view, workspace
@@ -117,7 +118,7 @@ with c_numbers:
                f"**{name_of.get(s.dominant_label, '?')}**.")
 
 members = view(sl.slice_members, run_id, slice_id)
-n_errors = int((~members.correct.fillna(True).astype(bool) & ~members.split.isin(["pool", "train"])).sum())
+n_errors = failure_counts(ws, run_id).get(int(slice_id), 0)  # as the slice target counts them
 slice_actions(ws, run_id, int(s.rank), model_id=str(runs.loc[runs.run_id == run_id, "model_id"].iloc[0]),
               n_errors=n_errors, annotated=bool(kind_of))
 

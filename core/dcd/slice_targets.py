@@ -102,7 +102,7 @@ def split_members(image_ids: np.ndarray, *, heldout_share: float, seed: int) -> 
     return np.sort(ids[order[n_held:]]), np.sort(ids[order[:n_held]])
 
 
-#: A run's failures: members the run's model got wrong, pool images left out (the pool is what DCD draws from).
+#: A run's failures: members the run's model got wrong, train and pool images left out (see the module doc).
 _FAILURES = ("FROM slice_members m JOIN slice_runs r USING (run_id) JOIN images i ON i.image_id = m.image_id "
              "JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
              "WHERE m.run_id = ? AND i.split NOT IN ('pool', 'train') AND p.correct = false")
