@@ -22,9 +22,9 @@ from core.dcd.embed import EmbedderSpec, embed_split_images
 from core.dcd.selection import Selection
 from core.dcd.strategies import (
     DEFAULT_LABEL_POLICY,
-    LABEL_ISSUE_CHOICES,
     METHODS,
     SelectionRequest,
+    check_label_issues_choice,
     default_budget,
     default_k,
     select,
@@ -65,8 +65,7 @@ class PipelineConfig:
     label_issues: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.label_issues not in LABEL_ISSUE_CHOICES:
-            raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {self.label_issues!r}")
+        check_label_issues_choice(self.label_issues)  # before training, not when selecting
 
 
 class Timings(dict):
@@ -132,14 +131,20 @@ def finds_label_issues(ws: Workspace, request: SelectionRequest) -> bool:
     return request.drops_label_issues() and not count_label_issues(ws, splits=["pool"])
 
 
-def find_label_issues_stage(ws: Workspace, config: PipelineConfig, timings: Timings, *, progress: Progress) -> None:
-    """The pool's label issues, found as a stage of its own (core.dcd.label_issues.ensure_label_issues), so
-    that DCD's selection can leave the flagged ones out."""
+def find_label_issues_stage(ws: Workspace, config: PipelineConfig, request: SelectionRequest, timings: Timings,
+                            *, progress: Progress, start: float, end: float) -> float:
+    """The pool's label issues, found as a stage of its own between ``start`` and ``end`` of ``progress``
+    (core.dcd.label_issues.ensure_label_issues) when :func:`finds_label_issues`, so that DCD's selection can
+    leave the flagged ones out. Returns where the stage ended: ``end``, or ``start`` when there was none."""
     from core.dcd.label_issues import ensure_label_issues
 
+    if not finds_label_issues(ws, request):
+        return start
     t = time.perf_counter()
-    ensure_label_issues(ws, seed=config.seed, progress=progress.stage("finding the pool's label issues", 0, 1))
+    span = progress.span(start, end)
+    ensure_label_issues(ws, seed=config.seed, progress=span.stage("finding the pool's label issues", 0, 1))
     timings.step("label_issues", t)
+    return end
 
 
 def make_selections(ws: Workspace, config: PipelineConfig, request: SelectionRequest,
@@ -207,13 +212,11 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
                                label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb,
                                label_issues=config.label_issues)
-    find_issues = finds_label_issues(ws, request)
-    progress.expect_stages((1 if config.classifier_id else 2) + 1 + find_issues + len(config.methods))  # .stage
+    n_stages = (1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request) + len(config.methods)
+    progress.expect_stages(n_stages)  # stage names: Progress.stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
-    mid = 0.5 if find_issues else 0.4  # where the label issues' stage ends and retraining starts
-    if find_issues:
-        find_label_issues_stage(ws, config, timings, progress=progress.span(0.4, mid))
+    mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
     request = replace(request, embedder_id=emb["embedder_id"])
     selections = make_selections(ws, config, request, timings)
     results = {"baseline": baseline}

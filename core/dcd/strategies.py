@@ -238,6 +238,12 @@ def default_k(budget: int, n_error_sample: int) -> int:
 LABEL_ISSUE_CHOICES = ("auto", "drop", "keep")
 
 
+def check_label_issues_choice(value: str) -> None:
+    """A :class:`ValueError` unless ``value`` is one of :data:`LABEL_ISSUE_CHOICES`."""
+    if value not in LABEL_ISSUE_CHOICES:
+        raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SelectionRequest:
     """What a strategy is asked for. ``budget``: most images (``random``: exactly that many; default
@@ -262,8 +268,7 @@ class SelectionRequest:
     label_issues: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.label_issues not in LABEL_ISSUE_CHOICES:
-            raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {self.label_issues!r}")
+        check_label_issues_choice(self.label_issues)
 
     def drops_label_issues(self) -> bool:
         return self.label_issues == "drop" or (self.label_issues == "auto" and self.from_slice is not None)

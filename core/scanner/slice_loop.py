@@ -31,7 +31,6 @@ from core.dcd.pipeline import (
     check_counts,
     embed_for_search,
     find_label_issues_stage,
-    finds_label_issues,
     loop_report,
     make_selections,
     retrain_each,
@@ -106,10 +105,7 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
                                embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
                                heldout_share=config.heldout_share, label_issues=config.label_issues)
-    find_issues = finds_label_issues(ws, request)
-    mid = 0.5 if find_issues else 0.4  # where the label issues' stage ends and retraining starts
-    if find_issues:
-        find_label_issues_stage(ws, config, timings, progress=progress.span(0.4, mid))
+    mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
     selections = make_selections(ws, config, request, timings)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
     from core.models.evaluation import compute_metrics, metrics_summary
