@@ -29,6 +29,10 @@ TARGETS = {
     "select_10m_seconds": (1.0, "<="),
     "select_10m_recall_at_50": (0.9, ">="),
     "index_10m_peak_rss_over_budget": (1.0, "<="),
+    # label issues on the field's benchmark inputs: the default's F1 minus the best cleanlab rule's, on the
+    # worst input (at least -0.01) and on average (above 0)
+    "label_bench_worst_f1_gap": (-0.01, ">="),
+    "label_bench_mean_f1_gain": (0.0, ">"),
 }
 
 
@@ -102,6 +106,11 @@ def flatten(raw: dict) -> dict:
         r[f"memory_{name}_peak_rss_gib"] = peak / GIB if peak else None
         if peak and name in ("select_job", "embed_store_1m"):
             r[f"memory_{name}_peak_rss_over_vectors"] = peak / vec_bytes
+    lb = raw.get("labels") or {}
+    r["label_bench_worst_f1_gap"] = lb.get("worst_gap_f1")
+    r["label_bench_mean_f1_default"] = lb.get("mean_f1_default")
+    r["label_bench_mean_f1_best_cleanlab"] = lb.get("mean_f1_best_cleanlab")
+    r["label_bench_mean_f1_gain"] = (lb["mean_f1_default"] - lb["mean_f1_best_cleanlab"]) if lb else None
     met = {}
     for key, (target, op) in TARGETS.items():
         v = r.get(key)
@@ -110,7 +119,7 @@ def flatten(raw: dict) -> dict:
         elif op == "~=":
             met[key] = round(v, 4) == target
         else:
-            met[key] = v >= target if op == ">=" else v <= target
+            met[key] = {">=": v >= target, "<=": v <= target, ">": v > target}[op]
     r["targets"] = {k: {"target": TARGETS[k][1] + " " + str(TARGETS[k][0]), "met": met[k]} for k in TARGETS}
     return r
 
@@ -304,6 +313,7 @@ def markdown(raw: dict, r: dict) -> str:
               f"{_f(s.get('recall_at_k'))} |",
               f"| select peak RSS | {_f((s.get('peak_rss_bytes') or 0) / GIB, '{:.2f}')} GiB = "
               f"{_f(r.get('index_10m_select_peak_rss_over_budget'), '{:.2f}')}x the budget |"]
+    L += label_bench_section(raw.get("labels") or {})
     L += ["", "## Reading these figures", "",
           "- Embedding efficiency: decoding overlaps the forward in threads, but its CPU comes from the same 2 "
           "cores, so the wall ratio cannot beat the bound column once the bare forward keeps both cores busy. "
@@ -321,6 +331,36 @@ def markdown(raw: dict, r: dict) -> str:
     if raw.get("errors"):
         L += ["", "## Errors", ""] + [f"- {k}: `{v[:500]}`" for k, v in raw["errors"].items()]
     return "\n".join(L) + "\n"
+
+
+def label_bench_section(lb: dict) -> list[str]:
+    """## 7: every label-issue rule on the label-bench inputs (bench.label_bench)."""
+    L = ["", "## 7. Label issues on the field's benchmark", ""]
+    if not lb:
+        return L + ["Not run: the real assets' `label-bench/` folder was not given (`make bench ASSETS=DIR`)."]
+    inputs = lb["inputs"]
+    rules = list(next(iter(inputs.values()))["rules"])
+    L += ["Out-of-fold probabilities of models cross-validated on CIFAR-10N's human labels (`aggre`: 9% wrong, "
+          "`worst`: 40% wrong), published with cleanlab's label-error benchmark (the real assets' "
+          "`label-bench/`). `default` is `core.dcd.label_issues.find_issues` as called on probabilities from "
+          "elsewhere; `posterior_trusted` the same EM reading them as the true class's (the rule of #15); the "
+          "others are cleanlab's `find_label_issues` rules. F1 against the true labels (precision / recall):",
+          "", "| rule | " + " | ".join(inputs) + " |", "|---|" + "---|" * len(inputs)]
+    for rule in rules:
+        cells = []
+        for r in inputs.values():
+            q = r["rules"][rule]
+            best = rule == r["best_cleanlab"]
+            cells.append(f"{'**' if best or rule == 'default' else ''}{q['f1']:.3f}"
+                         f"{'**' if best or rule == 'default' else ''} ({q['precision']:.2f} / {q['recall']:.2f})")
+        L.append(f"| {rule} | " + " | ".join(cells) + " |")
+    L += ["", "AUROC with which each score ranks the wrong labels first:", "",
+          "| score | " + " | ".join(inputs) + " |", "|---|" + "---|" * len(inputs)]
+    for score in next(iter(inputs.values()))["auroc"]:
+        L.append(f"| {score} | " + " | ".join(f"{r['auroc'][score]:.3f}" for r in inputs.values()) + " |")
+    L += ["", f"The default's F1 against the best cleanlab rule on each input: worst gap "
+              f"{lb['worst_gap_f1']:+.3f}; mean {lb['mean_f1_default']:.3f} against {lb['mean_f1_best_cleanlab']:.3f}."]
+    return L
 
 
 if __name__ == "__main__":  # rewrite RESULTS.md and results.json from a run's results-raw.json

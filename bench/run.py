@@ -23,7 +23,7 @@ from bench.common import ROOT, machine, run_child
 from bench.report import write_report
 from core.scenarios.demos import assets_dir
 
-BENCHES = ("lpips", "embed", "ray", "scale", "retrieval", "memory", "pages", "index10m")
+BENCHES = ("lpips", "embed", "ray", "scale", "retrieval", "memory", "pages", "index10m", "labels")
 SCALE_VERSION = "2"
 
 
@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                                                               "--n", str(args.index10m_n),
                                                               "--memory-gb", str(args.index10m_memory_gb)],
                                            timeout=5400))
+    if "labels" in only:
+        if assets is not None and (assets / "label-bench").is_dir():
+            step("labels", lambda: run_child("bench.label_bench", ["--inputs", str(assets / "label-bench")]))
+        else:
+            print("== labels: skipped (no label-bench/ in the real assets; pass --assets DIR)", flush=True)
     raw["total_seconds"] = time.perf_counter() - t_start
     _keep_earlier(raw, args.out / "results-raw.json", [b for b in BENCHES if b not in only])
     results = write_report(raw, args.out)

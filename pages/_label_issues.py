@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.app import charts
 from core.dcd import label_review
 from core.store.workspace import Workspace
 from pages._session import refresh, view
@@ -68,6 +69,21 @@ def page_actions_ui(ws: Workspace, ids: list[int]) -> None:
               help="Back to undecided")
 
 
+def noise_ui(ws: Workspace) -> None:
+    """The noise estimated in each scored split's labels: one sentence each, the matrix on demand."""
+    noise = view(label_review.label_noise)
+    if noise.empty:
+        return
+    names = ws.class_names()
+    for row in noise.itertuples(index=False):
+        st.caption(label_review.noise_sentence(pd.Series(row._asdict()), names))
+    with st.expander("Estimated label noise: P(given label | true class)"):
+        cols = st.columns(len(noise))
+        for col, row in zip(cols, noise.itertuples(index=False)):
+            col.altair_chart(charts.noise_chart(label_review.noise_cells(row.noise, names), title=row.split),
+                             width="content")
+
+
 def label_issues_ui(ws: Workspace) -> None:
     """The whole part: counts, filters, a page of images with their decisions; or how to compute them."""
     counts = view(label_review.label_issue_counts)
@@ -79,6 +95,7 @@ def label_issues_ui(ws: Workspace) -> None:
                "Score: the probability that the given label is right (flagged below 0.5). A relabel or drop "
                "takes effect when a classifier is next trained or fine-tuned.")
     st.dataframe(counts, hide_index=True, key="li_counts")
+    noise_ui(ws)
     splits, flagged, sort = filters_ui()
     if not splits:
         st.caption("Choose a split.")

@@ -62,18 +62,24 @@ def test_open_explains_what_is_wrong(tmp_path):
         Workspace.create(tmp_path / "old")
 
 
-def test_a_version_1_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
-    ws = Workspace.create(tmp_path / "v1")
-    with ws.write() as con:  # what a version-1 workspace looked like: no slice targets, no label issues
+#: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise.
+_LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise"),
+           2: ("label_noise",)}
+
+
+@pytest.mark.parametrize("version", sorted(_LACKED))
+def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, version):
+    ws = Workspace.create(tmp_path / "old")
+    with ws.write() as con:  # what a workspace of that version looked like
         con.execute("INSERT INTO classes VALUES (0, 'cat')")
-        for table in ("slice_target_members", "slice_targets", "eval_sets", "label_issues"):
+        for table in _LACKED[version]:
             con.execute(f"DROP TABLE {table}")
-        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    opened = Workspace.open(tmp_path / "v1")
-    assert opened.schema_version() == SCHEMA_VERSION == 2
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
+    opened = Workspace.open(tmp_path / "old")
+    assert opened.schema_version() == SCHEMA_VERSION == 3
     assert opened.class_names() == ["cat"]
-    assert opened.scalar("SELECT count(*) FROM slice_targets") == 0
-    assert opened.scalar("SELECT count(*) FROM label_issues") == 0
+    for table in _LACKED[version]:
+        assert opened.scalar(f"SELECT count(*) FROM {table}") == 0
 
 
 def _writer(root: str, n: int, read_done) -> None:

@@ -62,6 +62,27 @@ def confusion_chart(conf: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
     return alt.layer(rect, text).properties(width=side, height=side)
 
 
+def noise_chart(cells: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
+    """Heatmap of an estimated label-noise matrix (long rows: true, given, rate = P(given | true)), the rate
+    in each cell; the diagonal is the share of each class labelled right."""
+    order = list(dict.fromkeys(cells["true"]))
+    base = alt.Chart(cells, title=title or alt.Undefined).encode(
+        x=alt.X("given:N", title="given label", sort=order, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("true:N", title="true class (estimated)", sort=order),
+    )
+    rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
+        color=alt.Color("rate:Q", title="P(given | true)", scale=alt.Scale(scheme="oranges", domain=[0, 0.5],
+                                                                         clamp=True)),
+        tooltip=[alt.Tooltip("true:N"), alt.Tooltip("given:N"), alt.Tooltip("rate:Q", format=".1%")],
+    )
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text("rate:Q", format=".0%"),
+        color=alt.condition(alt.datum.rate > 0.3, alt.value("white"), alt.value("#1c2430")),
+    )
+    side = max(180, 34 * len(order))
+    return alt.layer(rect, text).properties(width=side, height=side)
+
+
 def accuracy_bars(acc: pd.DataFrame, *, title: str = "", key: str = "key") -> alt.LayerChart:
     """Horizontal accuracy bars (worst first) from a frame with ``key``, ``accuracy``, ``n``; each bar is
     labelled with its value, so a 0% bar is seen as 0%, and labels are never cut."""

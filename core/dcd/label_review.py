@@ -16,8 +16,10 @@ Rows of ``label_issues`` are written by core.dcd.label_issues (one per scored tr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from core.store.workspace import Workspace
@@ -27,13 +29,19 @@ SORTS = ("score", "-score")  # lowest score (most likely wrong) first, or highes
 FLAGGED = "li.is_issue AND li.decision IS DISTINCT FROM 'keep'"
 
 
-def store_label_issues(ws: Workspace, rows: pd.DataFrame) -> int:
+def store_label_issues(ws: Workspace, rows: pd.DataFrame, *, noise_rows: Sequence[dict] = ()) -> int:
     """Replace the rows of ``rows``' images (image_id, embedder_id, given_label, suggested_label, score,
-    is_issue) in one transaction. A decision already made on an image is kept if its given label is the
-    same (a ``'relabel'`` keeps the label the person accepted, even if the suggestion has changed)."""
+    is_issue), and the ``label_noise`` rows of the splits in ``noise_rows``, in one transaction. A decision
+    already made on an image is kept if its given label is the same (a ``'relabel'`` keeps the label the
+    person accepted, even if the suggestion has changed)."""
     cols = ["image_id", "embedder_id", "given_label", "suggested_label", "score", "is_issue"]
     staged = rows[cols].copy()
+    noise_cols = ["split", "embedder_id", "fitted_on", "n_scored", "n_wrong_estimated", "n_flagged", "noise"]
     with ws.write() as con:
+        for row in noise_rows:
+            con.execute("DELETE FROM label_noise WHERE split = ?", [row["split"]])
+            con.execute(f"INSERT INTO label_noise ({', '.join(noise_cols)}) VALUES ({', '.join('?' * len(noise_cols))})",
+                        [row[c] for c in noise_cols])
         con.register("staged_label_issues", staged)
         con.execute(
             "CREATE OR REPLACE TEMP TABLE merged_label_issues AS SELECT n.image_id, n.embedder_id, n.given_label, "
@@ -47,6 +55,40 @@ def store_label_issues(ws: Workspace, rows: pd.DataFrame) -> int:
         con.execute("DROP TABLE merged_label_issues")
         con.unregister("staged_label_issues")
     return len(staged)
+
+
+def label_noise(ws: Workspace) -> pd.DataFrame:
+    """The noise estimated in each scored split's labels: split, fitted_on, n_scored, n_wrong_estimated,
+    n_flagged, and ``noise``, the K x K matrix ``P(given | true)`` as an array (rows: true class)."""
+    df = ws.df("SELECT split, embedder_id, fitted_on, n_scored, n_wrong_estimated, n_flagged, noise, computed_at "
+               "FROM label_noise ORDER BY split")
+    df["noise"] = [np.asarray(json.loads(v)) for v in df.noise]
+    return df
+
+
+#: How many of the most frequent confusions a noise summary names.
+TOP_CONFUSIONS = 3
+
+
+def noise_cells(noise: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """A noise matrix ``P(given | true)`` as long rows: true, given (class names), rate."""
+    k = len(noise)
+    return pd.DataFrame({"true": np.repeat(list(class_names), k), "given": np.tile(list(class_names), k),
+                         "rate": np.asarray(noise, float).reshape(-1)})
+
+
+def noise_sentence(row: pd.Series, class_names: Sequence[str]) -> str:
+    """One line on a split's estimated noise: how many labels are wrong, how many flagged, the commonest
+    confusions (a row of :func:`label_noise`)."""
+    n, wrong = int(row.n_scored), float(row.n_wrong_estimated)
+    cells = noise_cells(row.noise, class_names)
+    off = cells[cells.true != cells.given].sort_values("rate", ascending=False).head(TOP_CONFUSIONS)
+    common = ", ".join(f"{r.true} labelled {r.given} ({r.rate:.0%} of {r.true})" for r in off.itertuples()
+                       if r.rate >= 0.005)
+    read = ("the heads' probabilities read as the true class's" if row.fitted_on == "trusted"
+            else "the heads fitted on these labels, their probabilities sharpened")
+    return (f"{row.split}: an estimated {wrong:,.0f} of {n:,} labels are wrong ({wrong / max(n, 1):.1%}); "
+            f"{int(row.n_flagged):,} flagged" + (f". Commonest: {common}" if common else "") + f" ({read}).")
 
 
 def has_label_issues(ws: Workspace) -> bool:

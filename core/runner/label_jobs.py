@@ -19,11 +19,12 @@ def _label_issues(ws: Workspace, opts: argparse.Namespace, progress: Progress) -
     from core.dcd.label_issues import compute_label_issues
 
     return compute_label_issues(ws, embedder_id=opts.embedder_id, splits=opts.splits, folds=opts.folds,
-                                seed=opts.seed, filter_by=opts.filter_by, progress=progress)
+                                seed=opts.seed, filter_by=opts.filter_by, train_labels=opts.train_labels,
+                                progress=progress)
 
 
 def _options() -> tuple[Option, ...]:
-    from core.dcd.label_issues import DEFAULT_FILTER_BY, DEFAULT_FOLDS, FILTER_BY, SCORED_SPLITS
+    from core.dcd.label_issues import DEFAULT_FILTER_BY, DEFAULT_FOLDS, FILTER_BY, SCORED_SPLITS, TRAIN_LABELS
 
     return (
         Option("embedder_id", picker="embedder",
@@ -33,6 +34,10 @@ def _options() -> tuple[Option, ...]:
                help="splits to score: train against its labels, pool against its weak labels"),
         Option("folds", "int", DEFAULT_FOLDS, help="cross-validation folds for the out-of-sample probabilities"),
         Option("seed", "int", 0, help="seed of the fold assignment"),
+        Option("train_labels", "choice", TRAIN_LABELS[0], choices=TRAIN_LABELS,
+               help="trusted: train's labels are the ones you trust, flagged only where the heads are confident "
+                    "against them; noisy: they are noisy themselves (the heads fitted on them have learnt their "
+                    "noise, and their probabilities are read as a model of the given labels)"),
         Option("filter_by", "choice", DEFAULT_FILTER_BY, choices=FILTER_BY, advanced=True,
                help="which labels are flagged: posterior (more likely wrong than right) or one of cleanlab's "
                     "find_label_issues methods (prune_by_noise_rate: as many as confident learning counts wrong)"),

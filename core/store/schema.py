@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from core.data.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Older versions this one opens by adding what they lack (every change since is a new table).
-MIGRATES_FROM = (1,)
+MIGRATES_FROM = (1, 2)
 
 
 def _one_of(values: tuple[str, ...]) -> str:
@@ -209,6 +209,20 @@ CREATE TABLE IF NOT EXISTS label_issues (
     score FLOAT NOT NULL,
     is_issue BOOLEAN NOT NULL,
     decision VARCHAR CHECK (decision IN ('relabel', 'drop', 'keep')),
+    computed_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- The noise the label-issue rule estimated in each scored split's labels: noise[t][g] = P(given g | true t)
+-- (a K x K JSON array), the expected number of wrong labels among n_scored, and how the probabilities were
+-- read (fitted_on: 'trusted' or 'given', core.dcd.label_issues.true_class_prior).
+CREATE TABLE IF NOT EXISTS label_noise (
+    split VARCHAR PRIMARY KEY,
+    embedder_id VARCHAR NOT NULL,
+    fitted_on VARCHAR NOT NULL,
+    n_scored INTEGER NOT NULL,
+    n_wrong_estimated DOUBLE NOT NULL,
+    n_flagged INTEGER NOT NULL,
+    noise JSON NOT NULL,
     computed_at TIMESTAMP DEFAULT current_timestamp
 );
 """
