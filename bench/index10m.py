@@ -119,7 +119,7 @@ def do_select(work: Path, dim: int, k: int) -> dict:
     import faiss
 
     from core.dcd.index import load_index, recall_at_k, search
-    from core.dcd.strategies import merge_candidates, pairs_from_search
+    from core.dcd.retrieval import merge_candidates, pairs_from_search
     from core.store.workspace import Workspace
 
     queries = queries_of(dim)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from core.dcd.label_issues import CLEANLAB_FILTERS, find_issues
+from core.dcd.label_noise import CLEANLAB_FILTERS, find_issues
 
 FILES = ("pred_probs.npy", "noisy_labels.npy", "true_labels.npy")
 

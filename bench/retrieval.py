@@ -2,7 +2,7 @@
 
 ``build``: ``core.dcd.index.pool_index(rebuild=True)`` on the scale workspace (type chosen by pool size
 under the default index memory budget: IVF-Flat at 1M x 384).
-``select``: ``core.dcd.selection.select_dcd`` for the 100 error-sample images, k=50, in a fresh process (the
+``select``: ``core.dcd.retrieval.select_dcd`` for the 100 error-sample images, k=50, in a fresh process (the
 index is read from disk: cold), then again in the same process (warm, as the app with its cached index);
 recall@50 of the same search against exact search (streamed brute force over the stored vectors).
 
@@ -53,7 +53,7 @@ def exact_knn_streamed(ws, queries: np.ndarray, k: int) -> np.ndarray:
 
 def do_select(root: Path, k: int) -> dict:
     from core.dcd.index import recall_at_k
-    from core.dcd.strategies import neighbours, select_dcd
+    from core.dcd.retrieval import neighbours, select_dcd
     from core.store.vectors import load_embeddings
     from core.store.workspace import Workspace
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from core.app import names, queries
 from core.dcd.index import IndexInfo
-from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_POLICIES, default_budget, default_k
+from core.dcd.retrieval import DEFAULT_PAIR_LABEL_POLICY, PAIR_LABEL_POLICIES
+from core.dcd.strategies import default_budget, default_k
 from core.models.catalog import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
 from core.store.workspace import Workspace
 from pages._session import UPLOAD_MAX_BYTES, find_candidates, find_candidates_for_upload, pool_index, view
@@ -68,8 +69,8 @@ def search_ui(embedder_id: str) -> Search:
     c1, c2, c3 = st.columns(3)
     k = c1.number_input("k: neighbours per image", 1, 1000, min(1000, default_k(budget0, n_es)), key="retr_k")
     budget = c2.number_input("Budget: most images to select", 1, n_pool, min(budget0, n_pool), key="retr_budget")
-    policy = c3.radio("Label to train with", list(LABEL_POLICIES), key="retr_policy", horizontal=True,
-                      index=LABEL_POLICIES.index(DEFAULT_LABEL_POLICY), format_func=POLICY_NAMES.get,
+    policy = c3.radio("Label to train with", list(PAIR_LABEL_POLICIES), key="retr_policy", horizontal=True,
+                      index=PAIR_LABEL_POLICIES.index(DEFAULT_PAIR_LABEL_POLICY), format_func=POLICY_NAMES.get,
                       help="'both agree' keeps only the pool images whose weak label is the error image's label")
     return Search(embedder_id, int(k), int(budget), policy)
 

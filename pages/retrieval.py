@@ -81,7 +81,8 @@ def review_candidates(ws: Workspace, candidates: pd.DataFrame, decisions: dict[i
             params = {"k": search.k, "budget": search.budget, "label_policy": search.label_policy,
                       "embedder_id": search.embedder_id, "reviewed": True,
                       "sources": [int(s) for s in candidates.source_image_id.unique()]}
-            sel = save_selection(ws, name.strip() or auto, "dcd", items, params=params, index_info=info)
+            sel = save_selection(ws, name.strip() or auto, "dcd", queries.with_their_failure_images(ws, items),
+                                 params=params, index_info=info)
             refresh()
             st.session_state["retr_saved"] = sel.selection_id
             st.session_state["retr_saved_sel"] = sel.selection_id  # the Saved tab opens on it

@@ -15,6 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.app import queries as views
+from core.app.names import model_names
 from core.runner import launcher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,9 @@ def test_overview_tells_the_story_and_makes_a_model_current(app, ws_copy):
     assert len([i for i in card.index if i.startswith("Test · ") and "group" not in i]) == 4  # each group
     # the lead fix's sentence, in a box coloured by its outcome
     boxes = [b.value for b in [*at.success, *at.warning, *at.info, *at.error]]
-    assert any("DCD from Baseline" in v and "accuracy on the failure" in v for v in boxes)
+    best = max((r for k, r in m.items() if k != "baseline"), key=lambda r: r["error_heldout_acc"])
+    lead = model_names(ws)[best["model_id"]]  # the largest gain on the failure leads
+    assert any(lead in v and "accuracy on the failure" in v for v in boxes), (lead, boxes)
     # details: counts, models by name (current marked as text, not a checkbox), jobs by name
     counts = _df(at, "split", "total").set_index("split")
     assert counts["total"].to_dict() == PLAN
@@ -145,7 +148,14 @@ def test_retrieval_review_and_save_a_selection(app, ws_copy):
     assert at.radio(key="retr_scope").value == "all"  # as the select job: every error-sample image, no chips
     assert not [w for w in at.multiselect if w.key == "retr_sources"]
     n = int(at.subheader[0].value.split()[0])
-    saved_dcd = views.selection_review(ws, report["methods"]["dcd"]["selection_id"])
+    # the page searches as the select job does under the page's pair policy ('agree': no teacher), and shows
+    # the retrieved candidates (the failure's own images join them when the selection is trained on)
+    from core.dcd.strategies import SelectionRequest, select
+
+    agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=k, label_policy="agree",
+                                               embedder_id=report["embedder"]["embedder_id"]))
+    saved_dcd = views.selection_review(ws, agree.selection_id)
+    saved_dcd = saved_dcd[saved_dcd.image_id.isin(agree.items.image_id[agree.items.kind == "retrieved"])]
     assert n == len(saved_dcd)  # the same candidates as the select job found
     assert f"**{n} not reviewed: trained on as proposed unless dropped** · {n} images to train with" in _tally(at)
 
@@ -171,6 +181,10 @@ def test_retrieval_review_and_save_a_selection(app, ws_copy):
     sel = ws.df("SELECT selection_id FROM selections WHERE name = 'reviewed-by-test'").selection_id.tolist()
     assert len(sel) == 1
     items = views.selection_review(ws, sel[0]).set_index("image_id")
+    kinds = ws.df("SELECT image_id, kind FROM selection_items WHERE selection_id = ?", [sel[0]]).set_index("image_id")
+    failure = kinds.index[kinds.kind == "failure"]  # the error images they were found for, with their labels
+    assert set(failure) == set(saved_dcd.source_image_id.unique()) and (items.loc[failure, "split"] == "error_sample").all()
+    items = items.drop(failure)
     assert len(items) == n
     assert items.status.value_counts().to_dict() == {"accepted": n - 1, "rejected": 1}
     assert items.loc[first, "status"] == "rejected" and items.loc[second, "label"] == 1

@@ -25,7 +25,7 @@ from core.dcd.index import (
     search,
 )
 from core.dcd.index_build import GIB, build_from_chunks, default_memory_gb, index_kind, resolve_memory_gb
-from core.dcd.strategies import select_dcd
+from core.dcd.retrieval import select_dcd
 from core.store.vectors import store_embeddings
 from core.store.workspace import Workspace
 

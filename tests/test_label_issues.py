@@ -274,15 +274,20 @@ def test_dcd_with_drop_label_issues_never_selects_a_flagged_pool_image(ws):
     flagged = flagged_pool_ids(ws)
     assert flagged
     request = SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak")  # auto: kept for E_sample
-    assert not request.drops_label_issues() and SelectionRequest(from_slice="latest:1").drops_label_issues()
-    assert not SelectionRequest(from_slice="latest:1", label_issues="keep").drops_label_issues()
+    # auto: dropped for a slice under a pair policy (agreeing wrong labels), judged by the teacher otherwise
+    assert not request.drops_label_issues()
+    assert SelectionRequest(from_slice="latest:1", label_policy="agree").drops_label_issues()
+    assert not SelectionRequest(from_slice="latest:1").drops_label_issues()  # teacher
+    assert not SelectionRequest(from_slice="latest:1", label_issues="keep", label_policy="agree").drops_label_issues()
+    assert SelectionRequest(label_issues="drop").drops_label_issues()
     with pytest.raises(ValueError, match="label_issues must be one of"):
         SelectionRequest(label_issues="maybe")
     plain = set(selection_items(ws, select(ws, "dcd", request).selection_id).image_id.astype(int))
     assert plain & flagged  # without the flag the nearest neighbours include flagged images
     dropped = select(ws, "dcd", SelectionRequest(budget=60, embedder_id=EMBEDDER, label_policy="weak",
                                                  label_issues="drop"))
-    items = set(selection_items(ws, dropped.selection_id).image_id.astype(int))
+    items = selection_items(ws, dropped.selection_id)
+    items = set(items.image_id[items.kind == "retrieved"].astype(int))
     assert items and not items & flagged
     params = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [dropped.selection_id]))
     assert params["n_label_issues_left_out"] == len(flagged)  # the selection says what it left out

@@ -9,15 +9,9 @@ import pandas as pd
 import pytest
 
 from core.dcd.index import build_index, exact_search, pool_index, recall_at_k, search
+from core.dcd.retrieval import merge_candidates, neighbours, select_dcd
 from core.dcd.selection import selection_items, set_status
-from core.dcd.strategies import (
-    merge_candidates,
-    neighbours,
-    select_all_pool,
-    select_dcd,
-    select_error_sample,
-    select_random,
-)
+from core.dcd.strategies import select_all_pool, select_error_sample, select_random
 from core.store.vectors import load_embeddings, store_embeddings
 from core.store.workspace import Workspace
 

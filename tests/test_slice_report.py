@@ -99,7 +99,7 @@ def _assert_self_contained(html: str) -> None:
 
 def test_report_embeds_the_mosaic_and_shows_the_fix_and_its_numbers(fixed_slice):
     from core.app.html_parts import esc
-    from core.app.names import model_names
+    from core.app.names import model_names, selection_names
     from core.app.slice_report import slice_report_data, slice_report_html
     from core.app.story import newcombe_interval
 
@@ -119,7 +119,8 @@ def test_report_embeds_the_mosaic_and_shows_the_fix_and_its_numbers(fixed_slice)
     dcd = next(s for s in data.selections if s.method == "dcd")
     assert {s.method for s in data.selections} == {"dcd", "random"} and dcd.model_ids == (f["dcd_model"],)
     assert sum(dcd.label_mix.values()) == 20 and set(dcd.label_mix) <= {"square", "disc"}
-    assert f"“{f['dcd_selection'].name}”" in html
+    shown = selection_names(ws)[f["dcd_selection"].selection_id]  # a job's own name, as every page shows it
+    assert shown == "DCD retrieval (20 images)" and f"“{shown}”" in html
     named = model_names(ws)  # the names every page uses
     assert [data.before.name, *[r.name for r in data.fixes]] == [named[f["before"]], named[f["dcd_model"]],
                                                                   named["corm-planted"]]

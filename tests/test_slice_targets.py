@@ -69,17 +69,24 @@ def test_select_from_slice_holds_out_part_of_its_failures(sliced, tmp_path):
     assert evals == set(target.heldout_ids)
     params = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [result["selection_id"]]))
     assert params["from_slice"]["n_heldout"] == len(target.heldout_ids)
-    sources = set(ws.df("SELECT DISTINCT source_image_id FROM selection_items WHERE selection_id = ?",
-                        [result["selection_id"]]).source_image_id)
-    assert sources and sources <= set(target.query_ids)
-    items = set(ws.df("SELECT image_id FROM selection_items WHERE selection_id = ?",
-                      [result["selection_id"]]).image_id)
+    rows = ws.df("SELECT image_id, source_image_id, kind FROM selection_items WHERE selection_id = ?",
+                 [result["selection_id"]])
+    assert set(rows.source_image_id) <= set(target.query_ids)
+    # debug-train = the query part itself (the failure's images) + the pool images retrieved for it
+    assert set(rows.image_id[rows.kind == "failure"]) == set(target.query_ids)
+    items = set(rows.image_id[rows.kind == "retrieved"])
     pool = set(ws.df("SELECT image_id FROM images WHERE split = 'pool'").image_id)
-    assert items <= pool
-    # for a slice DCD leaves out the pool's flagged label issues, found first since none were stored
+    assert items and items <= pool
+    assert params["teacher_id"] in set(ws.df("SELECT model_id FROM models WHERE method = 'error_sample_only'").model_id)
+    # under the teacher's labels no label issues are needed; asked to, DCD leaves the flagged ones out
     from core.dcd.label_review import count_label_issues, flagged_pool_ids
 
-    assert count_label_issues(ws, splits=["pool"]) == len(pool) and not items & flagged_pool_ids(ws)
+    assert count_label_issues(ws, splits=["pool"]) == 0
+    assert select.main(["--workspace", str(ws.root), "--from-slice", "latest:1", "--label-issues", "drop",
+                        "--json", str(out)]) == 0
+    dropped = set(ws.df("SELECT image_id FROM selection_items WHERE selection_id = ? AND kind = 'retrieved'",
+                        [json.loads(out.read_text())["selection_id"]]).image_id)
+    assert count_label_issues(ws, splits=["pool"]) == len(pool) and not dropped & flagged_pool_ids(ws)
     # its random baseline reuses the same split; another split of the same slice is refused
     assert select.main(["--workspace", str(ws.root), "--from-slice", f"{run_id}:1", "--method", "random",
                         "--budget", str(len(items)), "--json", str(out)]) == 0
@@ -143,15 +150,17 @@ def test_the_whole_loop_runs_without_an_error_sample_split(tiny_manifest, tmp_pa
     assert ws.scalar("SELECT count(*) FROM images WHERE split = 'test'") == n_test  # the failure's images kept
     target = get_target(ws, report["slice"]["target_id"])
     assert target is not None and report["slice"]["n_heldout"] == len(target.heldout_ids) > 0
-    assert set(report["methods"]) == {"baseline", "dcd", "random"}
+    assert set(report["methods"]) == {"baseline", "dcd", "random", "error_sample_only"}
     assert report["methods"]["baseline"]["slice_heldout_acc"] == 0.0  # all misclassified by construction
     for method in ("dcd", "random"):
         assert 0.0 <= report["methods"][method]["slice_heldout_acc"] <= 1.0
-    assert report["methods"]["dcd"]["n_added"] == report["methods"]["random"]["n_added"]
-    # the loop found the pool's label issues in DCD's space and left the flagged ones out of DCD's selection
-    from core.dcd.label_review import count_label_issues, flagged_pool_ids
-    from core.dcd.selection import selection_items
-
-    assert report["selection"]["drop_label_issues"] is True and count_label_issues(ws, splits=["pool"]) > 0
-    picked = set(selection_items(ws, report["methods"]["dcd"]["selection_id"]).image_id.astype(int))
-    assert picked and not picked & flagged_pool_ids(ws)
+    # DCD's fix and the random baseline both hold the slice's query part, and as many pool images
+    dcd, random = report["methods"]["dcd"], report["methods"]["random"]
+    alone = report["methods"]["error_sample_only"]  # made first: the teacher of DCD's retrieved images
+    assert dcd["n_failure"] == random["n_failure"] == alone["n_added"] == len(target.query_ids)
+    retrieval = report["retrieval"]
+    assert retrieval["n_fit"] + retrieval["n_validation"] == len(target.query_ids) and retrieval["reason"]
+    if retrieval["used"]:  # checked on the validation part of the query images: DCD's own fix
+        assert dcd["n_added"] == random["n_added"] and dcd["model_id"] != alone["model_id"]
+    else:  # the failure-only fix, and random gets as many pool images as retrieval found
+        assert dcd["model_id"] == alone["model_id"] and random["n_retrieved"] == dcd["n_retrieved_found"]

@@ -15,7 +15,7 @@ from core.app import queries as views
 from core.app.before_after import comparison_story
 from core.app.queries import comparison_long
 from core.app.report import comparison_csv, comparison_html
-from core.dcd.strategies import pairs_from_search
+from core.dcd.retrieval import pairs_from_search
 from core.store.workspace import Workspace
 
 PLAN = {"train": 120, "test": 40, "error_sample": 8, "error_heldout": 24, "pool": 200}
@@ -103,13 +103,17 @@ def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, r
     es = views.error_sample_images(ws, report["methods"]["baseline"]["model_id"])
     assert len(es) == PLAN["error_sample"]
     ids, vecs = views.source_vectors(ws, embedder, es.image_id.tolist())
-    selection_id = report["methods"]["dcd"]["selection_id"]
-    k = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [selection_id]))["k_searched"]
+    # the page's pair policy 'agree', as the select job makes it with that policy (no teacher)
+    from core.dcd.strategies import SelectionRequest, select
+
     budget = report["selection"]["budget"]
-    assert report["selection"]["label_policy"] == "agree"
+    agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=report["selection"]["k"],
+                                               label_policy="agree", embedder_id=embedder))
+    k = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [agree.selection_id]))["k_searched"]
     dist, nn = search(index, vecs, k)
     cands = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="agree")
-    saved = views.selection_review(ws, selection_id)
+    saved = views.selection_review(ws, agree.selection_id)
+    saved = saved[saved.kind == "retrieved"]
     assert cands.image_id.tolist() == saved.image_id.tolist()  # same retrieval as the select job
     labels = dict(zip(es.image_id, es.label))
     assert (cands.label == cands.weak_label).all() and (cands.label == cands.source_image_id.map(labels)).all()

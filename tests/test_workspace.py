@@ -35,7 +35,7 @@ def test_schema_rejects_bad_values(tmp_path):
             con.execute("INSERT INTO images (image_id, path, split) VALUES (1, 'a.png', 'validation')")
     with pytest.raises(duckdb.ConstraintException):
         with ws.write() as con:
-            con.execute("INSERT INTO selection_items VALUES ('s', 1, 0, 0.1, NULL, 0, 'maybe')")
+            con.execute("INSERT INTO selection_items VALUES ('s', 1, 0, 0.1, NULL, 0, 'maybe', 'retrieved', NULL)")
 
 
 def test_failed_write_is_rolled_back(tmp_path):
@@ -74,8 +74,13 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
         con.execute("INSERT INTO classes VALUES (0, 'cat')")
         for table in _LACKED[version]:
             con.execute(f"DROP TABLE {table}")
+        for column in ("kind", "confidence"):  # neither version had them
+            con.execute(f"ALTER TABLE selection_items DROP COLUMN {column}")
+        con.execute("INSERT INTO selection_items VALUES ('old', 1, 0, 0.1, NULL, 0, 'proposed')")
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
     opened = Workspace.open(tmp_path / "old")
+    assert opened.fetchone("SELECT kind, confidence FROM selection_items WHERE selection_id = 'old'") == ("retrieved",
+                                                                                                           None)
     assert opened.schema_version() == SCHEMA_VERSION == 3
     assert opened.class_names() == ["cat"]
     for table in _LACKED[version]:

@@ -12,17 +12,25 @@ import pandas as pd
 from core.app.queries import comparison_long, confident_mistakes, current_classifier_id
 from core.store.workspace import Workspace
 
+#: The order fixes are told in: DCD's first, then the failure's images alone (what retrieval is measured
+#: against), then the other baselines; anything else after them, oldest first.
+FIX_ORDER = ("dcd", "error_sample_only", "random", "all_pool")
+
 
 def story_models(ws: Workspace) -> tuple[str | None, list[str]]:
-    """(reference, the classifiers fine-tuned from it, oldest first): the current classifier when something
-    was fine-tuned from it, else its parent (it is a fix itself), else the current classifier alone."""
+    """(reference, the classifiers fine-tuned from it, in :data:`FIX_ORDER`): the current classifier when
+    something was fine-tuned from it, else its parent (it is a fix itself), else the current classifier
+    alone."""
     current = current_classifier_id(ws)
     if not current:
         return None, []
 
     def children(model_id: str) -> list[str]:
-        return ws.df("SELECT model_id FROM models WHERE role = 'classifier' AND parent_id = ? ORDER BY created_at",
-                     [model_id]).model_id.tolist()
+        kids = ws.df("SELECT model_id, method FROM models WHERE role = 'classifier' AND parent_id = ? "
+                     "ORDER BY created_at", [model_id])
+        rank = {m: i for i, m in enumerate(FIX_ORDER)}
+        kids["_r"] = kids.method.map(lambda m: rank.get(m, len(FIX_ORDER)))
+        return kids.sort_values("_r", kind="stable").model_id.tolist()
 
     kids = children(current)
     parent = ws.scalar("SELECT parent_id FROM models WHERE model_id = ?", [current])

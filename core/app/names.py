@@ -28,7 +28,7 @@ SET_NAMES = {"test": "Test", "error_heldout": "Failure (debug-heldout)", "error_
              "train": "Train"}
 METRIC_NAMES = {"accuracy": "", "worst_group_acc": "worst group", "balanced_accuracy": "balanced accuracy"}
 #: Selection names the jobs give when the user gives none: (pattern, how to say it).
-_AUTO_SELECTION = [(re.compile(r"^dcd(-.+)?-k\d+-b\d+$"), "DCD retrieval"), (re.compile(r"^random-\d+$"), "Random"),
+_AUTO_SELECTION = [(re.compile(r"^dcd(-.+)?(-k\d+)?-b\d+$"), "DCD retrieval"), (re.compile(r"^random-\d+$"), "Random"),
                    (re.compile(r"^all-pool$"), "All pool"), (re.compile(r"^error-sample-only$"), "E_sample only")]
 JOB_VERBS = {"ingest": "Ingest images", "train": "Train a classifier", "embed": "Embed images",
              "predict": "Predict", "select": "Select a debug-train set", "retrain": "Retrain",

@@ -235,7 +235,7 @@ def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, 
     image, whose source id is negative) or ``agree`` (only the candidates whose weak label is that label).
     Columns: :data:`CANDIDATE_COLUMNS`.
     """
-    from core.dcd.strategies import label_pairs, merge_candidates
+    from core.dcd.retrieval import label_pairs, merge_candidates
 
     labelled = label_pairs(ws, pairs, label_policy, source_label=source_label)
     return _describe_candidates(ws, merge_candidates(labelled, budget))
@@ -245,7 +245,7 @@ def candidates_filling_budget(ws: Workspace, index, source_ids: np.ndarray, quer
                               budget: int, label_policy: str, source_label: int | None = None) -> pd.DataFrame:
     """The candidates the select job finds for these query vectors: searched in ``index`` at depth ``k``,
     deeper under ``agree`` until the budget is filled (:func:`core.dcd.selection.fill_budget`)."""
-    from core.dcd.strategies import fill_budget
+    from core.dcd.retrieval import fill_budget
 
     items, _ = fill_budget(ws, index, source_ids, queries, k=k, budget=budget, label_policy=label_policy,
                            source_label=source_label)
@@ -273,10 +273,12 @@ def selections(ws: Workspace) -> pd.DataFrame:
 
 
 def selection_review(ws: Workspace, selection_id: str) -> pd.DataFrame:
-    """A selection's items (rejected included) with paths and label names, by rank."""
+    """A selection's items (rejected included) with paths, split, label names, kind (the failure's own image
+    or a retrieved one) and the label's confidence where a teacher gave it, by rank."""
     return ws.df(
         "SELECT s.rank, s.image_id, s.source_image_id, s.distance, s.label, c.name AS label_name, s.status, "
-        "i.path, cw.name AS weak_label_name FROM selection_items s JOIN images i USING (image_id) "
+        "s.kind, s.confidence, i.path, i.split, cw.name AS weak_label_name "
+        "FROM selection_items s JOIN images i USING (image_id) "
         "LEFT JOIN classes c ON c.class_id = s.label LEFT JOIN classes cw ON cw.class_id = i.weak_label "
         "WHERE s.selection_id = ? ORDER BY s.rank", [selection_id])
 
@@ -337,6 +339,20 @@ def source_vectors(ws: Workspace, embedder_id: str, image_ids: Sequence[int]) ->
     from core.store.vectors import load_embeddings
 
     return load_embeddings(ws, embedder_id, image_ids=_ids(image_ids))
+
+
+def with_their_failure_images(ws: Workspace, items: pd.DataFrame) -> pd.DataFrame:
+    """Reviewed candidates as a debug-train set: the labelled images they were retrieved for (the failure's
+    own, kind ``failure``) first, then the candidates (kind ``retrieved``). Uploaded query images (negative
+    source ids) are not in the workspace and are left out."""
+    from core.dcd.debug_train import failure_items
+    from core.dcd.strategies import with_failure
+
+    sources = _ids(int(s) for s in items.source_image_id.dropna().unique() if int(s) >= 0)
+    labelled = ws.df("SELECT image_id, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[])) "
+                     "AND label IS NOT NULL ORDER BY image_id", [sources]) if sources else pd.DataFrame()
+    failure = failure_items(labelled.image_id, labelled.label) if len(labelled) else None
+    return with_failure(failure, items)
 
 
 def candidate_items(candidates: pd.DataFrame, decisions: dict[int, dict[str, Any]]) -> pd.DataFrame:

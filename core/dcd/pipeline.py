@@ -5,10 +5,12 @@
    pretrained schedule);
 2. the embedder: embeds error_sample and pool. Without flags: the same pretrained backbone, frozen, at its
    own resolution (DCD's feature space); ``classifier`` uses the classifier's own penultimate layer;
-3. selections: ``dcd`` and, with the same number of images, the baselines ``random``, ``all_pool`` and
-   ``error_sample_only``;
-4. each selection fine-tunes the classifier (same schedule for all), every model is evaluated;
-5. a report ``{"methods": {method: {"test_acc", "error_heldout_acc", "n_added", ...}}}``.
+3. the fixes (:func:`fix_each`): the failure's images alone (``error_sample_only``, also DCD's teacher);
+   whether retrieval helps, checked on a validation part of the failure's images (core.dcd.fix_choice);
+   ``dcd`` (the failure's images plus what retrieval adds, core.dcd.debug_train, or the failure-only fix
+   where retrieval did not help); ``random`` (the failure's images plus as many random pool images as DCD
+   retrieved); ``all_pool``. Each fine-tunes the classifier with the same schedule and is evaluated;
+4. a report ``{"methods": {method: {"test_acc", "error_heldout_acc", "n_added", ...}}, "retrieval": ...}``.
 """
 
 from __future__ import annotations
@@ -147,35 +149,89 @@ def find_label_issues_stage(ws: Workspace, config: PipelineConfig, request: Sele
     return end
 
 
-def make_selections(ws: Workspace, config: PipelineConfig, request: SelectionRequest,
-                    timings: Timings) -> dict[str, Selection]:
-    """Step 3: ``dcd`` and the baselines with as many images as DCD found."""
-    t = time.perf_counter()
-    selections = {}
-    if "dcd" in config.methods:
-        selections["dcd"] = select(ws, "dcd", request)
-    n_match = len(selections["dcd"].items) if "dcd" in selections else request.resolved_budget(ws)
-    for method in ("random", "all_pool", "error_sample_only"):
-        if method in config.methods:
-            selections[method] = select(ws, method, replace(request, budget=n_match, name=None))
-    timings.step("select", t)
-    return selections
+def _arm(ws: Workspace, config: PipelineConfig, base_id: str, sel: Selection, method: str, schedule, *,
+         progress: Progress) -> dict:
+    """Fine-tune the classifier on one selection and evaluate it: the arm's result."""
+    model_id = retrain(ws, base_model_id=base_id, selection_id=sel.selection_id, method=method, config=schedule,
+                       epochs=config.finetune_epochs, progress=progress.span(0, 0.9))
+    metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    kinds = sel.items["kind"].value_counts() if "kind" in sel.items else {}
+    return {**metrics_summary(metrics), "n_added": len(sel.items), "n_failure": int(kinds.get("failure", 0)),
+            "n_retrieved": int(kinds.get("retrieved", 0)), "model_id": model_id, "selection_id": sel.selection_id}
 
 
-def retrain_each(ws: Workspace, config: PipelineConfig, base_id: str, selections: dict[str, Selection],
-                 results: dict, timings: Timings, *, progress: Progress) -> None:
-    """Step 4: fine-tune the classifier on each selection (one schedule for all) and evaluate it."""
-    n_sel = max(1, len(selections))
+def n_fix_stages(config: PipelineConfig, validates: bool) -> int:
+    """Named stages :func:`fix_each` runs: the failure-only fix (also DCD's teacher), the validation's two
+    fine-tunings, DCD's fix, and the other baselines."""
+    teacher = "dcd" in config.methods and config.label_policy == "teacher"
+    arms = len(set(config.methods) | ({"error_sample_only"} if teacher else set()))
+    return arms + (2 if teacher and validates else 0)
+
+
+def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: SelectionRequest, results: dict,
+             timings: Timings, *, progress: Progress) -> dict[str, Selection]:
+    """Steps 3 and 4: each method's debug-train set, the classifier fine-tuned on it (one schedule for all)
+    and evaluated, into ``results``. The failure's images alone come first: they are DCD's teacher
+    (core.dcd.debug_train). Then whether retrieval helps is checked on a validation part of the failure's
+    images (core.dcd.fix_choice): where it does not, DCD's fix is the failure-only fix, and its result says
+    so. ``random`` gets the failure's images and as many random pool images as DCD retrieved."""
+    from core.dcd.fix_choice import choose_retrieval
+    from core.dcd.label_review import flagged_pool_ids
+    from core.dcd.strategies import failure_images
+
     schedule = finetune_schedule(ws, base_id, config.train)
-    for i, (method, sel) in enumerate(selections.items()):
+    teacher = "dcd" in config.methods and config.label_policy == "teacher"
+    order = [m for m in ("error_sample_only", "dcd", "random", "all_pool")
+             if m in config.methods or (m == "error_sample_only" and teacher)]
+    n_stages = max(1, n_fix_stages(config, validates=True))
+    done = 0
+
+    def stage(name: str) -> Progress:
+        nonlocal done
+        span = progress.stage(name, done / n_stages, (done + 1) / n_stages)
+        done += 1
+        return span
+
+    selections: dict[str, Selection] = {}
+    t = time.perf_counter()
+    for method in order:
         t = time.perf_counter()
-        span = progress.stage(f"fine-tuning on {method}", i / n_sel, (i + 1) / n_sel)
-        model_id = retrain(ws, base_model_id=base_id, selection_id=sel.selection_id, method=method,
-                           config=schedule, epochs=config.finetune_epochs, progress=span.span(0, 0.9))
-        metrics = evaluate(ws, model_id, progress=span.span(0.9, 1.0))
-        results[method] = {**metrics_summary(metrics), "n_added": len(sel.items), "model_id": model_id,
-                           "selection_id": sel.selection_id}
+        if method == "dcd":
+            choice = None
+            if teacher:
+                target = request.target(ws)
+                ids, labels = failure_images(ws, target.query_ids if target else None)
+                span = progress.span(done / n_stages, (done + 2) / n_stages)
+                done += 2
+                exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
+                choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
+                                          embedder_id=request.embedder_id, budget=request.resolved_budget(ws, target),
+                                          config=schedule, epochs=config.finetune_epochs, seed=config.seed,
+                                          exclude=exclude, progress=span)
+                print(f"retrieval: {choice.reason}", flush=True)
+                timings.step("validate_retrieval", t)
+                request = replace(request, teacher_id=results["error_sample_only"]["model_id"])
+            sel = selections["dcd"] = select(ws, "dcd", request)
+            if choice is None or choice.used:
+                results["dcd"] = _arm(ws, config, base_id, sel, "dcd", schedule, progress=stage("fine-tuning on dcd"))
+            else:
+                stage("dcd: the failure's images alone (retrieval did not help)").report(1.0, force=True)
+                results["dcd"] = {**results["error_sample_only"], "n_retrieved_found": int(
+                    (sel.items["kind"] == "retrieved").sum()), "dcd_selection_id": sel.selection_id}
+            results["dcd"]["retrieval"] = (choice.to_dict() if choice else
+                                           {"used": True, "reason": f"not checked under label policy "
+                                                                    f"{config.label_policy!r}"})
+        else:
+            if method == "random":
+                n = int((selections["dcd"].items["kind"] == "retrieved").sum()) if "dcd" in selections else None
+                sel = select(ws, "random", replace(request, budget=n or request.resolved_budget(ws), name=None))
+            else:
+                sel = select(ws, method, replace(request, name=None))
+            selections[method] = sel
+            results[method] = _arm(ws, config, base_id, sel, method, schedule,
+                                   progress=stage(f"fine-tuning on {method}"))
         timings.step(f"retrain_{method}", t)
+    return selections
 
 
 def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dict, request: SelectionRequest,
@@ -185,7 +241,8 @@ def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dic
     dcd = selections.get("dcd")
     info = dcd.index_info if dcd else None
     return {
-        "methods": results,
+        "methods": {m: results[m] for m in ("baseline", *config.methods, "error_sample_only") if m in results},
+        "retrieval": retrieval_summary(results),
         "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch,
                        "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
         "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
@@ -201,6 +258,20 @@ def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dic
     }
 
 
+def retrieval_summary(results: dict, eval_key: str = "error_heldout_acc") -> dict | None:
+    """What retrieval added beyond the failure's images: whether it was used and why, how many images it
+    added, and DCD's fix against the failure-only fix on the failure's held-out part and on test."""
+    dcd, alone = results.get("dcd"), results.get("error_sample_only")
+    if not dcd or "retrieval" not in dcd:
+        return None
+    out = {**dcd["retrieval"], "n_retrieved": dcd.get("n_retrieved", 0)}
+    if alone:
+        for key in (eval_key, "test_acc"):
+            if dcd.get(key) is not None and alone.get(key) is not None:
+                out[f"{key}_over_failure_only"] = round(dcd[key] - alone[key], 4)
+    return out
+
+
 def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
     """Run the loop for the ``error_sample`` split and return the report (also the content of ``--json``).
     For a slice as the failure, see core.scanner.slice_loop.run_loop."""
@@ -212,14 +283,14 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
                                label_policy=config.label_policy,  # type: ignore[arg-type]
                                seed=config.seed, index_memory_gb=config.index_memory_gb,
                                label_issues=config.label_issues)
-    n_stages = (1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request) + len(config.methods)
+    n_stages = ((1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request)
+                + n_fix_stages(config, validates=True))
     progress.expect_stages(n_stages)  # stage names: Progress.stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
     mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
     request = replace(request, embedder_id=emb["embedder_id"])
-    selections = make_selections(ws, config, request, timings)
     results = {"baseline": baseline}
-    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(mid, 1.0))
+    selections = fix_each(ws, config, base_id, request, results, timings, progress=progress.span(mid, 1.0))
     return loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
                        results=results, counts=counts, timings=timings, t0=t0)

@@ -30,7 +30,8 @@ class Selection:
 def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *,
                    params: dict | None = None, index_info: IndexInfo | None = None,
                    status: str = "proposed") -> Selection:
-    """Store a selection (items: image_id, label, [rank, distance, source_image_id, status])."""
+    """Store a selection (items: image_id, label, [rank, distance, source_image_id, status, kind,
+    confidence]; ``kind`` is ``failure`` for the failure's own images, ``retrieved`` (the default) else)."""
     if items["label"].isna().any():
         missing = items.loc[items["label"].isna(), "image_id"].head(5).tolist()
         raise ValueError(f"selection {name!r}: images without a label to train with, e.g. {missing}")
@@ -43,8 +44,12 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
         "source_image_id": (items["source_image_id"].astype("Int64").values
                             if "source_image_id" in items else pd.array([None] * len(items), "Int64")),
         "label": items["label"].astype("int32").values,
-        "status": items["status"].values if "status" in items else status,
+        "status": items["status"].fillna(status).values if "status" in items else status,
+        "kind": items["kind"].fillna("retrieved").values if "kind" in items else "retrieved",
+        "confidence": items["confidence"].astype("float32").values if "confidence" in items else np.nan,
     })
+    if not out.kind.isin(("failure", "retrieved")).all():
+        raise ValueError(f"selection {name!r}: an item's kind must be 'failure' or 'retrieved'")
     p = dict(params or {})
     with ws.write() as con:
         con.execute(
@@ -54,8 +59,9 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
              p.get("label_policy"), index_info.index_type if index_info else None,
              index_info.recall_at_k if index_info else None, json.dumps(p)])
         con.register("staging_items", out)
-        con.execute("INSERT INTO selection_items SELECT selection_id, image_id, rank, distance, "
-                    "source_image_id, label, status FROM staging_items")
+        con.execute("INSERT INTO selection_items (selection_id, image_id, rank, distance, source_image_id, label, "
+                    "status, kind, confidence) SELECT selection_id, image_id, rank, distance, source_image_id, "
+                    "label, status, kind, confidence FROM staging_items")
         con.unregister("staging_items")
     return Selection(selection_id, name, method, out, index_info)
 

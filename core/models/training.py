@@ -34,6 +34,7 @@ from core.models.config import DataConfig, ModelError
 from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
 from core.models.features import feature_dim
 from core.models.pretrained import resolve
+from core.models.sampling import share_weights
 from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedules are used through here too)
     FINETUNE_EPOCH_CAP,
     PRETRAINED_SCHEDULE,
@@ -278,61 +279,36 @@ def save_verified(model: nn.Module, ws: Workspace, model_id: str, *, arch: str, 
     return ckpt
 
 
-def training_set(ws: Workspace, selection_id: str | None, *, drop_ids: set[int] | None = None,
-                 relabel: dict[int, int] | None = None) -> pd.DataFrame:
-    """``train`` plus a selection's non-rejected items (with the labels the selection gives them).
+def training_set(ws: Workspace, selection_id: str | None, *, items: pd.DataFrame | None = None,
+                 drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None) -> pd.DataFrame:
+    """``train`` plus a selection's non-rejected items (with the labels the selection gives them), or plus
+    ``items`` (image_id, label), a debug-train set not stored as a selection.
 
     Images of a named eval set (``eval_sets``: a slice target's held-out part, a mitigation's held-out
     members) are held out by definition and never trained on. A person's label-issue decisions apply to the
     train rows (core.dcd.label_review): 'drop' leaves an image out, 'relabel' trains it with the suggestion."""
+    if selection_id and items is not None:
+        raise ValueError("give a selection_id or items, not both")
     train = apply_label_decisions(ws, images_df(ws, ["train"])[["image_id", "path", "label"]])
     parts = [train.assign(source="train")]
     if selection_id:
         sel = selection_items(ws, selection_id)[["image_id", "path", "label"]]
         parts.append(sel.assign(source="selection"))
+    elif items is not None and len(items):
+        paths = images_df(ws)[["image_id", "path"]]
+        sel = items.assign(weight=items["weight"] if "weight" in items else 1.0)[["image_id", "label", "weight"]]
+        sel = sel.merge(paths, on="image_id", how="left")
+        if sel.path.isna().any():
+            raise ValueError(f"{int(sel.path.isna().sum())} debug-train image(s) are not in the workspace")
+        parts.append(sel[["image_id", "path", "label", "weight"]].assign(source="selection"))
     df = pd.concat(parts, ignore_index=True)
+    df["weight"] = df["weight"].fillna(1.0) if "weight" in df else 1.0
     df = df[~df.image_id.isin(set(ws.df("SELECT DISTINCT image_id FROM eval_sets").image_id))]
     if drop_ids:
         df = df[~df.image_id.isin(drop_ids)]
     if relabel:
         df["label"] = [relabel.get(int(i), lbl) for i, lbl in zip(df.image_id, df.label)]
     return df.reset_index(drop=True)
-
-
-def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.ndarray | None = None
-                  ) -> np.ndarray | None:
-    """Per-image sampling weights (summing to 1) giving the added images ``added_share`` of the draws (None:
-    uniform).
-
-    With ``labels`` the share is taken within each class: every class keeps the share of the draws it has
-    among the other images (train's class mix), and of a class's draws its added images get ``added_share``
-    (none where it has no added image). So added images of one or two classes change how those classes are
-    seen, not how often they are answered. A class that only added images hold gets the share of the draws
-    it has among the added images, times ``added_share``."""
-    if added_share is None:
-        return None
-    if not 0.0 < added_share < 1.0:
-        raise ValueError(f"added_share must be between 0 and 1 (exclusive), got {added_share}")
-    is_added = np.asarray(is_added, bool)
-    n_added = int(is_added.sum())
-    n_rest = len(is_added) - n_added
-    if n_added == 0 or n_rest == 0:
-        return None
-    if labels is None:
-        return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
-    labels = np.asarray(labels)
-    weights = np.zeros(len(labels))
-    for c in np.unique(labels):
-        added, rest = is_added & (labels == c), ~is_added & (labels == c)
-        n_a, n_r = int(added.sum()), int(rest.sum())
-        mass = n_r / n_rest if n_r else added_share * n_a / n_added
-        if n_a and n_r:
-            weights[added], weights[rest] = mass * added_share / n_a, mass * (1.0 - added_share) / n_r
-        elif n_a:
-            weights[added] = mass / n_a
-        else:
-            weights[rest] = mass / n_r
-    return weights / weights.sum()
 
 
 @dataclass
@@ -361,8 +337,9 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
               epochs: int | None = None, loss_fn_factory: Callable[[pd.DataFrame, np.ndarray], LossFn] | None = None,
               drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None,
               upweight_ids: set[int] | None = None, upweight_share: float | None = None,
-              progress: Progress | None = None) -> FineTuned:
-    """Fine-tune a copy of ``base_model_id`` on train + selection, in memory (see :func:`retrain`).
+              items: pd.DataFrame | None = None, progress: Progress | None = None) -> FineTuned:
+    """Fine-tune a copy of ``base_model_id`` on train + selection (or + ``items``, a debug-train set not
+    stored: image_id, label), in memory (see :func:`retrain`).
 
     ``upweight_ids`` with ``upweight_share``: those training images make up that share of every batch's draws
     (the rest from the others), whatever their number; it replaces ``config.added_share``."""
@@ -371,7 +348,7 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
     base = get_model(ws, base_model_id)
     model, data_config = load_classifier(ws, base_model_id)
     model = copy.deepcopy(model)
-    df = training_set(ws, selection_id, drop_ids=drop_ids, relabel=relabel)
+    df = training_set(ws, selection_id, items=items, drop_ids=drop_ids, relabel=relabel)
     px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
     cfg = config.finetune(epochs)
     loss_fn = loss_fn_factory(df, px) if loss_fn_factory else None
@@ -380,7 +357,7 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
         weights = share_weights(df.image_id.isin(upweight_ids).to_numpy(), upweight_share)
     else:
         weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share,
-                                df.label.to_numpy() if cfg.added_mix == "class" else None)
+                                df.label.to_numpy() if cfg.added_mix == "class" else None, df.weight.to_numpy())
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
         samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
         progress=progress.span(0.1, 1.0))

@@ -45,9 +45,10 @@ _BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[|it/s\]|img/s\]")  # a tqdm bar'
 
 def launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any],
                 methods: Sequence[str]) -> list[dict[str, str]]:
-    """Select for the baseline ``methods`` with as many images as DCD found (as core.dcd.pipeline does) and
-    launch, as background jobs, their fine-tuning with the demo's training settings and the slices of the
-    baseline. Returns ``[{"job_id", "kind", "what"}]``."""
+    """Select for the baseline ``methods`` as core.dcd.pipeline does (``random``: the failure's images and as
+    many pool images as DCD retrieved) and launch, as background
+    jobs, their fine-tuning with the demo's training settings and the slices of the baseline. Returns
+    ``[{"job_id", "kind", "what"}]``."""
     from core.dcd.strategies import SelectionRequest, select
 
     base_id = result["classifier"]["model_id"]
@@ -55,7 +56,8 @@ def launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any],
     request = SelectionRequest(budget=picked["budget"], neighbours=picked["k"],
                                embedder_id=result["embedder"]["embedder_id"], label_policy=opts.label_policy,
                                seed=opts.seed, index_memory_gb=opts.index_memory_gb)
-    n_match = picked.get("n_dcd") or picked["budget"]
+    dcd = result["methods"].get("dcd") or {}
+    n_match = dcd.get("n_retrieved_found", dcd.get("n_retrieved")) or picked["budget"]
     train = {name: getattr(opts, name, None) for name in TRAIN_SETTINGS}
     jobs = []
     for method in methods:

@@ -31,9 +31,9 @@ from core.dcd.pipeline import (
     check_counts,
     embed_for_search,
     find_label_issues_stage,
+    fix_each,
     loop_report,
-    make_selections,
-    retrain_each,
+    retrieval_summary,
     run_pipeline,
 )
 from core.dcd.slice_targets import failure_counts, parse_slice_ref, resolve_slice, slice_target
@@ -106,15 +106,15 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
                                seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
                                heldout_share=config.heldout_share, label_issues=config.label_issues)
     mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
-    selections = make_selections(ws, config, request, timings)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
     from core.models.evaluation import compute_metrics, metrics_summary
 
     results = {"baseline": {**baseline, **metrics_summary(compute_metrics(ws, base_id))}}
-    retrain_each(ws, config, base_id, selections, results, timings, progress=progress.span(mid, 1.0))
+    selections = fix_each(ws, config, base_id, request, results, timings, progress=progress.span(mid, 1.0))
     for r in results.values():
         r["slice_heldout_acc"] = r.get(f"{target.eval_set}_acc")
     report = loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
                          results=results, counts=counts, timings=timings, t0=t0)
+    report["retrieval"] = retrieval_summary(results, "slice_heldout_acc")
     report["slice"] = target.describe()
     return report

@@ -5,6 +5,9 @@ CIFAR-10 images and CIFAR-10N labels (core.scenarios.cifar10) and needs the real
 ``--assets DIR`` or the ``DCD_ASSETS`` environment variable (see :func:`assets_dir`). ``photos`` is real
 CIFAR-10 images as 224 px photos with a low-light failure (core.scenarios.photos), from the assets or, with
 no assets folder, from torchvision's downloader; it runs the pipeline's own (pretrained-first) defaults.
+``stamps`` is the same photos with a shortcut instead of a shift (core.scenarios.stamped): a date stamp on
+every horse in train, on a quarter of every class elsewhere, and no ``error_sample`` split, so the loop finds
+the failure as a slice.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ASSETS_ENV = "DCD_ASSETS"
-DATASETS = ("waterbirds", "cifar10", "photos")
+DATASETS = ("waterbirds", "cifar10", "photos", "stamps")
 SIZES = ("small", "full")
 
 
@@ -64,6 +67,8 @@ DEMO_SETTINGS: dict[tuple[str, str], DemoSettings] = {
     # The pipeline's own defaults: the packaged ImageNet backbone, fine-tuned and frozen as the embedder.
     ("photos", "full"): DemoSettings(embedder=None, embedder_layers=None),
     ("photos", "small"): DemoSettings(embedder=None, embedder_layers=None),
+    ("stamps", "full"): DemoSettings(embedder=None, embedder_layers=None),
+    ("stamps", "small"): DemoSettings(embedder=None, embedder_layers=None),
 }
 
 
@@ -85,12 +90,13 @@ def require_asset(assets: Path | None, relative: str) -> Path:
     return path
 
 
-#: The asset files each demo cannot run without (paths under the assets folder); photos falls back to
-#: torchvision's downloader, so it needs none.
+#: The asset files each demo cannot run without (paths under the assets folder); photos and stamps fall back
+#: to torchvision's downloader, so they need none.
 REQUIRED_ASSETS: dict[str, tuple[str, ...]] = {
     "waterbirds": (),
     "cifar10": ("cifar10/cifar10-jpg.zip", "cifar10/CIFAR-10_human.pt", *_CIFAR_WEIGHTS.values()),
     "photos": (),
+    "stamps": (),
 }
 
 
@@ -127,6 +133,10 @@ def generate_demo(dataset: str, out_dir: Path, *, size: str, seed: int, image_si
         from core.scenarios.photos import build_photo_scenario
 
         return build_photo_scenario(out_dir, assets=assets, size=size, seed=seed)
+    if dataset == "stamps":
+        from core.scenarios.stamped import build_stamp_scenario
+
+        return build_stamp_scenario(out_dir, assets=assets, size=size, seed=seed)
     if dataset == "cifar10":
         from core.scenarios.cifar10 import ZIP_NAME, build_cifar10_scenario
 

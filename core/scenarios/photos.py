@@ -104,15 +104,23 @@ class CifarImages:
         return data[[by_class[c][k] for c, k in zip(classes, numbers)]]
 
 
-def _weak_labels(assets: Path | None, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """``L[c, k]``: the weak label of train image ``k`` of class ``c``, and where the labels come from."""
-    human = Path(assets) / HUMAN_LABELS_NAME if assets is not None else None
-    if human is not None and human.is_file():
-        return load_cifar10n_weak_labels(human, HUMAN_NOISE), f"CIFAR-10N human labels ({HUMAN_NOISE})"
+def weak_labels(assets: Path | None, rng: np.random.Generator, *, human: str = HUMAN_NOISE,
+                synthetic: float = SYNTHETIC_NOISE) -> tuple[np.ndarray, str]:
+    """``L[c, k]``: the weak label of train image ``k`` of class ``c``, and where the labels come from: the
+    CIFAR-10N label set ``human`` when the assets hold it, else ``synthetic`` of them drawn uniformly from the
+    other classes."""
+    path = Path(assets) / HUMAN_LABELS_NAME if assets is not None else None
+    if path is not None and path.is_file():
+        return load_cifar10n_weak_labels(path, human), f"CIFAR-10N human labels ({human})"
     true = np.repeat(np.arange(10)[:, None], TRAIN_PER_CLASS, axis=1)
-    flip = rng.random(true.shape) < SYNTHETIC_NOISE
+    flip = rng.random(true.shape) < synthetic
     other = (true + rng.integers(1, 10, size=true.shape)) % 10
-    return np.where(flip, other, true), f"synthetic: {SYNTHETIC_NOISE:.0%} drawn uniformly from the other classes"
+    return np.where(flip, other, true), f"synthetic: {synthetic:.0%} drawn uniformly from the other classes"
+
+
+def upscale(small: np.ndarray, size: int) -> np.ndarray:
+    """CIFAR's 32 px images as ``size`` px photos (bicubic)."""
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in small])
 
 
 def _photos(small: np.ndarray, groups: np.ndarray, rng: np.random.Generator, size: int) -> list[np.ndarray]:
@@ -123,7 +131,7 @@ def _photos(small: np.ndarray, groups: np.ndarray, rng: np.random.Generator, siz
         at = np.flatnonzero(groups == name)
         if len(at):
             small[at] = apply_corruption(small[at], name, rng, severity=DEFAULT_SEVERITY[name])
-    big = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in small])
+    big = upscale(small, size)
     at = np.flatnonzero(groups == ERROR_CORRUPTION)
     if len(at):
         sev = DEFAULT_SEVERITY[ERROR_CORRUPTION] * rng.uniform(0.85, 1.15, size=len(at))
@@ -141,7 +149,7 @@ def build_photo_scenario(out_dir: Path, *, assets: Path | None = None, size: str
     sizes = PHOTO_SIZES[size]
     rng = np.random.default_rng(seed)
     cifar = CifarImages(assets, download_root)
-    weak, weak_source = _weak_labels(assets, rng)
+    weak, weak_source = weak_labels(assets, rng)
     train_idx, pool_idx = split_indices(rng, TRAIN_PER_CLASS, [sizes.train, sizes.pool])
     test_idx, sample_idx, heldout_idx = split_indices(rng, TEST_PER_CLASS,
                                                       [sizes.test, sizes.error_sample, sizes.error_heldout])

@@ -11,8 +11,12 @@ from __future__ import annotations
 from core.data.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
 
 SCHEMA_VERSION = 3
-#: Older versions this one opens by adding what they lack (every change since is a new table).
+#: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns.
 MIGRATES_FROM = (1, 2)
+MIGRATIONS = (
+    "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'",
+    "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS confidence FLOAT",
+)
 
 
 def _one_of(values: tuple[str, ...]) -> str:
@@ -102,6 +106,10 @@ CREATE TABLE IF NOT EXISTS selection_items (
     label INTEGER NOT NULL,
     status VARCHAR NOT NULL DEFAULT '{SELECTION_STATUSES[0]}'
         CHECK (status IN ({_one_of(SELECTION_STATUSES)})),
+    -- 'failure': one of the failure's own labelled images; 'retrieved': a pool image retrieval added
+    kind VARCHAR NOT NULL DEFAULT 'retrieved',
+    -- how likely the label is right, where a teacher labelled the image (core.dcd.debug_train)
+    confidence FLOAT,
     PRIMARY KEY (selection_id, image_id)
 );
 

@@ -30,7 +30,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from core.store.schema import DDL, MIGRATES_FROM, SCHEMA_VERSION
+from core.store.schema import DDL, MIGRATES_FROM, MIGRATIONS, SCHEMA_VERSION
 
 DB_FILE = "workspace.duckdb"
 JOBS_FILE = "jobs.sqlite"
@@ -178,12 +178,14 @@ class Workspace:
         return ws
 
     def _migrate(self, version: int) -> None:
-        """Bring a workspace of an older, compatible version to this one: add the tables it lacks."""
+        """Bring a workspace of an older, compatible version to this one: add the tables and columns it lacks."""
         with self.write() as con:
             con.execute(DDL)
+            for statement in MIGRATIONS:
+                con.execute(statement)
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
         print(f"note: workspace {self.root} upgraded from schema version {version} to {SCHEMA_VERSION} "
-              f"(tables added, nothing changed)", file=sys.stderr)
+              f"(tables and columns added, nothing changed)", file=sys.stderr)
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the workspace (None if it records none)."""
