@@ -17,6 +17,15 @@ def outcome_box(tale: dict, model_id: str) -> None:
     """The fix's sentence in a box: green a fix, amber a trade-off, red harm, blue no real change."""
     outcome = tale["outcomes"].get(model_id) or "no change"
     OUTCOME_BOX[outcome](f"**{OUTCOME_WORDS[outcome].capitalize()}.** {tale['sentences'][model_id]}")
+    retrieval_caption(tale, model_id)
+
+
+def retrieval_caption(tale: dict, model_id: str) -> None:
+    """What retrieval added beyond the failure's own images, under a DCD fix (or the failure-only fix that
+    stands in for it)."""
+    note = (tale.get("retrieval") or {}).get(model_id)
+    if note:
+        st.caption(note)
 
 
 def outcome_word(tale: dict, model_id: str) -> str:

@@ -11,7 +11,7 @@ from core.app.job_summary import duration_text
 from core.models.catalog import set_current_classifier
 from core.store.workspace import Workspace
 from pages._session import refresh, view, workspace
-from pages._story import outcome_box, outcome_word, scorecard_ui
+from pages._story import outcome_box, outcome_word, retrieval_caption, scorecard_ui
 from pages._widgets import gallery
 
 
@@ -40,6 +40,7 @@ def headline_ui(tale: dict) -> None:
         with st.expander(f"What the other {len(others)} fix{'es' if len(others) > 1 else ''} did"):
             for m in others:
                 st.markdown(f"- **{outcome_word(tale, m)}**: {tale['sentences'][m]}")
+                retrieval_caption(tale, m)
 
 
 def current_ui(ws: Workspace, tale: dict) -> None:

@@ -94,9 +94,11 @@ def review_candidates(ws: Workspace, candidates: pd.DataFrame, decisions: dict[i
 
 
 def selection_label(row: pd.Series, shown: str) -> str:
-    n_open = int(row.n_items - row.n_accepted - row.n_rejected)
-    return (f"{shown} · {int(row.n_items)} images ({int(row.n_accepted)} kept, {int(row.n_rejected)} dropped, "
-            f"{n_open} not reviewed) · {pd.Timestamp(row.created_at):%d %b %H:%M}")
+    n_failure = int(row.n_failure)
+    n_open = int(row.n_items - n_failure - row.n_accepted - row.n_rejected)
+    failure = f"{n_failure} of the failure's own, " if n_failure else ""
+    return (f"{shown} · {int(row.n_items)} images ({failure}{int(row.n_accepted)} kept, {int(row.n_rejected)} "
+            f"dropped, {n_open} not reviewed) · {pd.Timestamp(row.created_at):%d %b %H:%M}")
 
 
 def review_saved(ws: Workspace, classes: list[str]) -> None:

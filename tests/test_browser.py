@@ -94,7 +94,7 @@ def test_the_curators_walk_through_every_page(app_server):
             saved = ws.df("SELECT selection_id, name FROM selections WHERE name = ?", [SELECTION])
             assert len(saved) == 1
             page.get_by_role("tab", name="Saved selections").click()
-            all_kept = re.compile(rf"^{SELECTION} · (\d+) images \(\1 kept, 0 dropped, 0 not reviewed\)")
+            all_kept = re.compile(rf"^{SELECTION} · \d+ images \(\d+ of the failure's own, \d+ kept, 0 dropped, 0 not reviewed\)")
             expect(page.get_by_role("combobox", name="Selection")).to_have_value(all_kept, timeout=30_000)
             expect(page.get_by_role("button", name=f"Retrain Baseline with {SELECTION}")).to_be_visible()
             page.screenshot(path=str(SHOTS / "walkthrough-3-retrieval.png"), full_page=True)

@@ -159,7 +159,7 @@ def test_the_whole_loop_runs_without_an_error_sample_split(tiny_manifest, tmp_pa
     alone = report["methods"]["error_sample_only"]  # made first: the teacher of DCD's retrieved images
     assert dcd["n_failure"] == random["n_failure"] == alone["n_added"] == len(target.query_ids)
     retrieval = report["retrieval"]
-    assert retrieval["n_fit"] + retrieval["n_validation"] == len(target.query_ids) and retrieval["reason"]
+    assert retrieval["reason"] and retrieval["n_validation"] in (0, len(target.query_ids))  # 0: too few to check
     if retrieval["used"]:  # checked on the validation part of the query images: DCD's own fix
         assert dcd["n_added"] == random["n_added"] and dcd["model_id"] != alone["model_id"]
     else:  # the failure-only fix, and random gets as many pool images as retrieval found

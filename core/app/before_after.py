@@ -100,17 +100,19 @@ def failure_description(ws: Workspace) -> str | None:
 def comparison_story(ws: Workspace, model_ids: Sequence[str], reference: str) -> dict:
     """Every fix in ``model_ids`` told against ``reference``, in one cached read: ``reference``, ``fixes``
     (the others, in order), ``comparison`` (:func:`story_comparison`), ``set_names``, ``names`` (models),
+    ``retrieval`` (what retrieval added beyond the failure's images, core.app.retrieval_note, per DCD fix),
     ``sentences`` and ``outcomes`` per fix (:func:`core.app.story.tell` / ``outcome``), ``failure_name``
     (:func:`failure_description`) and ``num_classes``."""
     from core.app import story
     from core.app.names import model_names
+    from core.app.retrieval_note import retrieval_notes
 
     fixes = [m for m in dict.fromkeys(model_ids) if m != reference]
     names, k = model_names(ws), len(ws.class_names())
     cmp = story_comparison(ws, fixes, reference)
     set_names, failure_name = story_set_names(ws, cmp), failure_description(ws)
     return {"reference": reference, "fixes": fixes, "names": names, "num_classes": k, "comparison": cmp,
-            "set_names": set_names, "failure_name": failure_name,
+            "set_names": set_names, "failure_name": failure_name, "retrieval": retrieval_notes(ws, fixes),
             "sentences": {m: story.tell(cmp, m, reference=reference, num_classes=k, names=names,
                                         set_names=set_names, failure_name=failure_name) for m in fixes},
             "outcomes": {m: story.outcome(cmp, m) for m in fixes}}

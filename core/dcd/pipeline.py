@@ -21,7 +21,7 @@ from typing import Any
 
 from core.data.splits import split_counts
 from core.dcd.embed import EmbedderSpec, embed_split_images
-from core.dcd.selection import Selection
+from core.dcd.selection import Selection, record_params
 from core.dcd.strategies import (
     DEFAULT_LABEL_POLICY,
     METHODS,
@@ -161,11 +161,13 @@ def _arm(ws: Workspace, config: PipelineConfig, base_id: str, sel: Selection, me
 
 
 def n_fix_stages(config: PipelineConfig, validates: bool) -> int:
-    """Named stages :func:`fix_each` runs: the failure-only fix (also DCD's teacher), the validation's two
-    fine-tunings, DCD's fix, and the other baselines."""
+    """Named stages :func:`fix_each` runs: the failure-only fix (also DCD's teacher), the validation's
+    fine-tunings (two per fold), DCD's fix, and the other baselines."""
+    from core.dcd.fix_choice import VALIDATION_FOLDS
+
     teacher = "dcd" in config.methods and config.label_policy == "teacher"
     arms = len(set(config.methods) | ({"error_sample_only"} if teacher else set()))
-    return arms + (2 if teacher and validates else 0)
+    return arms + (2 * VALIDATION_FOLDS if teacher and validates else 0)
 
 
 def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: SelectionRequest, results: dict,
@@ -201,8 +203,9 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
             if teacher:
                 target = request.target(ws)
                 ids, labels = failure_images(ws, target.query_ids if target else None)
-                span = progress.span(done / n_stages, (done + 2) / n_stages)
-                done += 2
+                n_val = n_fix_stages(config, validates=True) - n_fix_stages(config, validates=False)
+                span = progress.span(done / n_stages, (done + n_val) / n_stages)
+                done += n_val
                 exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
                 choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
                                           embedder_id=request.embedder_id, budget=request.resolved_budget(ws, target),
@@ -212,6 +215,8 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
                 timings.step("validate_retrieval", t)
                 request = replace(request, teacher_id=results["error_sample_only"]["model_id"])
             sel = selections["dcd"] = select(ws, "dcd", request)
+            if choice is not None:
+                record_params(ws, sel.selection_id, retrieval=choice.to_dict())
             if choice is None or choice.used:
                 results["dcd"] = _arm(ws, config, base_id, sel, "dcd", schedule, progress=stage("fine-tuning on dcd"))
             else:
@@ -264,7 +269,7 @@ def retrieval_summary(results: dict, eval_key: str = "error_heldout_acc") -> dic
     dcd, alone = results.get("dcd"), results.get("error_sample_only")
     if not dcd or "retrieval" not in dcd:
         return None
-    out = {**dcd["retrieval"], "n_retrieved": dcd.get("n_retrieved", 0)}
+    out = {**dcd["retrieval"], "n_retrieved": dcd.get("n_retrieved_found", dcd.get("n_retrieved", 0))}
     if alone:
         for key in (eval_key, "test_acc"):
             if dcd.get(key) is not None and alone.get(key) is not None:

@@ -66,6 +66,17 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
     return Selection(selection_id, name, method, out, index_info)
 
 
+def record_params(ws: Workspace, selection_id: str, **params) -> dict:
+    """Add ``params`` to a stored selection's params (e.g. what the loop decided about it); returns them all."""
+    raw = ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [selection_id])
+    if raw is None and not ws.scalar("SELECT count(*) FROM selections WHERE selection_id = ?", [selection_id]):
+        raise ValueError(f"no selection {selection_id!r}")
+    merged = {**(json.loads(raw) if raw else {}), **params}
+    with ws.write() as con:
+        con.execute("UPDATE selections SET params = ? WHERE selection_id = ?", [json.dumps(merged), selection_id])
+    return merged
+
+
 def selection_items(ws: Workspace, selection_id: str, *, include_rejected: bool = False) -> pd.DataFrame:
     """A selection's items with their image paths (rejected items left out unless asked)."""
     where = "" if include_rejected else "AND s.status <> 'rejected'"
@@ -95,11 +106,14 @@ def relabel(ws: Workspace, selection_id: str, image_ids: Sequence[int], label: i
 
 
 def list_selections(ws: Workspace) -> pd.DataFrame:
+    """Every selection, newest first, with its item counts: n_failure (the failure's own images) and the
+    review of the rest (n_accepted, n_rejected; the others are not reviewed)."""
     return ws.df(
         "SELECT s.selection_id, s.name, s.method, s.embedder_id, s.k, s.budget, s.label_policy, "
         "s.index_type, s.recall, s.created_at, count(i.image_id) AS n_items, "
-        "count(*) FILTER (WHERE i.status = 'accepted') AS n_accepted, "
-        "count(*) FILTER (WHERE i.status = 'rejected') AS n_rejected "
+        "count(*) FILTER (WHERE i.kind = 'failure') AS n_failure, "
+        "count(*) FILTER (WHERE i.status = 'accepted' AND i.kind IS DISTINCT FROM 'failure') AS n_accepted, "
+        "count(*) FILTER (WHERE i.status = 'rejected' AND i.kind IS DISTINCT FROM 'failure') AS n_rejected "
         "FROM selections s LEFT JOIN selection_items i USING (selection_id) "
         "GROUP BY ALL ORDER BY s.created_at DESC")
 

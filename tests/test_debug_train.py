@@ -1,0 +1,89 @@
+"""DCD's fix: the failure's images plus what retrieval adds, checked on folds of the failure's images before it
+is shipped (core.dcd.debug_train, core.dcd.fix_choice), and the sentence that tells a stakeholder what
+retrieval bought (core.app.retrieval_note)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from core.app.retrieval_note import retrieval_notes
+from core.dcd.debug_train import MIN_LABEL_CONFIDENCE
+from core.dcd.fix_choice import VALIDATION_FOLDS, choose_retrieval, split_folds
+from core.store.workspace import Workspace
+
+
+def test_folds_deal_each_class_evenly_and_reproducibly():
+    labels = np.array([0] * 9 + [1] * 4 + [2] * 1)
+    fold = split_folds(labels, seed=3)
+    assert np.array_equal(fold, split_folds(labels, seed=3))
+    assert set(fold) <= set(range(VALIDATION_FOLDS))
+    for c in (0, 1):
+        counts = np.bincount(fold[labels == c], minlength=VALIDATION_FOLDS)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_the_loop_checks_retrieval_on_every_failure_image_and_ships_what_won(tiny_pipeline_workspace):
+    ws_dir, report_path = tiny_pipeline_workspace
+    report = json.loads(report_path.read_text())
+    choice, methods = report["retrieval"], report["methods"]
+    n_failure = methods["error_sample_only"]["n_added"]
+    assert choice["folds"] == VALIDATION_FOLDS and choice["n_validation"] == n_failure
+    assert len(choice["n_retrieved_for_fit"]) == VALIDATION_FOLDS
+    won = choice["with_retrieval"]["accuracy"] > choice["failure_only"]["accuracy"]
+    assert choice["used"] == won
+    # Where retrieval did not win, DCD's fix is the failure-only model itself; where it won, its own model.
+    assert (methods["dcd"]["model_id"] == methods["error_sample_only"]["model_id"]) == (not won)
+    assert ("does not help" in choice["reason"]) == (not won)
+
+    ws = Workspace.open(ws_dir)
+    sel = ws.df("SELECT selection_id, params FROM selections WHERE method = 'dcd'")
+    assert json.loads(sel.params.iloc[0])["retrieval"]["used"] == choice["used"]
+    items = ws.df("SELECT rank, kind, confidence, image_id FROM selection_items WHERE selection_id = ? "
+                  "ORDER BY rank", [sel.selection_id.iloc[0]])
+    failure = ws.df("SELECT image_id FROM images WHERE split = 'error_sample'").image_id
+    # The failure's own images come first, then the retrieved ones, each labelled with confidence.
+    assert items.kind.head(n_failure).eq("failure").all() and set(items.image_id.head(n_failure)) == set(failure)
+    retrieved = items[items.kind == "retrieved"]
+    assert len(retrieved) > 0 and (retrieved.confidence >= MIN_LABEL_CONFIDENCE).all()
+    assert not set(retrieved.image_id) & set(failure)
+    # random gets the failure's images and as many pool images as DCD retrieved.
+    assert methods["random"]["n_added"] == n_failure + len(retrieved)
+
+
+def test_too_few_failure_images_are_used_as_found_and_say_so(ws_copy):
+    ws, report = ws_copy
+    failure = ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id").head(3)
+    choice = choose_retrieval(ws, base_id=report["methods"]["baseline"]["model_id"],
+                              failure_ids=failure.image_id, failure_labels=failure.label,
+                              embedder_id=report["embedder"]["embedder_id"], budget=10)
+    assert choice.used and choice.reason.startswith("not checked: 3 failure images are too few")
+    assert choice.n_validation == 0
+
+
+def test_the_note_says_what_retrieval_added_or_that_the_failure_only_fix_stood_in(ws_copy):
+    ws, report = ws_copy
+    alone = report["methods"]["error_sample_only"]["model_id"]
+    sel_id, params = ws.df("SELECT selection_id, params FROM selections WHERE method = 'dcd'").iloc[0]
+    params = json.loads(params)
+
+    def note_with(used: bool) -> dict[str, str]:
+        changed = {**params, "retrieval": {**params["retrieval"], "used": used}}
+        with ws.write() as con:
+            con.execute("UPDATE selections SET params = ? WHERE selection_id = ?", [json.dumps(changed), sel_id])
+        return retrieval_notes(ws, [alone, dcd])
+
+    # A DCD model trained on the selection (the random arm's model stands in for one, whatever the tiny run chose).
+    dcd = report["methods"]["random"]["model_id"]
+    with ws.write() as con:
+        con.execute("UPDATE models SET method = 'dcd', config = ? WHERE model_id = ?",
+                    [json.dumps({"selection_id": sel_id}), dcd])
+    stood_in = note_with(False)[alone]
+    assert stood_in.startswith("This is DCD's fix too: retrieval ")
+    assert f"Retrieval had found {params['n_retrieved']:,} pool images" in stood_in
+    notes = note_with(True)
+    assert alone not in notes  # used: the failure-only fix is only the reference, not DCD's fix
+    assert notes[dcd].startswith(f"Retrieval added {params['n_retrieved']:,} pool images to the failure's "
+                                 f"{params['n_failure']:,} labelled images: on the failure ")
+    assert "with the failure's images alone; on test " in notes[dcd] and "95% interval" in notes[dcd]
