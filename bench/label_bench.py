@@ -9,7 +9,7 @@ EfficientNet-B1, from cleanlab's label-error-detection benchmarks). For each inp
 labels it flags, precision, recall and F1 against the true labels; and the AUROC with which each score ranks
 the wrong labels first. The rules:
 
-- ``default``: core.dcd.label_issues.find_issues as it is called on probabilities from elsewhere (the noise
+- ``default``: core.dcd.label_noise.find_issues as it is called on probabilities from elsewhere (the noise
   posterior, the probabilities read as a model of the given labels);
 - ``posterior_trusted``: the same EM with the probabilities read as the true class's (the rule of #15);
 - cleanlab's ``find_label_issues`` rules (``prune_by_noise_rate`` ... ``predicted_neq_given``).

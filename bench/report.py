@@ -342,7 +342,7 @@ def label_bench_section(lb: dict) -> list[str]:
     rules = list(next(iter(inputs.values()))["rules"])
     L += ["Out-of-fold probabilities of models cross-validated on CIFAR-10N's human labels (`aggre`: 9% wrong, "
           "`worst`: 40% wrong), published with cleanlab's label-error benchmark (the real assets' "
-          "`label-bench/`). `default` is `core.dcd.label_issues.find_issues` as called on probabilities from "
+          "`label-bench/`). `default` is `core.dcd.label_noise.find_issues` as called on probabilities from "
           "elsewhere; `posterior_trusted` the same EM reading them as the true class's (the rule of #15); the "
           "others are cleanlab's `find_label_issues` rules. F1 against the true labels (precision / recall):",
           "", "| rule | " + " | ".join(inputs) + " |", "|---|" + "---|" * len(inputs)]

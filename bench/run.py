@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     raw: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv or sys.argv[1:])]),
+                 "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *_public(argv or sys.argv[1:])]),
                  "n_pool": args.n_pool, "errors": {}, "seconds": {}}
 
     def step(name: str, fn):
@@ -117,6 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     results = write_report(raw, args.out)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def _public(args: list[str]) -> list[str]:
+    """The command's arguments as the report prints them: a folder (the assets, the work folder) as its flag's
+    name, so a committed report names no path of the machine it ran on."""
+    out = list(args)
+    for i, a in enumerate(out[:-1]):
+        if a in ("--assets", "--work", "--out"):
+            out[i + 1] = "DIR"
+    return out
 
 
 def _keep_earlier(raw: dict, earlier_path: Path, not_run: list[str]) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 
 from core.app.retrieval_note import retrieval_notes
 from core.dcd.debug_train import MIN_LABEL_CONFIDENCE
 from core.dcd.fix_choice import VALIDATION_FOLDS, choose_retrieval, split_folds
+from core.models.schedules import finetune_schedule
 from core.store.workspace import Workspace
 
 
@@ -24,37 +26,70 @@ def test_folds_deal_each_class_evenly_and_reproducibly():
         assert counts.max() - counts.min() <= 1
 
 
-def test_the_loop_checks_retrieval_on_every_failure_image_and_ships_what_won(tiny_pipeline_workspace):
+def _failure(ws: Workspace) -> pd.DataFrame:
+    return ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id")
+
+
+def test_the_check_judges_every_failure_image_once_and_ships_what_won(ws_copy):
+    ws, report = ws_copy
+    base = report["methods"]["baseline"]["model_id"]
+    failure = _failure(ws)
+    choice = choose_retrieval(ws, base_id=base, failure_ids=failure.image_id, failure_labels=failure.label,
+                              embedder_id=report["embedder"]["embedder_id"], budget=30,
+                              config=finetune_schedule(ws, base, {"batch_size": 32}), epochs=2)
+    assert choice.folds == VALIDATION_FOLDS and choice.n_validation == len(failure)
+    assert len(choice.n_retrieved_for_fit) == VALIDATION_FOLDS and sum(choice.n_retrieved_for_fit) > 0
+    won = choice.with_retrieval["accuracy"] > choice.failure_only["accuracy"]  # a tie goes to the simpler fix
+    assert choice.used == won and ("does not help" in choice.reason) == (not won)
+    right = round(choice.failure_only["accuracy"] * len(failure))
+    assert f"{right} with the failure's images alone" in choice.reason
+
+
+def test_debug_train_is_the_failure_first_then_confidently_labelled_pool_images(tiny_pipeline_workspace):
     ws_dir, report_path = tiny_pipeline_workspace
     report = json.loads(report_path.read_text())
-    choice, methods = report["retrieval"], report["methods"]
+    methods = report["methods"]
+    assert report["retrieval"]["used"] and report["retrieval"]["reason"].startswith("not checked: --retrieval always")
+    assert methods["dcd"]["model_id"] != methods["error_sample_only"]["model_id"]
     n_failure = methods["error_sample_only"]["n_added"]
-    assert choice["folds"] == VALIDATION_FOLDS and choice["n_validation"] == n_failure
-    assert len(choice["n_retrieved_for_fit"]) == VALIDATION_FOLDS
-    won = choice["with_retrieval"]["accuracy"] > choice["failure_only"]["accuracy"]
-    assert choice["used"] == won
-    # Where retrieval did not win, DCD's fix is the failure-only model itself; where it won, its own model.
-    assert (methods["dcd"]["model_id"] == methods["error_sample_only"]["model_id"]) == (not won)
-    assert ("does not help" in choice["reason"]) == (not won)
-
     ws = Workspace.open(ws_dir)
     sel = ws.df("SELECT selection_id, params FROM selections WHERE method = 'dcd'")
-    assert json.loads(sel.params.iloc[0])["retrieval"]["used"] == choice["used"]
+    assert json.loads(sel.params.iloc[0])["retrieval"]["used"]
     items = ws.df("SELECT rank, kind, confidence, image_id FROM selection_items WHERE selection_id = ? "
                   "ORDER BY rank", [sel.selection_id.iloc[0]])
-    failure = ws.df("SELECT image_id FROM images WHERE split = 'error_sample'").image_id
-    # The failure's own images come first, then the retrieved ones, each labelled with confidence.
+    failure = _failure(ws).image_id
     assert items.kind.head(n_failure).eq("failure").all() and set(items.image_id.head(n_failure)) == set(failure)
     retrieved = items[items.kind == "retrieved"]
     assert len(retrieved) > 0 and (retrieved.confidence >= MIN_LABEL_CONFIDENCE).all()
     assert not set(retrieved.image_id) & set(failure)
     # random gets the failure's images and as many pool images as DCD retrieved.
-    assert methods["random"]["n_added"] == n_failure + len(retrieved)
+    assert methods["random"]["n_added"] == methods["dcd"]["n_added"] == n_failure + len(retrieved)
+
+
+def test_where_retrieval_loses_the_failure_only_fix_is_dcds(ws_copy, monkeypatch, tmp_path):
+    """The loop's other branch: no DCD model is trained, DCD's result is the failure-only model's."""
+    from core.dcd import fix_choice
+    from jobs import pipeline
+
+    ws, report = ws_copy
+    lost = fix_choice.RetrievalChoice(False, "retrieval does not help (stubbed for this test)")
+    monkeypatch.setattr(fix_choice, "choose_retrieval", lambda *a, **k: lost)
+    out = tmp_path / "again.json"
+    assert pipeline.main(["--workspace", str(ws.root), "--json", str(out), "--classifier-id",
+                          report["methods"]["baseline"]["model_id"], "--finetune-epochs", "1", "--batch-size", "32",
+                          "--embedder", "classifier", "--methods", "dcd"]) == 0
+    again = json.loads(out.read_text())
+    dcd, alone = again["methods"]["dcd"], again["methods"]["error_sample_only"]
+    assert dcd["model_id"] == alone["model_id"] and dcd["test_acc"] == alone["test_acc"]
+    found = ws.scalar("SELECT count(*) FROM selection_items WHERE selection_id = ? AND kind = 'retrieved'",
+                      [dcd["dcd_selection_id"]])
+    assert dcd["n_retrieved_found"] == again["retrieval"]["n_retrieved"] == found
+    assert not again["retrieval"]["used"] and again["retrieval"]["reason"].endswith("(stubbed for this test)")
 
 
 def test_too_few_failure_images_are_used_as_found_and_say_so(ws_copy):
     ws, report = ws_copy
-    failure = ws.df("SELECT image_id, label FROM images WHERE split = 'error_sample' ORDER BY image_id").head(3)
+    failure = _failure(ws).head(3)
     choice = choose_retrieval(ws, base_id=report["methods"]["baseline"]["model_id"],
                               failure_ids=failure.image_id, failure_labels=failure.label,
                               embedder_id=report["embedder"]["embedder_id"], budget=10)

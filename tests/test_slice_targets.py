@@ -164,3 +164,24 @@ def test_the_whole_loop_runs_without_an_error_sample_split(tiny_manifest, tmp_pa
         assert dcd["n_added"] == random["n_added"] and dcd["model_id"] != alone["model_id"]
     else:  # the failure-only fix, and random gets as many pool images as retrieval found
         assert dcd["model_id"] == alone["model_id"] and random["n_retrieved"] == dcd["n_retrieved_found"]
+
+
+def test_the_loop_targets_the_slice_whose_failures_go_one_way(sliced):
+    """Not the catch-all of scattered errors: the slice with the most failures taken for one class or of one
+    label (ties to the better rank)."""
+    from core.dcd.slice_targets import coherent_failures, failure_counts
+    from core.scanner.slice_loop import MIN_TARGET_ERRORS, _auto_target
+
+    ws, run_id = sliced
+    n_err, one_way = failure_counts(ws, run_id), coherent_failures(ws, run_id)
+    ranks = ws.df("SELECT slice_id, rank FROM slices WHERE run_id = ?", [run_id]).set_index("slice_id")["rank"]
+    for slice_id, n in one_way.items():
+        rows = ws.df("SELECT i.label, p.pred FROM slice_members m JOIN slice_runs r USING (run_id) "
+                     "JOIN images i ON i.image_id = m.image_id JOIN predictions p ON p.image_id = m.image_id "
+                     "AND p.model_id = r.model_id WHERE m.run_id = ? AND m.slice_id = ? AND NOT p.correct "
+                     "AND i.split NOT IN ('pool', 'train')", [run_id, slice_id])
+        assert n == max(rows.label.value_counts().max(), rows.pred.value_counts().max()) <= n_err[slice_id]
+    eligible = {ranks[s]: one_way[s] for s in one_way if n_err[s] >= MIN_TARGET_ERRORS}
+    chosen = _auto_target(ws, run_id)
+    assert eligible[chosen] == max(eligible.values())
+    assert chosen == min(r for r, n in eligible.items() if n == eligible[chosen])

@@ -39,6 +39,8 @@ from core.models.training import retrain, train_classifier
 from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
+RETRIEVAL_CHOICES = ("checked", "always")
+
 
 @dataclass
 class PipelineConfig:
@@ -65,9 +67,14 @@ class PipelineConfig:
     # selection, "keep" does not, "auto" drops them for a slice and keeps them with an error_sample split.
     # Where none are stored, they are found first (finds_label_issues, find_label_issues_stage).
     label_issues: str = "auto"
+    # "checked": DCD's retrieval is used only where it beats the failure's images alone on folds of them
+    # (core.dcd.fix_choice); "always": used as found, without that check (faster; what the method's paper did).
+    retrieval: str = "checked"
 
     def __post_init__(self) -> None:
         check_label_issues_choice(self.label_issues)  # before training, not when selecting
+        if self.retrieval not in RETRIEVAL_CHOICES:
+            raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_CHOICES)}, not {self.retrieval!r}")
 
 
 class Timings(dict):
@@ -177,7 +184,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
     (core.dcd.debug_train). Then whether retrieval helps is checked on a validation part of the failure's
     images (core.dcd.fix_choice): where it does not, DCD's fix is the failure-only fix, and its result says
     so. ``random`` gets the failure's images and as many random pool images as DCD retrieved."""
-    from core.dcd.fix_choice import choose_retrieval
+    from core.dcd.fix_choice import RetrievalChoice, choose_retrieval
     from core.dcd.label_review import flagged_pool_ids
     from core.dcd.strategies import failure_images
 
@@ -185,7 +192,8 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
     teacher = "dcd" in config.methods and config.label_policy == "teacher"
     order = [m for m in ("error_sample_only", "dcd", "random", "all_pool")
              if m in config.methods or (m == "error_sample_only" and teacher)]
-    n_stages = max(1, n_fix_stages(config, validates=True))
+    validates = config.retrieval == "checked"
+    n_stages = max(1, n_fix_stages(config, validates=validates))
     done = 0
 
     def stage(name: str) -> Progress:
@@ -203,16 +211,20 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
             if teacher:
                 target = request.target(ws)
                 ids, labels = failure_images(ws, target.query_ids if target else None)
-                n_val = n_fix_stages(config, validates=True) - n_fix_stages(config, validates=False)
-                span = progress.span(done / n_stages, (done + n_val) / n_stages)
-                done += n_val
-                exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
-                choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
-                                          embedder_id=request.embedder_id, budget=request.resolved_budget(ws, target),
-                                          config=schedule, epochs=config.finetune_epochs, seed=config.seed,
-                                          exclude=exclude, progress=span)
+                if validates:
+                    n_val = n_fix_stages(config, validates=True) - n_fix_stages(config, validates=False)
+                    span = progress.span(done / n_stages, (done + n_val) / n_stages)
+                    done += n_val
+                    exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
+                    choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
+                                              embedder_id=request.embedder_id,
+                                              budget=request.resolved_budget(ws, target), config=schedule,
+                                              epochs=config.finetune_epochs, seed=config.seed, exclude=exclude,
+                                              progress=span)
+                    timings.step("validate_retrieval", t)
+                else:
+                    choice = RetrievalChoice(True, "not checked: --retrieval always uses retrieval as found")
                 print(f"retrieval: {choice.reason}", flush=True)
-                timings.step("validate_retrieval", t)
                 request = replace(request, teacher_id=results["error_sample_only"]["model_id"])
             sel = selections["dcd"] = select(ws, "dcd", request)
             if choice is not None:
@@ -289,7 +301,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
                                seed=config.seed, index_memory_gb=config.index_memory_gb,
                                label_issues=config.label_issues)
     n_stages = ((1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request)
-                + n_fix_stages(config, validates=True))
+                + n_fix_stages(config, validates=config.retrieval == "checked"))
     progress.expect_stages(n_stages)  # stage names: Progress.stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))

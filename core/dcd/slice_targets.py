@@ -119,6 +119,21 @@ def failure_counts(ws: Workspace, run_id: str) -> dict[int, int]:
     return dict(zip(df.slice_id.astype(int), df.n.astype(int)))
 
 
+def coherent_failures(ws: Workspace, run_id: str) -> dict[int, int]:
+    """Per slice of ``run_id``: how many of its failures go one way, the most of them either taken for one
+    class or carrying one label (train and pool images left out, as :func:`failure_counts`). A slice whose
+    failures go one way is a failure a targeted fix can address ("stamped photos taken for horses"); one whose
+    failures scatter over many confusions is the classifier's general error, which no one query set stands
+    for."""
+    df = ws.df(f"SELECT m.slice_id, i.label, p.pred {_FAILURES}", [run_id])
+    if df.empty:
+        return {}
+    taken_for = df.groupby(["slice_id", "pred"]).size().groupby(level=0).max()
+    of_label = df.groupby(["slice_id", "label"]).size().groupby(level=0).max()
+    most = pd.concat([taken_for, of_label], axis=1).max(axis=1)
+    return {int(k): int(v) for k, v in most.items()}
+
+
 def get_target(ws: Workspace, target_id: str) -> SliceTarget | None:
     """A stored slice target, or None."""
     row = ws.df("SELECT * FROM slice_targets WHERE target_id = ?", [target_id])

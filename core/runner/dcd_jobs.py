@@ -335,11 +335,15 @@ register_job(JobSpec(
 # -- the whole loop -------------------------------------------------------------------------------------------
 
 def pipeline_options() -> tuple[Option, ...]:
+    from core.dcd.pipeline import RETRIEVAL_CHOICES
     from core.dcd.strategies import METHODS
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()
             + (Option("methods", "list", list(METHODS), choices=METHODS, group="selection",
                       help="methods to compare"),
+               Option("retrieval", "choice", "checked", choices=RETRIEVAL_CHOICES, group="selection", advanced=True,
+                      help="checked: DCD ships retrieval only where it beats the failure's images alone on 2 folds "
+                           "of them (4 extra fine-tunings), else the failure-only fix; always: retrieval as found"),
                Option("from_slice", group="selection",
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
                            "error_sample split the worst slice of a new slice run is the target)"))
@@ -355,7 +359,8 @@ def pipeline_config(opts: argparse.Namespace):
                           label_policy=opts.label_policy, train=train_overrides(opts),
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
                           index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
-                          label_issues=getattr(opts, "label_issues", None) or "auto")
+                          label_issues=getattr(opts, "label_issues", None) or "auto",
+                          retrieval=getattr(opts, "retrieval", None) or "checked")
 
 
 def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -201,8 +201,10 @@ def selection_options() -> tuple[Option, ...]:
         Option("budget", "int", group=g,
                help="most images to select (default: 10 per error image, at most a quarter of the pool)"),
         Option("label_policy", "choice", DEFAULT_LABEL_POLICY, choices=LABEL_POLICIES, group=g,
-               help="label of a retrieved pool image: its weak label (weak), the error image's label "
-                    f"(source), or only images where both agree (agree; default {DEFAULT_LABEL_POLICY})"),
+               help="label of a retrieved pool image: the posterior of its true class from the failure's teacher "
+                    "(the classifier fine-tuned on the failure's images) and its weak label, kept at 0.9 "
+                    "(teacher), its weak label (weak), the error image's label (source), or only images where "
+                    f"both agree (agree); default {DEFAULT_LABEL_POLICY}"),
         Option("label_issues", "choice", "auto", choices=LABEL_ISSUE_CHOICES, group=g, advanced=True,
                help="dcd and the pool's flagged label issues: drop (never select them; found first with the "
                     "pretrained backbone if none are stored), keep, or auto (drop for a slice, keep for the "
