@@ -115,7 +115,7 @@ def test_the_note_says_what_retrieval_added_or_that_the_failure_only_fix_stood_i
         con.execute("UPDATE models SET method = 'dcd', config = ? WHERE model_id = ?",
                     [json.dumps({"selection_id": sel_id}), dcd])
     stood_in = note_with(False)[alone]
-    assert stood_in.startswith("This is DCD's fix too: retrieval ")
+    assert stood_in.startswith(f"This is DCD's fix too: {params['retrieval']['reason']}. ")
     assert f"Retrieval had found {params['n_retrieved']:,} pool images" in stood_in
     notes = note_with(True)
     assert alone not in notes  # used: the failure-only fix is only the reference, not DCD's fix

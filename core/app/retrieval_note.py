@@ -5,7 +5,7 @@ DCD's fix is the failure's labelled images plus the pool images retrieval adds (
 simplest fix is the failure's images alone (``error_sample_only``, also DCD's teacher). A stakeholder's
 first question is what retrieval bought on top of that, so each DCD fix gets a sentence comparing it with
 the failure-only fix of the same failure on the failure's held-out images and on test, with the change's
-95% interval. Where the loop found on the validation part of the failure's images that retrieval did not
+95% interval. Where the loop found on folds of the failure's images that retrieval did not
 help, there is no DCD model: the failure-only fix is DCD's fix, and its sentence says so and why.
 """
 
@@ -19,8 +19,8 @@ import pandas as pd
 from core.store.workspace import Workspace
 
 
-def _params(ws: Workspace, selection_id: str | None) -> dict:
-    if not selection_id:
+def _params(ws: Workspace, selection_id: object) -> dict:
+    if not isinstance(selection_id, str) or not selection_id:  # a model without a selection reads as NaN
         return {}
     raw = ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [selection_id])
     return json.loads(raw) if raw else {}

@@ -13,7 +13,7 @@ they show more of the failure and carry the right label. So :func:`build_debug_t
    is not the goal: at most :func:`core.dcd.strategies.default_budget` images.
 2. **Label them with the failure's teacher** (:func:`label_with_teacher`): the classifier fine-tuned on
    train plus the failure's images (the ``error_sample_only`` fix) predicts each candidate; its
-   probabilities and the candidate's weak label are combined by the noise posterior (core.dcd.label_issues,
+   probabilities and the candidate's weak label are combined by the noise posterior (core.dcd.label_noise,
    the noise of the pool's weak labels estimated by EM): ``P(true class | image, weak label)``. A candidate
    is kept, with the most probable class as its label, only where that is at least
    :data:`MIN_LABEL_CONFIDENCE`. Measured on the CIFAR-10 scenario (fog): the weak labels of the
@@ -22,8 +22,8 @@ they show more of the failure and carry the right label. So :func:`build_debug_t
    labels do.
 3. **Put the failure's own images in** (``kind = "failure"``), with their labels.
 
-The loop checks on a validation part of the failure's images whether the result beats the failure's images
-alone, and falls back to them where it does not (core.dcd.fix_choice).
+The loop checks on folds of the failure's images whether the result beats the failure's images alone, and
+falls back to them where it does not (core.dcd.fix_choice).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Whether retrieval helps a failure, judged on a validation part of the failure's own images.
+"""Whether retrieval helps a failure, judged on folds of the failure's own images.
 
 The simplest fix of a failure is to fine-tune on its own labelled images; DCD's fix adds the pool images it
 retrieves (core.dcd.debug_train). Where those add nothing (the failure's images already teach all that the
@@ -46,8 +46,8 @@ MIN_VALIDATION = 4
 
 @dataclass
 class RetrievalChoice:
-    """What the validation part said: ``used`` (retrieval in DCD's fix, or the failure's images alone) and
-    why, each model's score on the validation part, and the sizes."""
+    """What the folds said: ``used`` (retrieval in DCD's fix, or the failure's images alone) and
+    why, each fix's score over the validation parts, and the sizes."""
 
     used: bool
     reason: str

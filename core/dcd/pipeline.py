@@ -6,7 +6,7 @@
 2. the embedder: embeds error_sample and pool. Without flags: the same pretrained backbone, frozen, at its
    own resolution (DCD's feature space); ``classifier`` uses the classifier's own penultimate layer;
 3. the fixes (:func:`fix_each`): the failure's images alone (``error_sample_only``, also DCD's teacher);
-   whether retrieval helps, checked on a validation part of the failure's images (core.dcd.fix_choice);
+   whether retrieval helps, checked on folds of the failure's images (core.dcd.fix_choice);
    ``dcd`` (the failure's images plus what retrieval adds, core.dcd.debug_train, or the failure-only fix
    where retrieval did not help); ``random`` (the failure's images plus as many random pool images as DCD
    retrieved); ``all_pool``. Each fine-tunes the classifier with the same schedule and is evaluated;
@@ -181,7 +181,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
              timings: Timings, *, progress: Progress) -> dict[str, Selection]:
     """Steps 3 and 4: each method's debug-train set, the classifier fine-tuned on it (one schedule for all)
     and evaluated, into ``results``. The failure's images alone come first: they are DCD's teacher
-    (core.dcd.debug_train). Then whether retrieval helps is checked on a validation part of the failure's
+    (core.dcd.debug_train). Then whether retrieval helps is checked on folds of the failure's
     images (core.dcd.fix_choice): where it does not, DCD's fix is the failure-only fix, and its result says
     so. ``random`` gets the failure's images and as many random pool images as DCD retrieved."""
     from core.dcd.fix_choice import RetrievalChoice, choose_retrieval
