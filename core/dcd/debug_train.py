@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from core.dcd.index import pool_index, search
+from core.dcd.index import IndexInfo, pool_index, search
 from core.dcd.resemblance import resemblance_scores
 from core.dcd.retrieval import merge_candidates, pairs_from_search, query_vectors
 from core.models.config import DataConfig
@@ -61,6 +61,7 @@ class DebugTrain:
 
     items: pd.DataFrame
     info: dict = field(default_factory=dict)
+    index_info: IndexInfo | None = None  # the pool index searched
 
     @property
     def n_retrieved(self) -> int:
@@ -79,13 +80,14 @@ def failure_items(image_ids: Sequence[int], labels: Sequence[int]) -> pd.DataFra
 
 
 def retrieve_resembling(ws: Workspace, embedder_id: str, failure_ids: Sequence[int], *, budget: int,
-                        exclude: set[int] | None = None, seed: int = 0,
-                        progress: Progress | None = None) -> tuple[pd.DataFrame, dict]:
+                        exclude: set[int] | None = None, seed: int = 0, index_memory_gb: float | None = None,
+                        progress: Progress | None = None) -> tuple[pd.DataFrame, dict, IndexInfo]:
     """Pool images near the failure images that resemble the failure (see the module doc): a frame
     (image_id, source_image_id, neighbour_rank, distance, resemblance) in DCD's round-robin order, at most
-    ``budget``, and what the search did. ``exclude``: pool images never to take (flagged label issues)."""
+    ``budget``, what the search did and the index searched. ``exclude``: pool images never to take (flagged
+    label issues); ``index_memory_gb``: the index's memory budget if it must be (re)built (core.dcd.index)."""
     progress = as_progress(progress)
-    index, _ = pool_index(ws, embedder_id, progress=progress.span(0, 0.2))
+    index, index_info = pool_index(ws, embedder_id, memory_gb=index_memory_gb, progress=progress.span(0, 0.2))
     score = resemblance_scores(ws, embedder_id, failure_ids, seed=seed, progress=progress.span(0.2, 0.5))
     src, queries = query_vectors(ws, embedder_id, list(failure_ids))  # embedded by resemblance_scores
     n_pool = int(index.ntotal)
@@ -108,7 +110,7 @@ def retrieve_resembling(ws: Workspace, embedder_id: str, failure_ids: Sequence[i
     out = resembling.head(budget).reset_index(drop=True)
     progress.report(1.0, f"{len(out)} pool images resemble the failure", force=True)
     return out, {"depth_searched": depth, "n_neighbours_seen": len(seen), "n_resembling": len(resembling),
-                 "last_new_resembling_share": round(new_share, 3), "budget": budget}
+                 "last_new_resembling_share": round(new_share, 3), "budget": budget}, index_info
 
 
 def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfig, candidate_ids: Sequence[int],
@@ -142,12 +144,14 @@ def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfi
 
 def build_debug_train(ws: Workspace, *, embedder_id: str, failure_ids: Sequence[int], failure_labels: Sequence[int],
                       teacher: nn.Module, data_config: DataConfig, budget: int, exclude: set[int] | None = None,
-                      seed: int = 0, progress: Progress | None = None) -> DebugTrain:
+                      seed: int = 0, index_memory_gb: float | None = None,
+                      progress: Progress | None = None) -> DebugTrain:
     """The failure's images plus the pool images that resemble them and that the teacher (fine-tuned on train
     plus the failure's images) labels with confidence (see the module doc)."""
     progress = as_progress(progress)
-    found, info = retrieve_resembling(ws, embedder_id, failure_ids, budget=budget, exclude=exclude, seed=seed,
-                                      progress=progress.span(0, 0.5))
+    found, info, index_info = retrieve_resembling(ws, embedder_id, failure_ids, budget=budget, exclude=exclude,
+                                                  seed=seed, index_memory_gb=index_memory_gb,
+                                                  progress=progress.span(0, 0.5))
     labelled = label_with_teacher(ws, teacher, data_config, found.image_id.tolist(), seed=seed,
                                   progress=progress.span(0.5, 1.0))
     found = found.merge(labelled, on="image_id", how="inner")
@@ -160,7 +164,7 @@ def build_debug_train(ws: Workspace, *, embedder_id: str, failure_ids: Sequence[
     info.update({"n_failure": len(failure_ids), "n_candidates": len(found), "n_retrieved": len(retrieved),
                  "min_label_confidence": MIN_LABEL_CONFIDENCE,
                  "n_relabelled": int((retrieved.label.to_numpy() != _weak(ws, retrieved.image_id)).sum())})
-    return DebugTrain(items, info)
+    return DebugTrain(items, info, index_info)
 
 
 def _weak(ws: Workspace, image_ids: pd.Series) -> np.ndarray:

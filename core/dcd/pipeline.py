@@ -167,14 +167,25 @@ def _arm(ws: Workspace, config: PipelineConfig, base_id: str, sel: Selection, me
             "n_retrieved": int(kinds.get("retrieved", 0)), "model_id": model_id, "selection_id": sel.selection_id}
 
 
-def n_fix_stages(config: PipelineConfig, validates: bool) -> int:
-    """Named stages :func:`fix_each` runs: the failure-only fix (also DCD's teacher), the validation's
+def _uses_teacher(config: PipelineConfig) -> bool:
+    """Whether DCD's retrieved images are labelled by the failure-only fix, which :func:`fix_each` then makes
+    first."""
+    return "dcd" in config.methods and config.label_policy == "teacher"
+
+
+def _checks_retrieval(config: PipelineConfig) -> bool:
+    """Whether :func:`fix_each` checks DCD's retrieval on folds of the failure's images first (it needs the
+    teacher)."""
+    return _uses_teacher(config) and config.retrieval == "checked"
+
+
+def n_fix_stages(config: PipelineConfig) -> int:
+    """Named stages :func:`fix_each` runs: the failure-only fix (also DCD's teacher), the check's
     fine-tunings (two per fold), DCD's fix, and the other baselines."""
     from core.dcd.fix_choice import VALIDATION_FOLDS
 
-    teacher = "dcd" in config.methods and config.label_policy == "teacher"
-    arms = len(set(config.methods) | ({"error_sample_only"} if teacher else set()))
-    return arms + (2 * VALIDATION_FOLDS if teacher and validates else 0)
+    arms = len(set(config.methods) | ({"error_sample_only"} if _uses_teacher(config) else set()))
+    return arms + (2 * VALIDATION_FOLDS if _checks_retrieval(config) else 0)
 
 
 def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: SelectionRequest, results: dict,
@@ -184,16 +195,15 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
     (core.dcd.debug_train). Then whether retrieval helps is checked on folds of the failure's
     images (core.dcd.fix_choice): where it does not, DCD's fix is the failure-only fix, and its result says
     so. ``random`` gets the failure's images and as many random pool images as DCD retrieved."""
-    from core.dcd.fix_choice import RetrievalChoice, choose_retrieval
+    from core.dcd.fix_choice import VALIDATION_FOLDS, RetrievalChoice, choose_retrieval
     from core.dcd.label_review import flagged_pool_ids
     from core.dcd.strategies import failure_images
 
     schedule = finetune_schedule(ws, base_id, config.train)
-    teacher = "dcd" in config.methods and config.label_policy == "teacher"
+    teacher = _uses_teacher(config)
     order = [m for m in ("error_sample_only", "dcd", "random", "all_pool")
              if m in config.methods or (m == "error_sample_only" and teacher)]
-    validates = config.retrieval == "checked"
-    n_stages = max(1, n_fix_stages(config, validates=validates))
+    n_stages = max(1, n_fix_stages(config))
     done = 0
 
     def stage(name: str) -> Progress:
@@ -203,7 +213,6 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
         return span
 
     selections: dict[str, Selection] = {}
-    t = time.perf_counter()
     for method in order:
         t = time.perf_counter()
         if method == "dcd":
@@ -211,16 +220,16 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
             if teacher:
                 target = request.target(ws)
                 ids, labels = failure_images(ws, target.query_ids if target else None)
-                if validates:
-                    n_val = n_fix_stages(config, validates=True) - n_fix_stages(config, validates=False)
-                    span = progress.span(done / n_stages, (done + n_val) / n_stages)
-                    done += n_val
+                if _checks_retrieval(config):
+                    n_check = 2 * VALIDATION_FOLDS  # the check's fine-tunings, as n_fix_stages counts them
+                    span = progress.span(done / n_stages, (done + n_check) / n_stages)
+                    done += n_check
                     exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
                     choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
                                               embedder_id=request.embedder_id,
                                               budget=request.resolved_budget(ws, target), config=schedule,
                                               epochs=config.finetune_epochs, seed=config.seed, exclude=exclude,
-                                              progress=span)
+                                              index_memory_gb=request.index_memory_gb, progress=span)
                     timings.step("validate_retrieval", t)
                 else:
                     choice = RetrievalChoice(True, "not checked: --retrieval always uses retrieval as found")
@@ -253,13 +262,14 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
 
 def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dict, request: SelectionRequest,
                 selections: dict[str, Selection], results: dict, counts: dict, timings: Timings,
-                t0: float) -> dict:
-    """Step 5: the report (also the content of ``--json``)."""
+                t0: float, failure_key: str = "error_heldout_acc") -> dict:
+    """Step 5: the report (also the content of ``--json``); ``failure_key``: the result key of the failure's
+    held-out accuracy that retrieval's summary compares on."""
     dcd = selections.get("dcd")
     info = dcd.index_info if dcd else None
     return {
         "methods": {m: results[m] for m in ("baseline", *config.methods, "error_sample_only") if m in results},
-        "retrieval": retrieval_summary(results),
+        "retrieval": retrieval_summary(results, failure_key),
         "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch,
                        "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
         "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
@@ -301,7 +311,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
                                seed=config.seed, index_memory_gb=config.index_memory_gb,
                                label_issues=config.label_issues)
     n_stages = ((1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request)
-                + n_fix_stages(config, validates=config.retrieval == "checked"))
+                + n_fix_stages(config))
     progress.expect_stages(n_stages)  # stage names: Progress.stage
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
     emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))

@@ -248,10 +248,10 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
         teacher, data_config = load_classifier(ws, teacher_id)
         made = build_debug_train(ws, embedder_id=embedder_id, failure_ids=failure.image_id.tolist(),
                                  failure_labels=failure.label.tolist(), teacher=teacher, data_config=data_config,
-                                 budget=budget, exclude=exclude, seed=req.seed, progress=progress)
-        index, info = pool_index(ws, embedder_id, memory_gb=req.index_memory_gb)
+                                 budget=budget, exclude=exclude, seed=req.seed,
+                                 index_memory_gb=req.index_memory_gb, progress=progress)
         params.update({"teacher_id": teacher_id, **made.info})
-        return save_selection(ws, name, "dcd", made.items, params=params, index_info=info)
+        return save_selection(ws, name, "dcd", made.items, params=params, index_info=made.index_info)
     index, info = pool_index(ws, embedder_id, memory_gb=req.index_memory_gb, progress=progress)
     src, queries = query_vectors(ws, embedder_id, failure.image_id.tolist())
     k = req.neighbours or default_k(budget, len(failure))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.ndarray | None = None,
-                  added_weights: np.ndarray | None = None) -> np.ndarray | None:
+def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.ndarray | None = None
+                  ) -> np.ndarray | None:
     """Per-image sampling weights (summing to 1) giving the added images ``added_share`` of the draws (None:
     uniform).
 
@@ -19,10 +19,7 @@ def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.nd
     among the other images (train's class mix), and of a class's draws its added images get ``added_share``
     (none where it has no added image). So added images of one or two classes change how those classes are
     seen, not how often they are answered. A class that only added images hold gets the share of the draws
-    it has among the added images, times ``added_share``.
-
-    ``added_weights`` (one per image; only the added images' count): how the added images share their draws
-    among themselves (default: alike), e.g. the failure's own images drawn more often than retrieved ones."""
+    it has among the added images, times ``added_share``."""
     if added_share is None:
         return None
     if not 0.0 < added_share < 1.0:
@@ -32,11 +29,8 @@ def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.nd
     n_rest = len(is_added) - n_added
     if n_added == 0 or n_rest == 0:
         return None
-    rel = np.ones(len(is_added)) if added_weights is None else np.asarray(added_weights, np.float64)
-    if rel.shape != is_added.shape or bool((rel[is_added] <= 0).any()):
-        raise ValueError("added_weights needs one positive weight per image")
     if labels is None:
-        return np.where(is_added, added_share * rel / rel[is_added].sum(), (1.0 - added_share) / n_rest)
+        return np.where(is_added, added_share / n_added, (1.0 - added_share) / n_rest)
     labels = np.asarray(labels)
     weights = np.zeros(len(labels))
     for c in np.unique(labels):
@@ -44,10 +38,9 @@ def share_weights(is_added: np.ndarray, added_share: float | None, labels: np.nd
         n_a, n_r = int(added.sum()), int(rest.sum())
         mass = n_r / n_rest if n_r else added_share * n_a / n_added
         if n_a and n_r:
-            weights[added] = mass * added_share * rel[added] / rel[added].sum()
-            weights[rest] = mass * (1.0 - added_share) / n_r
+            weights[added], weights[rest] = mass * added_share / n_a, mass * (1.0 - added_share) / n_r
         elif n_a:
-            weights[added] = mass * rel[added] / rel[added].sum()
+            weights[added] = mass / n_a
         else:
             weights[rest] = mass / n_r
     return weights / weights.sum()

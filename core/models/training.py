@@ -295,14 +295,11 @@ def training_set(ws: Workspace, selection_id: str | None, *, items: pd.DataFrame
         sel = selection_items(ws, selection_id)[["image_id", "path", "label"]]
         parts.append(sel.assign(source="selection"))
     elif items is not None and len(items):
-        paths = images_df(ws)[["image_id", "path"]]
-        sel = items.assign(weight=items["weight"] if "weight" in items else 1.0)[["image_id", "label", "weight"]]
-        sel = sel.merge(paths, on="image_id", how="left")
+        sel = items[["image_id", "label"]].merge(images_df(ws)[["image_id", "path"]], on="image_id", how="left")
         if sel.path.isna().any():
             raise ValueError(f"{int(sel.path.isna().sum())} debug-train image(s) are not in the workspace")
-        parts.append(sel[["image_id", "path", "label", "weight"]].assign(source="selection"))
+        parts.append(sel[["image_id", "path", "label"]].assign(source="selection"))
     df = pd.concat(parts, ignore_index=True)
-    df["weight"] = df["weight"].fillna(1.0) if "weight" in df else 1.0
     df = df[~df.image_id.isin(set(ws.df("SELECT DISTINCT image_id FROM eval_sets").image_id))]
     if drop_ids:
         df = df[~df.image_id.isin(drop_ids)]
@@ -357,7 +354,7 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
         weights = share_weights(df.image_id.isin(upweight_ids).to_numpy(), upweight_share)
     else:
         weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share,
-                                df.label.to_numpy() if cfg.added_mix == "class" else None, df.weight.to_numpy())
+                                df.label.to_numpy() if cfg.added_mix == "class" else None)
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
         samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
         progress=progress.span(0.1, 1.0))

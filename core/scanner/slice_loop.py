@@ -33,7 +33,6 @@ from core.dcd.pipeline import (
     find_label_issues_stage,
     fix_each,
     loop_report,
-    retrieval_summary,
     run_pipeline,
 )
 from core.dcd.slice_targets import (
@@ -125,7 +124,6 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     for r in results.values():
         r["slice_heldout_acc"] = r.get(f"{target.eval_set}_acc")
     report = loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
-                         results=results, counts=counts, timings=timings, t0=t0)
-    report["retrieval"] = retrieval_summary(results, "slice_heldout_acc")
+                         results=results, counts=counts, timings=timings, t0=t0, failure_key="slice_heldout_acc")
     report["slice"] = target.describe()
     return report
