@@ -94,10 +94,11 @@ def review_candidates(ws: Workspace, candidates: pd.DataFrame, decisions: dict[i
 
 
 def selection_label(row: pd.Series, shown: str) -> str:
-    n_failure = int(row.n_failure)
-    n_open = int(row.n_items - n_failure - row.n_accepted - row.n_rejected)
+    n_failure, n_rest = int(row.n_failure), int(getattr(row, "n_rest", 0) or 0)
+    n_open = int(row.n_items - n_failure - n_rest - row.n_accepted - row.n_rejected)
     failure = f"{n_failure} of the failure's own, " if n_failure else ""
-    return (f"{shown} · {int(row.n_items)} images ({failure}{int(row.n_accepted)} kept, {int(row.n_rejected)} "
+    rest = f"{n_rest} of the rest of the pool, teacher-labelled, " if n_rest else ""
+    return (f"{shown} · {int(row.n_items)} images ({failure}{rest}{int(row.n_accepted)} kept, {int(row.n_rejected)} "
             f"dropped, {n_open} not reviewed) · {pd.Timestamp(row.created_at):%d %b %H:%M}")
 
 

@@ -66,6 +66,33 @@ def test_debug_train_is_the_failure_first_then_confidently_labelled_pool_images(
     assert methods["random"]["n_added"] == methods["dcd"]["n_added"] == n_failure + len(retrieved)
 
 
+def test_the_rest_of_the_pool_is_teacher_labelled_and_drawn_with_train(ws_copy):
+    from core.dcd.debug_train import build_debug_train
+    from core.models.catalog import load_classifier
+    from core.models.training import training_set
+
+    ws, report = ws_copy
+    teacher, data_config = load_classifier(ws, report["methods"]["error_sample_only"]["model_id"])
+    failure = _failure(ws)
+    common = dict(embedder_id=report["embedder"]["embedder_id"], failure_ids=failure.image_id.tolist(),
+                  failure_labels=failure.label.tolist(), teacher=teacher, data_config=data_config, budget=20)
+    without = build_debug_train(ws, **common)
+    made = build_debug_train(ws, **common, rest_of_pool=True)
+    assert without.n_rest == 0 and made.n_rest > 0 and made.info["n_rest"] == made.n_rest
+    items = made.items
+    # the failure's images and the same retrieval first; the rest is neither, each image once
+    assert set(items[items.kind != "rest"].image_id) == set(without.items.image_id)
+    assert items.image_id.is_unique
+    rest = items[items.kind == "rest"]
+    assert (rest.confidence >= MIN_LABEL_CONFIDENCE).all()
+    pool = set(ws.df("SELECT image_id FROM images WHERE split = 'pool'").image_id)
+    assert set(rest.image_id) <= pool
+    # fine-tuning draws them with train (source "rest"), not with the debug-train share
+    df = training_set(ws, None, items=items)
+    sources = df.groupby("source").size()
+    assert sources["rest"] == made.n_rest and sources["selection"] == len(items) - made.n_rest
+
+
 def test_where_retrieval_loses_the_failure_only_fix_is_dcds(ws_copy, monkeypatch, tmp_path):
     """The loop's other branch: no DCD model is trained, DCD's result is the failure-only model's."""
     from core.dcd import fix_choice

@@ -273,14 +273,15 @@ def selections(ws: Workspace) -> pd.DataFrame:
 
 
 def selection_review(ws: Workspace, selection_id: str) -> pd.DataFrame:
-    """A selection's items (rejected included) with paths, split, label names, kind (the failure's own image
-    or a retrieved one) and the label's confidence where a teacher gave it, by rank."""
+    """A selection's items for review (rejected included) with paths, split, label names, kind (the failure's
+    own image or a retrieved one) and the label's confidence where a teacher gave it, by rank. The rest of the
+    pool a teacher labelled (kind ``rest``) is not reviewed image by image: the selection's label counts it."""
     return ws.df(
         "SELECT s.rank, s.image_id, s.source_image_id, s.distance, s.label, c.name AS label_name, s.status, "
         "s.kind, s.confidence, i.path, i.split, cw.name AS weak_label_name "
         "FROM selection_items s JOIN images i USING (image_id) "
         "LEFT JOIN classes c ON c.class_id = s.label LEFT JOIN classes cw ON cw.class_id = i.weak_label "
-        "WHERE s.selection_id = ? ORDER BY s.rank", [selection_id])
+        "WHERE s.selection_id = ? AND s.kind <> 'rest' ORDER BY s.rank", [selection_id])
 
 
 # -- before / after -------------------------------------------------------------------------------

@@ -21,6 +21,11 @@ they show more of the failure and carry the right label. So :func:`build_debug_t
    them at 96%, and the teacher's posterior keeps 81% of them at 94%, which fine-tunes as well as their true
    labels do.
 3. **Put the failure's own images in** (``kind = "failure"``), with their labels.
+4. Optionally (``rest_of_pool``), **the rest of the pool the teacher labels with confidence** (``kind =
+   "rest"``, same rule): not part of the failure, so fine-tuning draws them with train's share of each
+   batch, not the debug-train share. They keep what the classifier knows of everything else growing as it
+   would on all of the pool, with the teacher's labels instead of the weak ones, so that the fix's test
+   accuracy holds beside ``all_pool``'s (measured: see the README).
 
 The loop checks on folds of the failure's images whether the result beats the failure's images alone, and
 falls back to them where it does not (core.dcd.fix_choice).
@@ -50,8 +55,6 @@ NOISE_SAMPLE = 2000
 MIN_NEW_RESEMBLING = 0.1
 #: The search depth per failure image to start from.
 START_DEPTH = 16
-#: What a debug-train item is.
-KINDS = ("failure", "retrieved")
 
 
 @dataclass
@@ -70,6 +73,10 @@ class DebugTrain:
     @property
     def n_failure(self) -> int:
         return int((self.items.kind == "failure").sum())
+
+    @property
+    def n_rest(self) -> int:
+        return int((self.items.kind == "rest").sum())
 
 
 def failure_items(image_ids: Sequence[int], labels: Sequence[int]) -> pd.DataFrame:
@@ -114,10 +121,11 @@ def retrieve_resembling(ws: Workspace, embedder_id: str, failure_ids: Sequence[i
 
 
 def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfig, candidate_ids: Sequence[int],
-                       *, seed: int = 0, progress: Progress | None = None) -> pd.DataFrame:
-    """image_id, label (the most probable true class), confidence (its posterior) of each candidate: the
-    teacher's probabilities as the prior of its true class, its weak label as a noisy copy of it, the noise
-    of the pool's weak labels estimated on the candidates and a sample of the pool (core.dcd.label_issues)."""
+                       *, whole_pool: bool = False, seed: int = 0, progress: Progress | None = None) -> pd.DataFrame:
+    """image_id, label (the most probable true class), confidence (its posterior) of each candidate (with
+    ``whole_pool``, of every weakly labelled pool image): the teacher's probabilities as the prior of its true
+    class, its weak label as a noisy copy of it, the noise of the pool's weak labels estimated on the
+    candidates and a sample of the pool (or all of it) (core.dcd.label_noise)."""
     from core.data.images import pixels
     from core.dcd.label_noise import estimate_noise
     from core.models.inference import choose_precision, predict_probs
@@ -128,7 +136,8 @@ def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfi
     wanted = set(int(i) for i in candidate_ids)
     rng = np.random.default_rng(seed)
     others = pool[~pool.image_id.isin(wanted)]
-    sample = others.iloc[np.sort(rng.choice(len(others), min(NOISE_SAMPLE, len(others)), replace=False))]
+    n_sample = len(others) if whole_pool else min(NOISE_SAMPLE, len(others))
+    sample = others.iloc[np.sort(rng.choice(len(others), n_sample, replace=False))]
     rows = pd.concat([pool[pool.image_id.isin(wanted)], sample], ignore_index=True)
     if rows.empty:
         return pd.DataFrame({"image_id": pd.Series(dtype="int64"), "label": pd.Series(dtype="int64"),
@@ -139,26 +148,33 @@ def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfi
     noise = estimate_noise(rows.weak_label.to_numpy(np.int64), probs, fitted_on="trusted")
     out = pd.DataFrame({"image_id": rows.image_id.to_numpy(np.int64), "label": noise.posterior.argmax(1),
                         "confidence": noise.posterior.max(1)})
-    return out[out.image_id.isin(wanted)].reset_index(drop=True)
+    return (out if whole_pool else out[out.image_id.isin(wanted)]).reset_index(drop=True)
 
 
 def build_debug_train(ws: Workspace, *, embedder_id: str, failure_ids: Sequence[int], failure_labels: Sequence[int],
                       teacher: nn.Module, data_config: DataConfig, budget: int, exclude: set[int] | None = None,
-                      seed: int = 0, index_memory_gb: float | None = None,
+                      rest_of_pool: bool = False, seed: int = 0, index_memory_gb: float | None = None,
                       progress: Progress | None = None) -> DebugTrain:
     """The failure's images plus the pool images that resemble them and that the teacher (fine-tuned on train
-    plus the failure's images) labels with confidence (see the module doc)."""
+    plus the failure's images) labels with confidence; with ``rest_of_pool``, also the rest of the pool it
+    labels with confidence (kind ``rest``). See the module doc."""
     progress = as_progress(progress)
     found, info, index_info = retrieve_resembling(ws, embedder_id, failure_ids, budget=budget, exclude=exclude,
                                                   seed=seed, index_memory_gb=index_memory_gb,
                                                   progress=progress.span(0, 0.5))
-    labelled = label_with_teacher(ws, teacher, data_config, found.image_id.tolist(), seed=seed,
-                                  progress=progress.span(0.5, 1.0))
+    labelled = label_with_teacher(ws, teacher, data_config, found.image_id.tolist(), whole_pool=rest_of_pool,
+                                  seed=seed, progress=progress.span(0.5, 1.0))
     found = found.merge(labelled, on="image_id", how="inner")
     kept = found[found.confidence >= MIN_LABEL_CONFIDENCE]
-    retrieved = kept.assign(kind="retrieved")[["image_id", "label", "kind", "distance", "source_image_id",
-                                               "confidence"]]
-    items = pd.concat([failure_items(failure_ids, failure_labels), retrieved], ignore_index=True)
+    columns = ["image_id", "label", "kind", "distance", "source_image_id", "confidence"]
+    retrieved = kept.assign(kind="retrieved")[columns]
+    parts = [failure_items(failure_ids, failure_labels), retrieved]
+    if rest_of_pool:
+        taken = set(found.image_id) | set(int(i) for i in failure_ids) | (exclude or set())
+        rest = labelled[~labelled.image_id.isin(taken) & (labelled.confidence >= MIN_LABEL_CONFIDENCE)]
+        parts.append(rest.assign(kind="rest", distance=np.nan, source_image_id=pd.NA)[columns])
+        info["n_rest"] = len(rest)
+    items = pd.concat(parts, ignore_index=True)
     items = items.drop_duplicates("image_id").reset_index(drop=True)
     items["rank"] = np.arange(len(items))
     info.update({"n_failure": len(failure_ids), "n_candidates": len(found), "n_retrieved": len(retrieved),

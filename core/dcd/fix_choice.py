@@ -85,8 +85,8 @@ def _score(signed: np.ndarray) -> dict:
 
 def choose_retrieval(ws: Workspace, *, base_id: str, failure_ids: Sequence[int], failure_labels: Sequence[int],
                      embedder_id: str, budget: int, config: TrainConfig | None = None, epochs: int | None = None,
-                     exclude: set[int] | None = None, seed: int = 0, index_memory_gb: float | None = None,
-                     progress: Progress | None = None) -> RetrievalChoice:
+                     exclude: set[int] | None = None, rest_of_pool: bool = False, seed: int = 0,
+                     index_memory_gb: float | None = None, progress: Progress | None = None) -> RetrievalChoice:
     """Fine-tune the failure-only fix and DCD's fix without each fold of the failure's images and compare
     them on it (see the module doc)."""
     progress = as_progress(progress)
@@ -106,7 +106,8 @@ def choose_retrieval(ws: Workspace, *, base_id: str, failure_ids: Sequence[int],
             f"validating ({f + 1}/{VALIDATION_FOLDS}): the failure's images alone", lo, lo + 0.4 * (hi - lo)))
         made = build_debug_train(ws, embedder_id=embedder_id, failure_ids=ids[fit], failure_labels=labels[fit],
                                  teacher=teacher.model, data_config=teacher.data_config, budget=budget,
-                                 exclude=exclude, seed=seed, index_memory_gb=index_memory_gb,
+                                 exclude=exclude, rest_of_pool=rest_of_pool, seed=seed,
+                                 index_memory_gb=index_memory_gb,
                                  progress=progress.span(lo + 0.4 * (hi - lo), lo + 0.5 * (hi - lo)))
         retrieved.append(made.n_retrieved)
         alone[val] = p_right(ws, teacher, ids[val], labels[val])

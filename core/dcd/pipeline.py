@@ -40,6 +40,8 @@ from core.runner.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
 RETRIEVAL_CHOICES = ("checked", "always")
+#: Whether DCD's fix also trains on the rest of the pool its teacher labels with confidence (PipelineConfig).
+REST_OF_POOL_CHOICES = ("teacher", "off")
 
 
 @dataclass
@@ -70,11 +72,24 @@ class PipelineConfig:
     # "checked": DCD's retrieval is used only where it beats the failure's images alone on folds of them
     # (core.dcd.fix_choice); "always": used as found, without that check (faster; what the method's paper did).
     retrieval: str = "checked"
+    # "teacher": DCD's fix also trains on the rest of the pool its teacher labels with confidence, drawn with
+    # train (core.dcd.debug_train); "off": the failure's images and what retrieval adds, only.
+    rest_of_pool: str = "off"
 
     def __post_init__(self) -> None:
         check_label_issues_choice(self.label_issues)  # before training, not when selecting
         if self.retrieval not in RETRIEVAL_CHOICES:
             raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_CHOICES)}, not {self.retrieval!r}")
+        if self.rest_of_pool not in REST_OF_POOL_CHOICES:
+            raise ValueError(f"rest_of_pool must be one of {', '.join(REST_OF_POOL_CHOICES)}, "
+                             f"not {self.rest_of_pool!r}")
+
+    def selection_request(self, *, budget: int, n_failure: int, **fields) -> SelectionRequest:
+        """What DCD's selections are asked for under this config, for a failure of ``n_failure`` images."""
+        return SelectionRequest(budget=budget, neighbours=self.k or default_k(budget, n_failure),
+                                label_policy=self.label_policy,  # type: ignore[arg-type]
+                                seed=self.seed, index_memory_gb=self.index_memory_gb, label_issues=self.label_issues,
+                                rest_of_pool=self.rest_of_pool == "teacher", **fields)
 
 
 class Timings(dict):
@@ -164,7 +179,8 @@ def _arm(ws: Workspace, config: PipelineConfig, base_id: str, sel: Selection, me
     metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
     kinds = sel.items["kind"].value_counts() if "kind" in sel.items else {}
     return {**metrics_summary(metrics), "n_added": len(sel.items), "n_failure": int(kinds.get("failure", 0)),
-            "n_retrieved": int(kinds.get("retrieved", 0)), "model_id": model_id, "selection_id": sel.selection_id}
+            "n_retrieved": int(kinds.get("retrieved", 0)), "n_rest": int(kinds.get("rest", 0)), "model_id": model_id,
+            "selection_id": sel.selection_id}
 
 
 def _uses_teacher(config: PipelineConfig) -> bool:
@@ -229,6 +245,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
                                               embedder_id=request.embedder_id,
                                               budget=request.resolved_budget(ws, target), config=schedule,
                                               epochs=config.finetune_epochs, seed=config.seed, exclude=exclude,
+                                              rest_of_pool=request.rest_of_pool,
                                               index_memory_gb=request.index_memory_gb, progress=span)
                     timings.step("validate_retrieval", t)
                 else:
@@ -306,10 +323,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     t0, timings = time.perf_counter(), Timings()
     counts = check_counts(ws, config, error_split=True)
     budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
-    request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, counts["error_sample"]),
-                               label_policy=config.label_policy,  # type: ignore[arg-type]
-                               seed=config.seed, index_memory_gb=config.index_memory_gb,
-                               label_issues=config.label_issues)
+    request = config.selection_request(budget=budget, n_failure=counts["error_sample"])
     n_stages = ((1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request)
                 + n_fix_stages(config))
     progress.expect_stages(n_stages)  # stage names: Progress.stage

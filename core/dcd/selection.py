@@ -17,6 +17,11 @@ import pandas as pd
 from core.dcd.index import IndexInfo
 from core.store.workspace import Workspace
 
+#: What a selection's item is: one of the failure's own images, a pool image retrieval added for it, or one of
+#: the rest of the pool its teacher labels with confidence (core.dcd.debug_train; fine-tuning draws these
+#: with train's share of each batch, core.models.training).
+ITEM_KINDS = ("failure", "retrieved", "rest")
+
 
 @dataclass
 class Selection:
@@ -31,7 +36,7 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
                    params: dict | None = None, index_info: IndexInfo | None = None,
                    status: str = "proposed") -> Selection:
     """Store a selection (items: image_id, label, [rank, distance, source_image_id, status, kind,
-    confidence]; ``kind`` is ``failure`` for the failure's own images, ``retrieved`` (the default) else)."""
+    confidence]; ``kind``: one of :data:`ITEM_KINDS`, ``retrieved`` by default)."""
     if items["label"].isna().any():
         missing = items.loc[items["label"].isna(), "image_id"].head(5).tolist()
         raise ValueError(f"selection {name!r}: images without a label to train with, e.g. {missing}")
@@ -48,8 +53,8 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
         "kind": items["kind"].fillna("retrieved").values if "kind" in items else "retrieved",
         "confidence": items["confidence"].astype("float32").values if "confidence" in items else np.nan,
     })
-    if not out.kind.isin(("failure", "retrieved")).all():
-        raise ValueError(f"selection {name!r}: an item's kind must be 'failure' or 'retrieved'")
+    if not out.kind.isin(ITEM_KINDS).all():
+        raise ValueError(f"selection {name!r}: an item's kind must be one of {', '.join(ITEM_KINDS)}")
     p = dict(params or {})
     with ws.write() as con:
         con.execute(
@@ -106,14 +111,16 @@ def relabel(ws: Workspace, selection_id: str, image_ids: Sequence[int], label: i
 
 
 def list_selections(ws: Workspace) -> pd.DataFrame:
-    """Every selection, newest first, with its item counts: n_failure (the failure's own images) and the
-    review of the rest (n_accepted, n_rejected; the others are not reviewed)."""
+    """Every selection, newest first, with its item counts: n_failure (the failure's own images), n_rest (the
+    rest of the pool its teacher labels, not for review) and the review of the retrieved images (n_accepted,
+    n_rejected; the others are not reviewed)."""
     return ws.df(
         "SELECT s.selection_id, s.name, s.method, s.embedder_id, s.k, s.budget, s.label_policy, "
         "s.index_type, s.recall, s.created_at, count(i.image_id) AS n_items, "
         "count(*) FILTER (WHERE i.kind = 'failure') AS n_failure, "
-        "count(*) FILTER (WHERE i.status = 'accepted' AND i.kind IS DISTINCT FROM 'failure') AS n_accepted, "
-        "count(*) FILTER (WHERE i.status = 'rejected' AND i.kind IS DISTINCT FROM 'failure') AS n_rejected "
+        "count(*) FILTER (WHERE i.kind = 'rest') AS n_rest, "
+        "count(*) FILTER (WHERE i.status = 'accepted' AND i.kind NOT IN ('failure', 'rest')) AS n_accepted, "
+        "count(*) FILTER (WHERE i.status = 'rejected' AND i.kind NOT IN ('failure', 'rest')) AS n_rejected "
         "FROM selections s LEFT JOIN selection_items i USING (selection_id) "
         "GROUP BY ALL ORDER BY s.created_at DESC")
 

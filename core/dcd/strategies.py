@@ -151,7 +151,9 @@ class SelectionRequest:
     each weak label is judged by the teacher's posterior anyway (:data:`LABEL_ISSUE_CHOICES`);
     ``teacher_id``: the classifier fine-tuned on train plus the failure's images that labels DCD's retrieved
     images under ``teacher`` (default: one is fine-tuned from the current classifier and registered as the
-    ``error_sample_only`` fix)."""
+    ``error_sample_only`` fix); ``rest_of_pool``: under ``teacher``, DCD's selection also holds the rest of
+    the pool the teacher labels with confidence (kind ``rest``, drawn with train when fine-tuning;
+    core.dcd.debug_train)."""
 
     budget: int | None = None
     neighbours: int | None = None
@@ -164,6 +166,7 @@ class SelectionRequest:
     heldout_share: float = 0.5
     label_issues: str = "auto"
     teacher_id: str | None = None
+    rest_of_pool: bool = False
 
     def __post_init__(self) -> None:
         check_label_issues_choice(self.label_issues)
@@ -248,9 +251,9 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
         teacher, data_config = load_classifier(ws, teacher_id)
         made = build_debug_train(ws, embedder_id=embedder_id, failure_ids=failure.image_id.tolist(),
                                  failure_labels=failure.label.tolist(), teacher=teacher, data_config=data_config,
-                                 budget=budget, exclude=exclude, seed=req.seed,
+                                 budget=budget, exclude=exclude, rest_of_pool=req.rest_of_pool, seed=req.seed,
                                  index_memory_gb=req.index_memory_gb, progress=progress)
-        params.update({"teacher_id": teacher_id, **made.info})
+        params.update({"teacher_id": teacher_id, "rest_of_pool": req.rest_of_pool, **made.info})
         return save_selection(ws, name, "dcd", made.items, params=params, index_info=made.index_info)
     index, info = pool_index(ws, embedder_id, memory_gb=req.index_memory_gb, progress=progress)
     src, queries = query_vectors(ws, embedder_id, failure.image_id.tolist())

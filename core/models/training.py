@@ -282,7 +282,9 @@ def save_verified(model: nn.Module, ws: Workspace, model_id: str, *, arch: str, 
 def training_set(ws: Workspace, selection_id: str | None, *, items: pd.DataFrame | None = None,
                  drop_ids: set[int] | None = None, relabel: dict[int, int] | None = None) -> pd.DataFrame:
     """``train`` plus a selection's non-rejected items (with the labels the selection gives them), or plus
-    ``items`` (image_id, label), a debug-train set not stored as a selection.
+    ``items`` (image_id, label[, kind]), a debug-train set not stored as a selection. ``source`` says which:
+    ``train``, ``selection`` (the debug-train images, given their share of each batch by fine-tuning) or
+    ``rest`` (items of kind ``rest``: the rest of the pool a teacher labelled, drawn with train).
 
     Images of a named eval set (``eval_sets``: a slice target's held-out part, a mitigation's held-out
     members) are held out by definition and never trained on. A person's label-issue decisions apply to the
@@ -291,14 +293,17 @@ def training_set(ws: Workspace, selection_id: str | None, *, items: pd.DataFrame
         raise ValueError("give a selection_id or items, not both")
     train = apply_label_decisions(ws, images_df(ws, ["train"])[["image_id", "path", "label"]])
     parts = [train.assign(source="train")]
+    sel = None
     if selection_id:
-        sel = selection_items(ws, selection_id)[["image_id", "path", "label"]]
-        parts.append(sel.assign(source="selection"))
+        sel = selection_items(ws, selection_id)
     elif items is not None and len(items):
-        sel = items[["image_id", "label"]].merge(images_df(ws)[["image_id", "path"]], on="image_id", how="left")
+        sel = items.merge(images_df(ws)[["image_id", "path"]], on="image_id", how="left")
         if sel.path.isna().any():
             raise ValueError(f"{int(sel.path.isna().sum())} debug-train image(s) are not in the workspace")
-        parts.append(sel[["image_id", "path", "label"]].assign(source="selection"))
+    if sel is not None:
+        kind = sel["kind"] if "kind" in sel else pd.Series("retrieved", index=sel.index)
+        parts.append(sel[["image_id", "path", "label"]].assign(
+            source=np.where(kind.eq("rest"), "rest", "selection")))
     df = pd.concat(parts, ignore_index=True)
     df = df[~df.image_id.isin(set(ws.df("SELECT DISTINCT image_id FROM eval_sets").image_id))]
     if drop_ids:
@@ -361,7 +366,7 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
     return FineTuned(model, data_config, base,
                      {"selection_id": selection_id, "data_config": data_config.to_dict(),
                       "train": asdict(config), "finetune": asdict(cfg), "n_train": len(df),
-                      "n_added": int((df.source == "selection").sum()),
+                      "n_added": int((df.source == "selection").sum()), "n_rest": int((df.source == "rest").sum()),
                       **({"n_upweighted": int(df.image_id.isin(upweight_ids).sum()), "upweight_share": upweight_share}
                          if upweight_ids else {})})
 

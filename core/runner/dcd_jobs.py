@@ -335,7 +335,7 @@ register_job(JobSpec(
 # -- the whole loop -------------------------------------------------------------------------------------------
 
 def pipeline_options() -> tuple[Option, ...]:
-    from core.dcd.pipeline import RETRIEVAL_CHOICES
+    from core.dcd.pipeline import REST_OF_POOL_CHOICES, RETRIEVAL_CHOICES
     from core.dcd.strategies import METHODS
 
     return (classifier_options() + embedder_options() + train_options() + selection_options()
@@ -344,6 +344,11 @@ def pipeline_options() -> tuple[Option, ...]:
                Option("retrieval", "choice", "checked", choices=RETRIEVAL_CHOICES, group="selection", advanced=True,
                       help="checked: DCD ships retrieval only where it beats the failure's images alone on 2 folds "
                            "of them (4 extra fine-tunings), else the failure-only fix; always: retrieval as found"),
+               Option("rest_of_pool", "choice", "off", choices=REST_OF_POOL_CHOICES, group="selection",
+                      advanced=True,
+                      help="teacher: DCD's fix also trains on the rest of the pool the failure's teacher labels "
+                           "with confidence (drawn with train, so test accuracy holds); off: only the failure's "
+                           "images and what retrieval adds"),
                Option("from_slice", group="selection",
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
                            "error_sample split the worst slice of a new slice run is the target)"))
@@ -360,7 +365,8 @@ def pipeline_config(opts: argparse.Namespace):
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
                           index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
                           label_issues=getattr(opts, "label_issues", None) or "auto",
-                          retrieval=getattr(opts, "retrieval", None) or "checked")
+                          retrieval=getattr(opts, "retrieval", None) or "checked",
+                          rest_of_pool=getattr(opts, "rest_of_pool", None) or PipelineConfig.rest_of_pool)
 
 
 def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from core.dcd.slice_targets import (
     resolve_slice,
     slice_target,
 )
-from core.dcd.strategies import SelectionRequest, default_budget, default_k
+from core.dcd.strategies import default_budget
 from core.runner.progress import Progress, as_progress
 from core.scanner.attribution import attribute, has_attributions
 from core.scanner.runs import SliceConfig, find_slices, get_slices
@@ -111,10 +111,9 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
           f"{len(target.heldout_ids)} held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
     budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
-    request = SelectionRequest(budget=budget, neighbours=config.k or default_k(budget, len(target.query_ids)),
-                               embedder_id=emb["embedder_id"], label_policy=config.label_policy,  # type: ignore[arg-type]
-                               seed=config.seed, index_memory_gb=config.index_memory_gb, from_slice=ref,
-                               heldout_share=config.heldout_share, label_issues=config.label_issues)
+    request = config.selection_request(budget=budget, n_failure=len(target.query_ids),
+                                       embedder_id=emb["embedder_id"], from_slice=ref,
+                                       heldout_share=config.heldout_share)
     mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
     from core.models.evaluation import compute_metrics, metrics_summary
