@@ -17,8 +17,8 @@ PORT ?= 8501
 
 install: $(VENV)/.installed
 
-# PyPI has only CUDA builds of torch and torchvision for x86_64 (a CPU-only pair does not import: see the
-# README). Without a GPU (no nvidia-smi) the install drops the two CUDA packages that nothing loads on the CPU,
+# PyPI has only CUDA builds of torch and torchvision for x86_64 (a CPU-only pair does not import: see
+# docs/user-guide.md). Without a GPU (no nvidia-smi) the install drops the two CUDA packages that nothing loads on the CPU,
 # triton (torch.compile's GPU kernels) and cuSOLVER (GPU linear algebra): 1.1 GB less. The rest of the CUDA
 # libraries stay: torch's own libraries link them and do not load without them.
 CPU_ONLY_DROP := triton nvidia-cusolver

@@ -8,7 +8,7 @@ with ``save_index``. Each step is a child process (its own peak RSS, VmHWM):
 - ``build``: plan + build under ``--memory-gb``, ``save_index``; build seconds, peak RSS;
 - ``truth``: exact top-k of 100 query vectors drawn like error images (the same generator, their own seed),
   by a streaming brute force over the regenerated chunks (``faiss.knn`` per chunk, merged);
-- ``select``: a fresh process: ``load_index`` + ``search`` of the 100 queries x k=50 + DCD's merge of the
+- ``select``: a fresh process: ``load_index`` + ``search`` of the 100 queries x 50 neighbours + DCD's merge of the
   neighbours (``merge_candidates``) = the selection time; recall@50 against ``truth``; peak RSS.
 
     python -m bench.index10m all --work DIR [--n 10000000] [--dim 384] [--memory-gb 2] [--keep]
@@ -112,7 +112,7 @@ def do_truth(work: Path, n: int, dim: int, k: int) -> dict:
         if done % (CHUNK * 16) < CHUNK:
             print(f"  [{time.perf_counter() - t:7.1f} s] exact scan {done:,}/{n:,}", flush=True)
     np.save(work / "index10m-truth.npy", top.ids)
-    return {"seconds": time.perf_counter() - t, "k": k, "load_average": [load0, _load()]}
+    return {"seconds": time.perf_counter() - t, "neighbours": k, "load_average": [load0, _load()]}
 
 
 def do_select(work: Path, dim: int, k: int) -> dict:
@@ -137,7 +137,7 @@ def do_select(work: Path, dim: int, k: int) -> dict:
     dist2, ids2 = search(index, queries, k)
     merge_candidates(pairs_from_search(source_ids, dist2, ids2), None)
     warm = time.perf_counter() - t
-    return {"cold_seconds": cold, "load_seconds": t_load, "warm_seconds": warm, "n_queries": N_QUERIES, "k": k,
+    return {"cold_seconds": cold, "load_seconds": t_load, "warm_seconds": warm, "n_queries": N_QUERIES, "neighbours": k,
             "n_selected": int(len(merged)), "recall_at_k": recall_at_k(ids, truth),
             "index_type": info.index_type, "nprobe": info.nprobe, "rerank": info.rerank,
             "peak_rss_before_bytes": rss0, "faiss_threads": faiss.omp_get_max_threads(),
@@ -146,7 +146,7 @@ def do_select(work: Path, dim: int, k: int) -> dict:
 
 def do_all(work: Path, n: int, dim: int, memory_gb: float, k: int, keep: bool) -> dict:
     """The three children in turn, then the big files removed."""
-    common = ["--work", str(work), "--n", str(n), "--dim", str(dim), "--memory-gb", str(memory_gb), "--k", str(k)]
+    common = ["--work", str(work), "--n", str(n), "--dim", str(dim), "--memory-gb", str(memory_gb), "--neighbours", str(k)]
     out: dict = {"n": n, "dim": dim, "memory_gb": memory_gb, "raw_vector_bytes": n * dim * 4,
                  "budget_bytes": int(memory_gb * GIB)}
     try:
@@ -169,19 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=10_000_000, help="pool size (e.g. 1000000 while developing)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--memory-gb", type=float, default=2.0)
-    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--neighbours", type=int, default=50)
     p.add_argument("--keep", action="store_true", help="keep the workspace and ground truth (all)")
     p.add_argument("--result", default=None)
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "all":
-        res = do_all(args.work, args.n, args.dim, args.memory_gb, args.k, args.keep)
+        res = do_all(args.work, args.n, args.dim, args.memory_gb, args.neighbours, args.neighbourseep)
     elif args.what == "build":
         res = do_build(args.work, args.n, args.dim, args.memory_gb)
     elif args.what == "truth":
-        res = do_truth(args.work, args.n, args.dim, args.k)
+        res = do_truth(args.work, args.n, args.dim, args.neighbours)
     else:
-        res = do_select(args.work, args.dim, args.k)
+        res = do_select(args.work, args.dim, args.neighbours)
     write_result(args.result, res)
     return 0
 

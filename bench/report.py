@@ -232,10 +232,10 @@ def markdown(raw: dict, r: dict) -> str:
               f"{_f(bd.get('recall_at_k_tuning'))} |",
               f"| build peak RSS | {_f((bd.get('peak_rss_bytes') or 0) / GIB, '{:.2f}')} GiB = "
               f"{_f(r.get('index_build_1m_peak_rss_over_vectors'), '{:.2f}')}x the raw vectors |",
-              f"| `select_dcd`, {sl.get('n_queries')} error images x k={sl.get('k')}, fresh process (index read "
+              f"| `select_dcd`, {sl.get('n_queries')} error images x {sl.get('neighbours', sl.get('k'))} neighbours, fresh process (index read "
               f"from disk) | {_f(sl.get('cold_seconds'))} s |",
               f"| same, second call in the process (index cached, as in the app) | {_f(sl.get('warm_seconds'))} s |",
-              f"| recall@{sl.get('k')} vs exact search | {_f(sl.get('recall_at_k'))} |",
+              f"| recall@{sl.get('neighbours', sl.get('k'))} vs exact search | {_f(sl.get('recall_at_k'))} |",
               f"| select peak RSS | {_f((sl.get('peak_rss_select_bytes') or 0) / GIB, '{:.2f}')} GiB = "
               f"{_f(r.get('select_1m_peak_rss_over_vectors'), '{:.2f}')}x the raw vectors |"]
     lp = raw.get("lpips") or {}
@@ -306,10 +306,10 @@ def markdown(raw: dict, r: dict) -> str:
               f" load {' to '.join(_f(x, '{:.1f}') for x in b.get('load_average') or [])} |",
               f"| build peak RSS | {_f((b.get('peak_rss_bytes') or 0) / GIB, '{:.2f}')} GiB = "
               f"{_f(r.get('index_10m_build_peak_rss_over_budget'), '{:.2f}')}x the budget |",
-              f"| {s.get('n_queries')} queries x k={s.get('k')}, fresh process: `load_index` + `search` + merge | "
+              f"| {s.get('n_queries')} queries x {s.get('neighbours', s.get('k'))} neighbours, fresh process: `load_index` + `search` + merge | "
               f"{_f(s.get('cold_seconds'))} s (load {_f(s.get('load_seconds'))} s; again in the process "
               f"{_f(s.get('warm_seconds'))} s) |",
-              f"| recall@{s.get('k')} vs exact (streamed brute force, {_f(t.get('seconds'), '{:.0f}')} s) | "
+              f"| recall@{s.get('neighbours', s.get('k'))} vs exact (streamed brute force, {_f(t.get('seconds'), '{:.0f}')} s) | "
               f"{_f(s.get('recall_at_k'))} |",
               f"| select peak RSS | {_f((s.get('peak_rss_bytes') or 0) / GIB, '{:.2f}')} GiB = "
               f"{_f(r.get('index_10m_select_peak_rss_over_budget'), '{:.2f}')}x the budget |"]

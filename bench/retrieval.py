@@ -2,12 +2,12 @@
 
 ``build``: ``core.dcd.index.pool_index(rebuild=True)`` on the scale workspace (type chosen by pool size
 under the default index memory budget: IVF-Flat at 1M x 384).
-``select``: ``core.dcd.retrieval.select_dcd`` for the 100 error-sample images, k=50, in a fresh process (the
+``select``: ``core.dcd.retrieval.select_dcd`` for the 100 error-sample images, 50 neighbours each, in a fresh process (the
 index is read from disk: cold), then again in the same process (warm, as the app with its cached index);
 recall@50 of the same search against exact search (streamed brute force over the stored vectors).
 
     python -m bench.retrieval build --root DIR
-    python -m bench.retrieval select --root DIR [--k 50]
+    python -m bench.retrieval select --root DIR [--neighbours 50]
 """
 
 from __future__ import annotations
@@ -53,19 +53,19 @@ def exact_knn_streamed(ws, queries: np.ndarray, k: int) -> np.ndarray:
 
 def do_select(root: Path, k: int) -> dict:
     from core.dcd.index import recall_at_k
-    from core.dcd.retrieval import neighbours, select_dcd
+    from core.dcd.retrieval import nearest_pairs, select_dcd
     from core.store.vectors import load_embeddings
     from core.store.workspace import Workspace
 
     ws = Workspace.open(root)
     t = time.perf_counter()
-    sel = select_dcd(ws, embedder_id=EMBEDDER_ID, k=k, budget=None, name="bench-select-cold")
+    sel = select_dcd(ws, embedder_id=EMBEDDER_ID, neighbours=k, budget=None, name="bench-select-cold")
     cold = time.perf_counter() - t
     peak_select = peak_rss_bytes()
     t = time.perf_counter()
-    select_dcd(ws, embedder_id=EMBEDDER_ID, k=k, budget=None, name="bench-select-warm")
+    select_dcd(ws, embedder_id=EMBEDDER_ID, neighbours=k, budget=None, name="bench-select-warm")
     warm = time.perf_counter() - t
-    pairs = neighbours(ws, EMBEDDER_ID, k=k)
+    pairs = nearest_pairs(ws, EMBEDDER_ID, neighbours=k)
     src, queries = load_embeddings(ws, EMBEDDER_ID, splits=["error_sample"])
     found = np.full((len(src), k), -1, np.int64)
     pos = {s: i for i, s in enumerate(src)}
@@ -75,7 +75,7 @@ def do_select(root: Path, k: int) -> dict:
     truth = exact_knn_streamed(ws, queries, k)
     exact_secs = time.perf_counter() - t
     info = sel.index_info
-    return {"cold_seconds": cold, "warm_seconds": warm, "n_queries": int(len(src)), "k": k,
+    return {"cold_seconds": cold, "warm_seconds": warm, "n_queries": int(len(src)), "neighbours": k,
             "n_selected": int(len(sel.items)), "recall_at_k": recall_at_k(found, truth),
             "index_type": info.index_type if info else None, "nprobe": info.nprobe if info else None,
             "exact_scan_seconds": exact_secs, "peak_rss_select_bytes": peak_select}
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["build", "select"])
     p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--neighbours", type=int, default=50)
     p.add_argument("--result", default=None)
     args = p.parse_args(argv)
-    res = do_build(args.root) if args.what == "build" else do_select(args.root, args.k)
+    res = do_build(args.root) if args.what == "build" else do_select(args.root, args.neighbours)
     write_result(args.result, res)
     return 0
 

@@ -157,10 +157,10 @@ def _memory(root: Path, work: Path, assets: Path | None, scale: dict) -> dict:
 
     out: dict = {"embed_store_1m": scale.get("store")}
     out["select_job"] = run_child("bench._rss", ["jobs.select", "--workspace", str(root), "--method", "dcd",
-                                                 "--embedder-id", EMBEDDER_ID, "--k", "50", "--budget", "5000",
+                                                 "--embedder-id", EMBEDDER_ID, "--neighbours", "50", "--budget", "5000",
                                                  "--name", "bench-memory"])
     out["slices_job"] = run_child("bench._rss", ["jobs.slices", "--workspace", str(root), "--splits", "test",
-                                                 "--k", "8", "--no-mosaics"])
+                                                 "--slices", "8", "--no-mosaics"])
     out["slices_job"]["n_images"] = 10_000
     # The whole embed job on a small JPEG workspace: its fixed memory (torch, model, decode-ahead buffers).
     import tempfile

@@ -6,7 +6,8 @@ imported only when a name is first used (``import core`` stays instant)::
     import core
     ws = core.Workspace.create("ws")                    # or core.Workspace.open("ws")
     core.ingest_manifest(ws, "data/manifest.csv")
-    report = core.run_pipeline(ws, core.PipelineConfig())  # pretrained backbone, fine-tuned and as embedder
+    report = core.run_loop(ws, core.PipelineConfig())   # as jobs.pipeline: the error_sample split's failure,
+                                                        # or without one the slice AttributionScanner finds
     run = core.find_slices(ws)                          # after core.attribute(ws)
 
 The sub-packages, lowest layer first:
@@ -52,6 +53,8 @@ _API = {
     "SelectionRequest": "core.dcd.strategies",
     "selection_items": "core.dcd.selection",
     "run_pipeline": "core.dcd.pipeline",
+    "run_loop": "core.scanner.slice_loop",
+    "search_size": "core.dcd.strategies",
     "PipelineConfig": "core.dcd.pipeline",
     "attribute": "core.scanner.attribution",
     "AttributionConfig": "core.scanner.attribution",

@@ -3,7 +3,7 @@
     python -m jobs.slices --workspace DIR --json OUT [--slices N | --slices-min 6 --slices-max 24] [--attribute]
         [--pred-weight 0.5] [--error-weight 0.5] [--mosaic-layout grid|confusion]
 
-Writes {"run_id", "model_id", "k", "slices": [{"rank", "size", "accuracy", "score", "group", "purity",
+Writes {"run_id", "model_id", "n_slices", "slices": [{"rank", "size", "accuracy", "score", "group", "purity",
 "mislabeled", ...}]}; group / purity / mislabeled come from ground truth where the workspace has it (they are
 never used to find the slices). With --attribute (or when the model has no attributions yet) the
 attributions are computed first.

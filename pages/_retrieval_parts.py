@@ -12,7 +12,7 @@ from PIL import Image
 from core.app import names, queries
 from core.dcd.index import IndexInfo
 from core.dcd.retrieval import DEFAULT_PAIR_LABEL_POLICY, PAIR_LABEL_POLICIES
-from core.dcd.strategies import default_budget, default_k
+from core.dcd.strategies import search_size
 from core.models.catalog import CLASSIFIER_EMBEDDER_PREFIX, split_embedder_id
 from core.store.workspace import Workspace
 from pages._session import UPLOAD_MAX_BYTES, find_candidates, find_candidates_for_upload, pool_index, view
@@ -27,7 +27,7 @@ class Search:
     """What the person asked for: the feature space, neighbours per image, budget and label policy."""
 
     embedder_id: str
-    k: int
+    neighbours: int
     budget: int
     label_policy: str
 
@@ -62,17 +62,18 @@ def embedder_ui(ws: Workspace) -> tuple[str, IndexInfo]:
 
 
 def search_ui(embedder_id: str) -> Search:
-    """k, budget and label policy (defaults as in the select job)."""
+    """Neighbours, budget and label policy (defaults as in the select job: core.dcd.strategies.search_size)."""
     counts = view(queries.split_class_table).set_index("split")["total"]
     n_es, n_pool = max(1, int(counts.get("error_sample", 0))), max(1, int(counts.get("pool", 0)))
-    budget0 = default_budget(n_es, n_pool)
+    default = search_size(n_es, n_pool)
     c1, c2, c3 = st.columns(3)
-    k = c1.number_input("k: neighbours per image", 1, 1000, min(1000, default_k(budget0, n_es)), key="retr_k")
-    budget = c2.number_input("Budget: most images to select", 1, n_pool, min(budget0, n_pool), key="retr_budget")
+    neighbours = c1.number_input("Neighbours per image", 1, 1000, min(1000, default.neighbours), key="retr_neighbours")
+    budget = c2.number_input("Budget: most images to select", 1, n_pool, min(default.budget, n_pool),
+                             key="retr_budget")
     policy = c3.radio("Label to train with", list(PAIR_LABEL_POLICIES), key="retr_policy", horizontal=True,
                       index=PAIR_LABEL_POLICIES.index(DEFAULT_PAIR_LABEL_POLICY), format_func=POLICY_NAMES.get,
                       help="'both agree' keeps only the pool images whose weak label is the error image's label")
-    return Search(embedder_id, int(k), int(budget), policy)
+    return Search(embedder_id, int(neighbours), int(budget), policy)
 
 
 SCOPES = {"all": "all {n} error-sample images", "wrong": "the {n_wrong} the current classifier gets wrong",
@@ -83,7 +84,7 @@ def query_ui(ws: Workspace, search: Search, classes: list[str]) -> tuple[pd.Data
     """(candidates, what they were searched for) for chosen error-sample images or an upload, else None."""
     source = st.radio("Query", ["error sample", "upload"], key="retr_source", horizontal=True,
                       format_func={"error sample": "Error-sample images", "upload": "Upload an image"}.get)
-    opts = {"k": search.k, "budget": search.budget, "label_policy": search.label_policy}
+    opts = {"neighbours": search.neighbours, "budget": search.budget, "label_policy": search.label_policy}
     if source == "error sample":
         chosen = sources_ui(ws)
         if not chosen:

@@ -222,7 +222,7 @@ def embedder_model(ws: Workspace, embedder_id: str):
 # -- candidate searches ---------------------------------------------------------------------------
 
 @st.cache_data(show_spinner="Searching the pool…", max_entries=64)
-def _candidates(root: str, version: str, embedder_id: str, source_ids: tuple[int, ...], k: int,
+def _candidates(root: str, version: str, embedder_id: str, source_ids: tuple[int, ...], neighbours: int,
                 budget: int, label_policy: str) -> pd.DataFrame:
     ws = Workspace(Path(root))
     index, _ = pool_index(ws, embedder_id)
@@ -230,18 +230,18 @@ def _candidates(root: str, version: str, embedder_id: str, source_ids: tuple[int
     if len(ids) == 0:
         raise ValueError(f"none of the chosen images has a vector for {embedder_id!r}: run the embed job on the "
                          f"error_sample split")
-    return queries.candidates_filling_budget(ws, index, ids, vecs, k=k, budget=budget, label_policy=label_policy)
+    return queries.candidates_filling_budget(ws, index, ids, vecs, neighbours=neighbours, budget=budget, label_policy=label_policy)
 
 
-def find_candidates(ws: Workspace, embedder_id: str, source_ids: Sequence[int], *, k: int, budget: int,
+def find_candidates(ws: Workspace, embedder_id: str, source_ids: Sequence[int], *, neighbours: int, budget: int,
                     label_policy: str) -> pd.DataFrame:
     """Debug-train candidates for error-sample images, from the persisted pool index (cached)."""
-    return _candidates(str(ws.root), ws.data_version(), embedder_id, tuple(int(i) for i in source_ids), int(k),
+    return _candidates(str(ws.root), ws.data_version(), embedder_id, tuple(int(i) for i in source_ids), int(neighbours),
                        int(budget), label_policy)
 
 
 @st.cache_data(show_spinner="Embedding the image and searching the pool…", max_entries=16)
-def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, k: int, budget: int,
+def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, neighbours: int, budget: int,
                        label: int | None, label_policy: str) -> pd.DataFrame:
     import numpy as np
 
@@ -254,12 +254,12 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, k
     model, cfg = embedder_model(ws, embedder_id)
     pixels = load_rgb(io.BytesIO(data), cfg.image_size, max_pixels=UPLOAD_MAX_PIXELS)[None]
     vec = embed(model, pixels, cfg, layers=split_embedder_id(embedder_id)[1])
-    return queries.candidates_filling_budget(ws, index, np.array([-1]), vec, k=k, budget=budget,
+    return queries.candidates_filling_budget(ws, index, np.array([-1]), vec, neighbours=neighbours, budget=budget,
                                              label_policy=label_policy, source_label=label)
 
 
-def find_candidates_for_upload(ws: Workspace, embedder_id: str, data: bytes, *, k: int, budget: int,
+def find_candidates_for_upload(ws: Workspace, embedder_id: str, data: bytes, *, neighbours: int, budget: int,
                                label: int | None, label_policy: str) -> pd.DataFrame:
     """Debug-train candidates for an uploaded image (embedded with the embedder, cached)."""
-    return _upload_candidates(str(ws.root), ws.data_version(), embedder_id, data, int(k), int(budget), label,
+    return _upload_candidates(str(ws.root), ws.data_version(), embedder_id, data, int(neighbours), int(budget), label,
                               label_policy)

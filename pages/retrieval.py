@@ -71,14 +71,14 @@ def review_candidates(ws: Workspace, candidates: pd.DataFrame, decisions: dict[i
     review_grid(ws, items, classes, keys=keys, decide=decide, reset=decisions.clear, caption=candidate_caption,
                 sources=error_images(items), source_caption=source_text)
     s1, s2 = st.columns([3, 1], vertical_alignment="bottom")
-    auto = f"dcd-k{search.k}-b{search.budget}"
+    auto = f"dcd-n{search.neighbours}-b{search.budget}"
     name = s1.text_input("Selection name", key="retr_name", placeholder="e.g. birds on the wrong background",
                          help="How the selection and the model retrained on it are called")
     if s2.button("Save as debug-train selection", type="primary", key="retr_save", width="stretch"):
         if items.label.isna().any():
             st.error(f"{int(items.label.isna().sum())} candidate(s) have no label: relabel them first.")
         else:
-            params = {"k": search.k, "budget": search.budget, "label_policy": search.label_policy,
+            params = {"neighbours": search.neighbours, "budget": search.budget, "label_policy": search.label_policy,
                       "embedder_id": search.embedder_id, "reviewed": True,
                       "sources": [int(s) for s in candidates.source_image_id.unique()]}
             sel = save_selection(ws, name.strip() or auto, "dcd", queries.with_their_failure_images(ws, items),

@@ -37,7 +37,10 @@ run_labels = {r.run_id: f"{model_names.get(r.model_id, r.model_id)} · {r.n_slic
               for r in runs.itertuples()}
 run_id = st.selectbox("Slice run", runs.run_id.tolist(), format_func=run_labels.get, key="slices_run")
 params = json.loads(runs.loc[runs.run_id == run_id, "params"].iloc[0] or "{}")
-st.caption(f"k = {params.get('k')} ({params.get('k_chosen', '?')}), {params.get('n_images', '?')} images of "
+n_slices = params.get("n_slices", params.get("k"))  # runs before the rename stored "k"
+chosen = params.get("n_slices_chosen", params.get("k_chosen")) == "auto"
+st.caption(f"{n_slices} slices ({'number chosen by silhouette' if chosen else 'number given'}), "
+           f"{params.get('n_images', '?')} images of "
            f"{', '.join(params.get('splits', []))}, attributions: {params.get('attribution_method', '?')}. "
            "Ranked by score = errors × error rate: large, low-accuracy slices first.")
 

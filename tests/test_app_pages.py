@@ -143,8 +143,8 @@ def test_retrieval_review_and_save_a_selection(app, ws_copy):
     ws, report = ws_copy
     at = app("pages/retrieval.py")
     assert at.selectbox(key="retr_embedder").value == report["embedder"]["embedder_id"]
-    k, budget = at.number_input(key="retr_k").value, at.number_input(key="retr_budget").value
-    assert (k, budget) == (report["selection"]["k"], report["selection"]["budget"])
+    neighbours, budget = at.number_input(key="retr_neighbours").value, at.number_input(key="retr_budget").value
+    assert (neighbours, budget) == (report["selection"]["neighbours"], report["selection"]["budget"])
     assert at.radio(key="retr_scope").value == "all"  # as the select job: every error-sample image, no chips
     assert not [w for w in at.multiselect if w.key == "retr_sources"]
     n = int(at.subheader[0].value.split()[0])
@@ -152,7 +152,7 @@ def test_retrieval_review_and_save_a_selection(app, ws_copy):
     # the retrieved candidates (the failure's own images join them when the selection is trained on)
     from core.dcd.strategies import SelectionRequest, select
 
-    agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=k, label_policy="agree",
+    agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=neighbours, label_policy="agree",
                                                embedder_id=report["embedder"]["embedder_id"]))
     saved_dcd = views.selection_review(ws, agree.selection_id)
     saved_dcd = saved_dcd[saved_dcd.image_id.isin(agree.items.image_id[agree.items.kind == "retrieved"])]
@@ -202,7 +202,7 @@ def test_retrieval_with_an_uploaded_image(app, ws_copy):
     ws, _ = ws_copy
     at = app("pages/retrieval.py")
     at.radio(key="retr_source").set_value("upload").run()
-    at.number_input(key="retr_k").set_value(7).run()
+    at.number_input(key="retr_neighbours").set_value(7).run()
     at.radio(key="retr_policy").set_value("source").run()
     at.selectbox(key="retr_upload_label").set_value(1).run()
     path = ws.df("SELECT path FROM images WHERE split = 'error_sample' LIMIT 1").path[0]

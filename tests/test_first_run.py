@@ -106,8 +106,12 @@ def test_progress_stages_map_into_the_job_range_and_name_the_job_row():
     assert lines[-1] == "[1/2] embedding pool: embed 50/100, 10 s elapsed, ~10 s left"
 
 
-def test_progress_without_terminal_or_sink_is_silent():
-    Progress(bars=False).stage("x", 0, 1).report(0.5, "nothing to print")  # no error, nothing to check but that
+def test_progress_without_terminal_or_sink_is_silent(capsys):
+    progress = Progress(bars=False)
+    progress.expect_stages(1)
+    progress.stage("x", 0, 1).report(0.5, "nothing to print", force=True)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
 
 
 # -- a failed demo leaves nothing behind ---------------------------------------------------------------------

@@ -216,7 +216,7 @@ def test_a_compressed_pool_index_persists_reloads_and_serves_selections(pool, tm
     assert pool_index(ws, "emb", memory_gb=small)[1] == info
     assert faiss_file.stat().st_mtime_ns == mtime
 
-    sel = select_dcd(ws, embedder_id="emb", k=5, budget=30, label_policy="weak", name="budget-test")
+    sel = select_dcd(ws, embedder_id="emb", neighbours=5, budget=30, label_policy="weak", name="budget-test")
     assert len(sel.items) == 30 and sel.index_info.index_type == info.index_type
 
     # a budget that holds the raw vectors: rebuilt as an exact index; the sidecar of the old one goes

@@ -79,6 +79,12 @@ def test_import_core_gives_a_notebook_the_public_api():
 
     for name in ("Workspace", "ingest_manifest", "run_pipeline", "find_slices", "select", "embed_split_images"):
         assert hasattr(core, name), name
+    # the notebook's loop is the command line's: the error_sample split's failure, or else a found slice's
+    from core.runner import dcd_jobs
+    from core.scanner import slice_loop
+
+    assert core.run_loop is slice_loop.run_loop
+    assert "run_loop" in dcd_jobs._pipeline.__code__.co_names
 
 
 def test_a_renamed_flag_still_works_and_prints_its_new_spelling(tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from core.dcd.index import build_index, exact_search, pool_index, recall_at_k, search
-from core.dcd.retrieval import merge_candidates, neighbours, select_dcd
+from core.dcd.retrieval import merge_candidates, nearest_pairs, select_dcd
 from core.dcd.selection import selection_items, set_status
 from core.dcd.strategies import select_all_pool, select_error_sample, select_random
 from core.store.vectors import load_embeddings, store_embeddings
@@ -48,7 +48,7 @@ def test_embeddings_round_trip_as_fixed_size_arrays(tmp_path):
 
 def test_faiss_neighbours_equal_brute_force_numpy(tmp_path):
     ws, pool, err = make_workspace(tmp_path)
-    pairs = neighbours(ws, "emb", k=7)
+    pairs = nearest_pairs(ws, "emb", neighbours=7)
     d_ref, i_ref = brute_force_knn(pool, err, 7)
     got = pairs.sort_values(["source_image_id", "neighbour_rank"])
     np.testing.assert_array_equal(got.image_id.to_numpy().reshape(12, 7), i_ref)
@@ -71,31 +71,31 @@ def test_merge_is_round_robin_deduplicated_and_within_budget():
 
 def test_select_dcd_stores_items_with_the_chosen_label_policy(tmp_path):
     ws, pool, err = make_workspace(tmp_path)
-    weak = select_dcd(ws, embedder_id="emb", k=10, budget=40, label_policy="weak")
+    weak = select_dcd(ws, embedder_id="emb", neighbours=10, budget=40, label_policy="weak")
     assert len(weak.items) == 40 and weak.items.image_id.is_unique
     items = selection_items(ws, weak.selection_id)
     assert (items.label == items.weak_label).all()
     assert set(items.split) == {"pool"}
-    src = select_dcd(ws, embedder_id="emb", k=10, budget=40, label_policy="source")
+    src = select_dcd(ws, embedder_id="emb", neighbours=10, budget=40, label_policy="source")
     items = selection_items(ws, src.selection_id)
     src_labels = ws.df("SELECT image_id AS source_image_id, label AS src_label FROM images")
     merged = items.merge(src_labels, on="source_image_id")
     assert (merged.label == merged.src_label).all()
     with pytest.raises(ValueError, match="label_policy"):
-        select_dcd(ws, embedder_id="emb", k=3, budget=5, label_policy="guess")
+        select_dcd(ws, embedder_id="emb", neighbours=3, budget=5, label_policy="guess")
 
 
 def test_agree_keeps_only_candidates_whose_weak_label_is_the_error_images_label(tmp_path):
     ws, pool, err = make_workspace(tmp_path)
-    # k=2 per error image cannot give 40 agreeing candidates: the search must go deeper to fill the budget
-    agree = select_dcd(ws, embedder_id="emb", k=2, budget=40, label_policy="agree")
+    # 2 neighbours per error image cannot give 40 agreeing candidates: the search must go deeper to fill the budget
+    agree = select_dcd(ws, embedder_id="emb", neighbours=2, budget=40, label_policy="agree")
     items = selection_items(ws, agree.selection_id)
     src_labels = ws.df("SELECT image_id AS source_image_id, label AS src_label FROM images")
     merged = items.merge(src_labels, on="source_image_id")
     assert len(items) == 40 and items.image_id.is_unique
     assert (merged.label == merged.src_label).all() and (merged.label == merged.weak_label).all()
     params = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [agree.selection_id]))
-    assert params["k_searched"] in (4, 8)
+    assert params["neighbours_searched"] in (4, 8)
     # every error image's nearest agreeing neighbour (brute force) is kept: the merge ranks among the kept
     d_ref, i_ref = brute_force_knn(pool, err, 300)
     weak = ws.df("SELECT weak_label FROM images WHERE split = 'pool' ORDER BY image_id").weak_label.to_numpy()

@@ -33,11 +33,11 @@ def _blobs(rng: np.random.Generator, sizes=(60, 40, 30, 20), d: int = 16) -> tup
     return x.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
 
 
-@pytest.mark.parametrize("k", [4, None])
-def test_slicer_recovers_planted_blobs(k):
+@pytest.mark.parametrize("n_slices", [4, None])
+def test_slicer_recovers_planted_blobs(n_slices):
     x, truth = _blobs(np.random.default_rng(42))
-    slicer = AttributionSlicer(k=k, k_range=(2, 8), seed=0).fit(slice_features(x))
-    assert slicer.k_ == 4
+    slicer = AttributionSlicer(n_slices=n_slices, n_slices_range=(2, 8), seed=0).fit(slice_features(x))
+    assert slicer.n_slices_ == 4
     table = pd.crosstab(truth, slicer.labels_)
     assert ((table > 0).sum(axis=1) == 1).all() and ((table > 0).sum(axis=0) == 1).all()  # a perfect matching
     proba = slicer.predict_proba(slice_features(x))
@@ -49,7 +49,7 @@ def test_prediction_blocks_split_right_from_wrong():
     x = np.ones((20, 8), np.float32)
     correct = np.arange(20) < 10
     f = slice_features(x, np.zeros(20, int), correct, num_classes=2, pred_weight=0.5, error_weight=0.5)
-    labels = AttributionSlicer(k=2).fit(f).labels_
+    labels = AttributionSlicer(n_slices=2).fit(f).labels_
     assert len(set(labels[:10])) == 1 and len(set(labels[10:])) == 1 and labels[0] != labels[10]
     with pytest.raises(ValueError, match="pred"):
         slice_features(x, pred_weight=1.0)
@@ -123,7 +123,7 @@ def test_slices_job_reports_ranked_slices_with_ground_truth(sliced_ws):
     from core.store.workspace import Workspace
 
     ws_dir, report = sliced_ws
-    assert report["k"] == 5 and len(report["slices"]) <= 5
+    assert report["n_slices"] == 5 and len(report["slices"]) <= 5
     for r in report["slices"]:
         assert {"rank", "size", "accuracy", "group", "purity", "mislabeled"} <= set(r)
         assert r["group"] is not None and 0 < r["purity"] <= 1 and r["mislabeled"] == 0

@@ -107,9 +107,9 @@ def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, r
     from core.dcd.strategies import SelectionRequest, select
 
     budget = report["selection"]["budget"]
-    agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=report["selection"]["k"],
+    agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=report["selection"]["neighbours"],
                                                label_policy="agree", embedder_id=embedder))
-    k = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [agree.selection_id]))["k_searched"]
+    k = json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?", [agree.selection_id]))["neighbours_searched"]
     dist, nn = search(index, vecs, k)
     cands = views.build_candidates(ws, pairs_from_search(ids, dist, nn), budget=budget, label_policy="agree")
     saved = views.selection_review(ws, agree.selection_id)

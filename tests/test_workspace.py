@@ -62,9 +62,10 @@ def test_open_explains_what_is_wrong(tmp_path):
         Workspace.create(tmp_path / "old")
 
 
-#: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise.
+#: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise;
+#: versions 1 and 2 had no item kinds and confidences; all three called DCD's neighbours ``k``.
 _LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise"),
-           2: ("label_noise",)}
+           2: ("label_noise",), 3: ()}
 
 
 @pytest.mark.parametrize("version", sorted(_LACKED))
@@ -74,14 +75,20 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
         con.execute("INSERT INTO classes VALUES (0, 'cat')")
         for table in _LACKED[version]:
             con.execute(f"DROP TABLE {table}")
-        for column in ("kind", "confidence"):  # neither version had them
-            con.execute(f"ALTER TABLE selection_items DROP COLUMN {column}")
-        con.execute("INSERT INTO selection_items VALUES ('old', 1, 0, 0.1, NULL, 0, 'proposed')")
+        if version < 3:
+            for column in ("kind", "confidence"):
+                con.execute(f"ALTER TABLE selection_items DROP COLUMN {column}")
+            con.execute("INSERT INTO selection_items VALUES ('old', 1, 0, 0.1, NULL, 0, 'proposed')")
+        else:
+            con.execute("INSERT INTO selection_items VALUES ('old', 1, 0, 0.1, NULL, 0, 'proposed', 'retrieved', NULL)")
+        con.execute("ALTER TABLE selections RENAME COLUMN neighbours TO k")
+        con.execute("INSERT INTO selections (selection_id, name, method, k) VALUES ('old', 'old', 'dcd', 7)")
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
     opened = Workspace.open(tmp_path / "old")
     assert opened.fetchone("SELECT kind, confidence FROM selection_items WHERE selection_id = 'old'") == ("retrieved",
                                                                                                            None)
-    assert opened.schema_version() == SCHEMA_VERSION == 3
+    assert opened.scalar("SELECT neighbours FROM selections WHERE selection_id = 'old'") == 7
+    assert opened.schema_version() == SCHEMA_VERSION == 4
     assert opened.class_names() == ["cat"]
     for table in _LACKED[version]:
         assert opened.scalar(f"SELECT count(*) FROM {table}") == 0

@@ -49,7 +49,7 @@ def default_hints(ws: Workspace, kind: str) -> dict[str, str]:
     (fine-tuning at 0.004)", "400") for the options whose default depends on the data or the model; a form
     shows it as the empty field's placeholder."""
     from core.data.splits import split_counts
-    from core.dcd.strategies import default_budget, default_k
+    from core.dcd.strategies import search_size
     from core.models.schedules import PRETRAINED_IMAGE_SIZE, PRETRAINED_SCHEDULE, finetune_schedule
 
     hints: dict[str, str] = {}
@@ -67,7 +67,7 @@ def default_hints(ws: Workspace, kind: str) -> dict[str, str]:
         counts = split_counts(ws)
         n_es, n_pool = int(counts.get("error_sample", 0)), int(counts.get("pool", 0))
         if n_es and n_pool:
-            budget = default_budget(n_es, n_pool)
-            hints.update(budget=f"{budget} (10 per error image, at most a quarter of the pool)",
-                         neighbours=f"{default_k(budget, n_es)}")
+            size = search_size(n_es, n_pool)
+            hints.update(budget=f"{size.budget} ({size.note.split(';')[0].split(': ', 1)[-1]})",
+                         neighbours=f"{size.neighbours}")
     return hints

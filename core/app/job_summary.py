@@ -80,7 +80,7 @@ def summarize(kind: str, result: Mapping[str, Any] | None, *, models: Mapping[st
         return JobSummary(f"Evaluated {', '.join(f'**{name(m)}**' for m in ids)}.", "compare",
                           "Compare on Before / after")
     if kind in ("slices", "attribute", "annotate_demo"):
-        what = {"slices": f"Found {result.get('k', '?')} slices of {result.get('n_images', 0):,} images",
+        what = {"slices": f"Found {result.get('n_slices', result.get('k', '?'))} slices of {result.get('n_images', 0):,} images",
                 "attribute": f"Attributed {result.get('n', 0):,} images with {result.get('method', 'Grad-CAM')}",
                 "annotate_demo": "Annotated the slices from the planted truth"}[kind]
         return JobSummary(what + ".", "slices", "See the slices")

@@ -241,13 +241,13 @@ def build_candidates(ws: Workspace, pairs: pd.DataFrame, *, budget: int | None, 
     return _describe_candidates(ws, merge_candidates(labelled, budget))
 
 
-def candidates_filling_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
+def candidates_filling_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, neighbours: int,
                               budget: int, label_policy: str, source_label: int | None = None) -> pd.DataFrame:
     """The candidates the select job finds for these query vectors: searched in ``index`` at depth ``k``,
     deeper under ``agree`` until the budget is filled (:func:`core.dcd.selection.fill_budget`)."""
     from core.dcd.retrieval import fill_budget
 
-    items, _ = fill_budget(ws, index, source_ids, queries, k=k, budget=budget, label_policy=label_policy,
+    items, _ = fill_budget(ws, index, source_ids, queries, neighbours=neighbours, budget=budget, label_policy=label_policy,
                            source_label=source_label)
     return _describe_candidates(ws, items)
 

@@ -25,7 +25,7 @@ they show more of the failure and carry the right label. So :func:`build_debug_t
    "rest"``, same rule): not part of the failure, so fine-tuning draws them with train's share of each
    batch, not the debug-train share. They keep what the classifier knows of everything else growing as it
    would on all of the pool, with the teacher's labels instead of the weak ones, so that the fix's test
-   accuracy holds beside ``all_pool``'s (measured: see the README).
+   accuracy holds beside ``all_pool``'s (measured: docs/results.md).
 
 The loop checks on folds of the failure's images whether the result beats the failure's images alone, and
 falls back to them where it does not (core.dcd.fix_choice).

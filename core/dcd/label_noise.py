@@ -49,7 +49,7 @@ def true_class_prior(pred_probs: np.ndarray, *, fitted_on: str = DEFAULT_FITTED_
     ResNet-18: 365 expected wrong labels for 4,505 wrong). The prior is then the probabilities raised to
     :data:`SHARPEN_GIVEN` and renormalised: the model's ranking of the classes is kept, most of the learnt
     spread is not, and the EM sees the noise again (measured on the label-bench inputs and on linear heads
-    fitted on five CIFAR-10N label sets: README, Label issues)."""
+    fitted on five CIFAR-10N label sets: docs/results.md, Label issues)."""
     if fitted_on not in FITTED_ON:
         raise ValueError(f"fitted_on must be one of {FITTED_ON}, got {fitted_on!r}")
     probs = np.clip(np.asarray(pred_probs, dtype=np.float64), 1e-12, None)

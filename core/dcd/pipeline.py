@@ -27,8 +27,7 @@ from core.dcd.strategies import (
     METHODS,
     SelectionRequest,
     check_label_issues_choice,
-    default_budget,
-    default_k,
+    search_size,
     select,
 )
 from core.models.catalog import get_model
@@ -52,7 +51,7 @@ class PipelineConfig:
     hub: bool = False
     image_size: int | None = None  # None: core.models.schedules.default_image_size
     embedder: EmbedderSpec = field(default_factory=EmbedderSpec)
-    k: int | None = None
+    neighbours: int | None = None  # DCD's search depth per failure image (None: core.dcd.strategies.search_size)
     budget: int | None = None
     label_policy: str = DEFAULT_LABEL_POLICY
     # Training settings the user gave (TrainConfig field -> value); the rest follow the model's schedule.
@@ -84,9 +83,12 @@ class PipelineConfig:
             raise ValueError(f"rest_of_pool must be one of {', '.join(REST_OF_POOL_CHOICES)}, "
                              f"not {self.rest_of_pool!r}")
 
-    def selection_request(self, *, budget: int, n_failure: int, **fields) -> SelectionRequest:
-        """What DCD's selections are asked for under this config, for a failure of ``n_failure`` images."""
-        return SelectionRequest(budget=budget, neighbours=self.k or default_k(budget, n_failure),
+    def selection_request(self, *, n_failure: int, n_pool: int, **fields) -> SelectionRequest:
+        """What DCD's selections are asked for under this config, for a failure of ``n_failure`` images: the
+        budget and neighbours resolved (core.dcd.strategies.search_size)."""
+        size = search_size(n_failure, n_pool, budget=self.budget, neighbours=self.neighbours)
+        print(size.note, flush=True)
+        return SelectionRequest(budget=size.budget, neighbours=size.neighbours,
                                 label_policy=self.label_policy,  # type: ignore[arg-type]
                                 seed=self.seed, index_memory_gb=self.index_memory_gb, label_issues=self.label_issues,
                                 rest_of_pool=self.rest_of_pool == "teacher", **fields)
@@ -243,7 +245,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
                     exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
                     choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
                                               embedder_id=request.embedder_id,
-                                              budget=request.resolved_budget(ws, target), config=schedule,
+                                              budget=request.size(ws, target).budget, config=schedule,
                                               epochs=config.finetune_epochs, seed=config.seed, exclude=exclude,
                                               rest_of_pool=request.rest_of_pool,
                                               index_memory_gb=request.index_memory_gb, progress=span)
@@ -267,7 +269,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
         else:
             if method == "random":
                 n = int((selections["dcd"].items["kind"] == "retrieved").sum()) if "dcd" in selections else None
-                sel = select(ws, "random", replace(request, budget=n or request.resolved_budget(ws), name=None))
+                sel = select(ws, "random", replace(request, budget=n or request.size(ws).budget, name=None))
             else:
                 sel = select(ws, method, replace(request, name=None))
             selections[method] = sel
@@ -290,7 +292,7 @@ def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dic
         "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch,
                        "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
         "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
-        "selection": {"k": request.neighbours, "budget": request.budget, "label_policy": config.label_policy,
+        "selection": {"neighbours": request.neighbours, "budget": request.budget, "label_policy": config.label_policy,
                       "drop_label_issues": request.drops_label_issues(),
                       "n_dcd": len(dcd.items) if dcd else None,
                       "index_type": info.index_type if info else None,
@@ -322,8 +324,7 @@ def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | 
     progress = as_progress(progress)
     t0, timings = time.perf_counter(), Timings()
     counts = check_counts(ws, config, error_split=True)
-    budget = config.budget or default_budget(counts["error_sample"], counts["pool"])
-    request = config.selection_request(budget=budget, n_failure=counts["error_sample"])
+    request = config.selection_request(n_failure=counts["error_sample"], n_pool=counts["pool"])
     n_stages = ((1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request)
                 + n_fix_stages(config))
     progress.expect_stages(n_stages)  # stage names: Progress.stage

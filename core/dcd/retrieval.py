@@ -33,24 +33,24 @@ PAIR_LABEL_POLICIES = ("weak", "source", "agree")
 DEFAULT_PAIR_LABEL_POLICY = "agree"
 
 
-def neighbours(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *, k: int,
+def nearest_pairs(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *, neighbours: int,
                queries: np.ndarray | None = None, progress: Progress | None = None) -> pd.DataFrame:
     """Every (source, neighbour) pair: source_image_id, image_id, neighbour_rank, distance.
 
     Sources are ``source_ids`` (default: the whole error sample) looked up in the embedder's vectors,
     or raw ``queries`` vectors (e.g. an uploaded image), which get source ids -1, -2, ...
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
     index, _ = pool_index(ws, embedder_id, progress=progress)
     src, queries = query_vectors(ws, embedder_id, source_ids, queries=queries)
-    dist, ids = search(index, queries, k)
+    dist, ids = search(index, queries, neighbours)
     return pairs_from_search(src, dist, ids)
 
 
 def query_vectors(ws: Workspace, embedder_id: str, source_ids: Sequence[int] | None = None, *,
                   queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(source ids, vectors) to search with: as :func:`neighbours` takes them."""
+    """(source ids, vectors) to search with: as :func:`nearest_pairs` takes them."""
     if queries is not None:
         return -np.arange(1, len(queries) + 1), queries
     if source_ids is None:
@@ -124,16 +124,16 @@ def label_pairs(ws: Workspace, pairs: pd.DataFrame, label_policy: str, *,
     return out.reset_index(drop=True)
 
 
-def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, k: int,
+def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarray, *, neighbours: int,
                 budget: int | None, label_policy: str, source_label: int | None = None,
                 exclude: set[int] | None = None) -> tuple[pd.DataFrame, int]:
     """Merged, labelled candidates for ``queries`` (one per source id) from the pool ``index``, and the
-    search depth used: ``k``, or, under ``agree`` or with pool images to ``exclude`` (flagged label issues),
+    search depth used: ``neighbours``, or, under ``agree`` or with pool images to ``exclude`` (flagged label issues),
     doubled (up to the pool's size) until the candidates kept fill ``budget``."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
     n_pool = int(index.ntotal)
-    depth = max(1, min(k, n_pool))
+    depth = max(1, min(neighbours, n_pool))
     while True:
         pairs = pairs_from_search(source_ids, *search(index, queries, depth))
         if exclude:
@@ -146,7 +146,7 @@ def fill_budget(ws: Workspace, index, source_ids: np.ndarray, queries: np.ndarra
         depth = min(n_pool, 2 * depth)
 
 
-def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
+def select_dcd(ws: Workspace, *, embedder_id: str, neighbours: int, budget: int | None,
                label_policy: str = DEFAULT_PAIR_LABEL_POLICY, name: str | None = None,
                source_ids: Sequence[int] | None = None, index_memory_gb: float | None = None,
                exclude: set[int] | None = None, extra_params: dict | None = None,
@@ -156,16 +156,16 @@ def select_dcd(ws: Workspace, *, embedder_id: str, k: int, budget: int | None,
     ``index_memory_gb``: the pool index's memory budget if it must be (re)built (core.dcd.index);
     ``exclude``: pool images never to select (flagged label issues); ``extra_params``: recorded with it.
 
-    Under ``agree`` the search goes deeper than ``k`` until the budget is filled (:func:`fill_budget`); the
-    depth used is stored in the selection's params as ``k_searched``. The retrieved images alone: the
+    Under ``agree`` the search goes deeper than ``neighbours`` until the budget is filled (:func:`fill_budget`);
+    the depth used is stored in the selection's params as ``neighbours_searched``. The retrieved images alone: the
     ``dcd`` strategy adds the failure's own (:func:`select`).
     """
     if label_policy not in PAIR_LABEL_POLICIES:
         raise ValueError(f"label_policy must be one of {PAIR_LABEL_POLICIES}, got {label_policy!r}")
     index, info = pool_index(ws, embedder_id, memory_gb=index_memory_gb, progress=progress)
     src, queries = query_vectors(ws, embedder_id, source_ids)
-    items, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=label_policy,
-                               exclude=exclude)
-    params = {"k": k, "k_searched": depth, "budget": budget, "label_policy": label_policy,
+    items, depth = fill_budget(ws, index, src, queries, neighbours=neighbours, budget=budget,
+                               label_policy=label_policy, exclude=exclude)
+    params = {"neighbours": neighbours, "neighbours_searched": depth, "budget": budget, "label_policy": label_policy,
               "embedder_id": embedder_id, "n_excluded": len(exclude or ()), **(extra_params or {})}
-    return save_selection(ws, name or f"dcd-k{k}-b{budget}", "dcd", items, params=params, index_info=info)
+    return save_selection(ws, name or f"dcd-n{neighbours}-b{budget}", "dcd", items, params=params, index_info=info)

@@ -58,9 +58,9 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
     p = dict(params or {})
     with ws.write() as con:
         con.execute(
-            "INSERT INTO selections (selection_id, name, method, embedder_id, k, budget, label_policy, "
+            "INSERT INTO selections (selection_id, name, method, embedder_id, neighbours, budget, label_policy, "
             "index_type, recall, params) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [selection_id, name, method, p.get("embedder_id"), p.get("k"), p.get("budget"),
+            [selection_id, name, method, p.get("embedder_id"), p.get("neighbours"), p.get("budget"),
              p.get("label_policy"), index_info.index_type if index_info else None,
              index_info.recall_at_k if index_info else None, json.dumps(p)])
         con.register("staging_items", out)
@@ -115,7 +115,7 @@ def list_selections(ws: Workspace) -> pd.DataFrame:
     rest of the pool its teacher labels, not for review) and the review of the retrieved images (n_accepted,
     n_rejected; the others are not reviewed)."""
     return ws.df(
-        "SELECT s.selection_id, s.name, s.method, s.embedder_id, s.k, s.budget, s.label_policy, "
+        "SELECT s.selection_id, s.name, s.method, s.embedder_id, s.neighbours, s.budget, s.label_policy, "
         "s.index_type, s.recall, s.created_at, count(i.image_id) AS n_items, "
         "count(*) FILTER (WHERE i.kind = 'failure') AS n_failure, "
         "count(*) FILTER (WHERE i.kind = 'rest') AS n_rest, "

@@ -102,29 +102,49 @@ def failure_images(ws: Workspace, source_ids: Sequence[int] | None = None) -> tu
     return df.image_id.to_numpy(np.int64), df.label.to_numpy(np.int64)
 
 
-#: Candidates per error image in a default budget, and the share of the pool a default budget is capped at.
+#: Candidates per failure image in a default budget, and the share of the pool a default budget is capped at.
 #: The budget is the most DCD retrieves: under the ``teacher`` policy it takes what resembles the failure.
-PER_ERROR_IMAGE, POOL_SHARE_CAP = 50, 0.25
+PER_FAILURE_IMAGE, POOL_SHARE_CAP = 50, 0.25
+#: Fewest neighbours searched per failure image by default.
+MIN_NEIGHBOURS = 5
 
 
-def default_budget(n_error_sample: int, n_pool: int) -> int:
-    """50 candidates per error image, at most a quarter of the pool (see :func:`budget_note`)."""
-    return max(1, min(PER_ERROR_IMAGE * n_error_sample, int(n_pool * POOL_SHARE_CAP) or n_pool))
+@dataclass(frozen=True)
+class SearchSize:
+    """How much DCD retrieves for a failure: at most ``budget`` pool images, searching the ``neighbours``
+    nearest of each failure image (deeper where a rule leaves too few, core.dcd.retrieval.fill_budget);
+    ``note`` says how they came out."""
+
+    budget: int
+    neighbours: int
+    note: str
 
 
-def budget_note(n_error_sample: int, n_pool: int) -> str:
-    """One line saying how the default budget came out, including when the pool cap cut it."""
-    budget = default_budget(n_error_sample, n_pool)
-    asked = PER_ERROR_IMAGE * n_error_sample
-    if budget < asked:
-        return (f"budget {budget}: {PER_ERROR_IMAGE} per error image would be {asked}, capped at a quarter of "
-                f"the pool ({n_pool} images); give --budget to choose")
-    return f"budget {budget}: {PER_ERROR_IMAGE} per error image x {n_error_sample} error images"
+def search_size(n_failure: int, n_pool: int, *, budget: int | None = None,
+                neighbours: int | None = None) -> SearchSize:
+    """The one place DCD's budget and neighbours are decided, from the user's (None: the default).
 
-
-def default_k(budget: int, n_error_sample: int) -> int:
-    """Enough neighbours per error image to fill the budget after de-duplication (2x headroom)."""
-    return max(5, math.ceil(2 * budget / max(1, n_error_sample)))
+    Default budget: 50 candidates per failure image, at most a quarter of the pool. Default neighbours: enough
+    per failure image to fill the budget after de-duplication (2x headroom), at least 5."""
+    if budget is not None and budget < 1:
+        raise ValueError(f"budget must be at least 1, got {budget}")
+    if neighbours is not None and neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
+    n_failure, n_pool = max(1, int(n_failure)), int(n_pool)
+    asked = PER_FAILURE_IMAGE * n_failure
+    if budget is not None:
+        note = f"budget {budget} (given)"
+    else:
+        budget = max(1, min(asked, int(n_pool * POOL_SHARE_CAP) or n_pool))
+        note = (f"budget {budget}: {PER_FAILURE_IMAGE} per failure image would be {asked}, capped at a quarter "
+                f"of the pool ({n_pool:,} images); give --budget to choose" if budget < asked else
+                f"budget {budget}: {PER_FAILURE_IMAGE} per failure image x {n_failure} failure images")
+    if neighbours is None:
+        neighbours = max(MIN_NEIGHBOURS, math.ceil(2 * budget / n_failure))
+        note += f"; {neighbours} neighbours per failure image"
+    else:
+        note += f"; {neighbours} neighbours per failure image (given)"
+    return SearchSize(int(budget), int(neighbours), note)
 
 
 #: What DCD does with the pool's flagged label issues (SelectionRequest.label_issues).
@@ -139,8 +159,8 @@ def check_label_issues_choice(value: str) -> None:
 
 @dataclass(frozen=True)
 class SelectionRequest:
-    """What a strategy is asked for. ``budget``: most images (``random``: exactly that many; default
-    :func:`default_budget`); ``neighbours``: DCD's search depth per error image (default :func:`default_k`);
+    """What a strategy is asked for. ``budget``: most images (``random``: exactly that many); ``neighbours``:
+    DCD's search depth per failure image (both None: the defaults of :func:`search_size`);
     ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw and a slice target's split;
     ``index_memory_gb``: the pool index's memory budget (default: core.dcd.index_build.default_memory_gb);
     ``from_slice``: ``RUN:RANK``, retrieve for that slice's query part instead of the ``error_sample`` split
@@ -188,8 +208,10 @@ class SelectionRequest:
         target = target or self.target(ws)
         return len(target.query_ids) if target else split_counts(ws)["error_sample"]
 
-    def resolved_budget(self, ws: Workspace, target: SliceTarget | None = None) -> int:
-        return self.budget or default_budget(self.n_error_images(ws, target), split_counts(ws)["pool"])
+    def size(self, ws: Workspace, target: SliceTarget | None = None) -> SearchSize:
+        """The budget and neighbours this request resolves to on ``ws`` (:func:`search_size`)."""
+        return search_size(self.n_error_images(ws, target), split_counts(ws)["pool"], budget=self.budget,
+                           neighbours=self.neighbours)
 
     def recorded(self, ws: Workspace, target: SliceTarget | None = None) -> dict:
         """Params every selection of this request records (the slice it was made for)."""
@@ -240,7 +262,8 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     embedder_id = req.embedder_id or search_embedder(ws, progress=progress)
     failure = _failure(ws, target)
     embed_missing(ws, embedder_id, failure.image_id.tolist(), progress=progress)
-    budget = req.resolved_budget(ws, target)
+    size = req.size(ws, target)
+    budget = size.budget
     name = req.name or (f"dcd-slice{target.rank}-b{budget}" if target else f"dcd-b{budget}")
     exclude = _flagged(ws, req, progress)
     params = {**req.recorded(ws, target), "budget": budget, "label_policy": req.label_policy,
@@ -257,16 +280,16 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
         return save_selection(ws, name, "dcd", made.items, params=params, index_info=made.index_info)
     index, info = pool_index(ws, embedder_id, memory_gb=req.index_memory_gb, progress=progress)
     src, queries = query_vectors(ws, embedder_id, failure.image_id.tolist())
-    k = req.neighbours or default_k(budget, len(failure))
-    retrieved, depth = fill_budget(ws, index, src, queries, k=k, budget=budget, label_policy=req.label_policy,
-                                   exclude=exclude)
-    params.update({"k": k, "k_searched": depth, "n_failure": len(failure), "n_retrieved": len(retrieved)})
+    retrieved, depth = fill_budget(ws, index, src, queries, neighbours=size.neighbours, budget=budget,
+                                   label_policy=req.label_policy, exclude=exclude)
+    params.update({"neighbours": size.neighbours, "neighbours_searched": depth, "n_failure": len(failure),
+                   "n_retrieved": len(retrieved)})
     return save_selection(ws, name, "dcd", with_failure(failure, retrieved), params=params, index_info=info)
 
 
 def _random(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:
     target = req.target(ws)
-    return select_random(ws, n=req.resolved_budget(ws, target), seed=req.seed, name=req.name,
+    return select_random(ws, n=req.size(ws, target).budget, seed=req.seed, name=req.name,
                          failure=_failure(ws, target), extra_params=req.recorded(ws, target))
 
 

@@ -66,7 +66,7 @@ class TrainConfig:
 
 #: The schedules used when the user gives none. A pretrained backbone is fine-tuned briefly: its last
 #: stages and a new head, at a reduced resolution, which fits two CPU cores (measured on the photo scenario,
-#: README "Your own data"); a network trained from scratch needs many more epochs.
+#: docs/your-data-and-models.md); a network trained from scratch needs many more epochs.
 PRETRAINED_SCHEDULE = TrainConfig(epochs=3, lr=0.02, warmup_epochs=0.3, trainable_stages=2, probe_first=True)
 SCRATCH_SCHEDULE = TrainConfig()
 PRETRAINED_IMAGE_SIZE = 128

@@ -176,8 +176,7 @@ register_job(JobSpec("embed", "Embed images with a frozen embedder and build the
 
 
 def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from core.data.splits import split_counts
-    from core.dcd.strategies import SelectionRequest, budget_note, select
+    from core.dcd.strategies import SelectionRequest, select
 
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=opts.embedder_id,
                                label_policy=opts.label_policy, seed=opts.seed, name=opts.name,
@@ -188,8 +187,8 @@ def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     if target is not None:
         print(f"slice {target.rank} of {target.run_id}: {len(target.query_ids)} misclassified members to search "
               f"with, {len(target.heldout_ids)} held out as eval set {target.eval_set}", flush=True)
-    if opts.budget is None and opts.method in ("dcd", "random"):
-        print(budget_note(request.n_error_images(ws), split_counts(ws)["pool"]), flush=True)
+    if opts.method in ("dcd", "random"):
+        print(request.size(ws, target).note, flush=True)
     sel = select(ws, opts.method, request, progress=progress)
     out = {"selection_id": sel.selection_id, "name": sel.name, "method": sel.method, "n": len(sel.items)}
     if target is not None:
@@ -360,7 +359,7 @@ def pipeline_config(opts: argparse.Namespace):
 
     return PipelineConfig(classifier=opts.classifier or PipelineConfig.classifier, classifier_weights=opts.classifier_weights,
                           classifier_id=opts.classifier_id, hub=opts.hub, image_size=opts.image_size,
-                          embedder=embedder_spec(opts), k=opts.neighbours, budget=opts.budget,
+                          embedder=embedder_spec(opts), neighbours=opts.neighbours, budget=opts.budget,
                           label_policy=opts.label_policy, train=train_overrides(opts),
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
                           index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,

@@ -53,8 +53,7 @@ def launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any],
 
     base_id = result["classifier"]["model_id"]
     picked = result["selection"]
-    request = SelectionRequest(budget=picked["budget"], neighbours=picked["k"],
-                               embedder_id=result["embedder"]["embedder_id"], label_policy=opts.label_policy,
+    request = SelectionRequest(budget=picked["budget"], embedder_id=result["embedder"]["embedder_id"], label_policy=opts.label_policy,
                                seed=opts.seed, index_memory_gb=opts.index_memory_gb)
     dcd = result["methods"].get("dcd") or {}
     n_match = dcd.get("n_retrieved_found", dcd.get("n_retrieved")) or picked["budget"]

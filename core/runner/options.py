@@ -192,14 +192,16 @@ def engine_options() -> tuple[Option, ...]:
 
 
 def selection_options() -> tuple[Option, ...]:
-    from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_ISSUE_CHOICES, LABEL_POLICIES
+    from core.dcd.strategies import DEFAULT_LABEL_POLICY, LABEL_ISSUE_CHOICES, LABEL_POLICIES, PER_FAILURE_IMAGE
 
     g = "selection"
     return (
         Option("neighbours", "int", group=g, aliases=("--k",),
-               help="neighbours searched per error image (default: from the budget)"),
+               help="neighbours searched per failure image (default: twice the budget over the failure's images, "
+                    "at least 5)"),
         Option("budget", "int", group=g,
-               help="most images to select (default: 10 per error image, at most a quarter of the pool)"),
+               help=f"most images to select (default: {PER_FAILURE_IMAGE} per failure image, at most a quarter of "
+                    f"the pool)"),
         Option("label_policy", "choice", DEFAULT_LABEL_POLICY, choices=LABEL_POLICIES, group=g,
                help="label of a retrieved pool image: the posterior of its true class from the failure's teacher "
                     "(the classifier fine-tuned on the failure's images) and its weak label, kept at 0.9 "

@@ -34,11 +34,11 @@ def _slices(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     if opts.attribute or not has_attributions(ws, model_id, splits):
         attr_summary = attribute(ws, model_id, splits=splits, config=attribution_config(opts),
                                  ray=ray_config(opts), progress=progress.span(0, 0.6))
-    config = SliceConfig(k=opts.slices, k_range=(opts.slices_min, opts.slices_max), splits=splits,
+    config = SliceConfig(n_slices=opts.slices, n_slices_range=(opts.slices_min, opts.slices_max), splits=splits,
                          pred_weight=opts.pred_weight, error_weight=opts.error_weight, seed=opts.seed,
                          mosaics=not opts.no_mosaics, mosaic_tiles=opts.mosaic_tiles, mosaic_layout=opts.mosaic_layout)
     result = find_slices(ws, model_id, config=config, progress=progress.span(0.6 if attr_summary else 0, 1.0))
-    return {"run_id": result.run_id, "model_id": model_id, "k": int(result.params["k"]),
+    return {"run_id": result.run_id, "model_id": model_id, "n_slices": int(result.params["n_slices"]),
             "n_images": result.params["n_images"], "attribution": attr_summary,
             "slices": slice_report(ws, result.run_id)}
 
@@ -46,15 +46,15 @@ def _slices(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
 def _slice_options() -> tuple[Option, ...]:
     from core.scanner.mosaic import LAYOUTS
     from core.scanner.runs import SliceConfig
-    from core.scanner.slicer import AUTO_K_RANGE
+    from core.scanner.slicer import AUTO_N_SLICES_RANGE
 
     d, g = SliceConfig(), "slicing"
     return attribution_options() + engine_options() + (
         Option("attribute", "flag", False, help="(re)compute the attributions first"),
         Option("slices", "int", group=g, aliases=("--k",), help="number of slices (default: chosen automatically)"),
-        Option("slices_min", "int", AUTO_K_RANGE[0], group=g, aliases=("--k-min",), advanced=True,
+        Option("slices_min", "int", AUTO_N_SLICES_RANGE[0], group=g, aliases=("--k-min",), advanced=True,
                help="fewest slices tried automatically"),
-        Option("slices_max", "int", AUTO_K_RANGE[1], group=g, aliases=("--k-max",), advanced=True,
+        Option("slices_max", "int", AUTO_N_SLICES_RANGE[1], group=g, aliases=("--k-max",), advanced=True,
                help="most slices tried automatically"),
         Option("pred_weight", "float", d.pred_weight, group=g, advanced=True,
                help=f"weight of the predicted-class one-hot appended to the vectors ({d.pred_weight})"),

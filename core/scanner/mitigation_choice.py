@@ -2,7 +2,7 @@
 members of the annotated slices (issue #15).
 
 CoRM can hurt: where the classifier already looks at part of the object, the noise term teaches it to
-answer from what is left around the noised region (README, Waterbirds-like ``--seed 1``). So
+answer from what is left around the noised region (docs/results.md, Waterbirds-like ``--seed 1``). So
 :func:`choose_mitigation` does not trust one setting:
 
 1. **Hold out** a seeded share (:data:`HELDOUT_SHARE`) of each annotated slice's members (annotated

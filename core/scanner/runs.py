@@ -24,7 +24,7 @@ from core.runner.progress import Progress, as_progress
 from core.scanner.attribution import DEFAULT_SPLITS, load_attributions
 from core.scanner.mosaic import save_png, slice_mosaic
 from core.scanner.slicer import (
-    AUTO_K_RANGE,
+    AUTO_N_SLICES_RANGE,
     AttributionSlicer,
     slice_features,
     slice_table,
@@ -36,8 +36,8 @@ from core.store.workspace import Workspace
 class SliceConfig:
     """Options of a slice run (stored as the run's params). See the module doc for the weights."""
 
-    k: int | None = None
-    k_range: tuple[int, int] = AUTO_K_RANGE
+    n_slices: int | None = None  # None: chosen in n_slices_range by silhouette
+    n_slices_range: tuple[int, int] = AUTO_N_SLICES_RANGE
     splits: tuple[str, ...] = DEFAULT_SPLITS
     pred_weight: float = 0.5
     error_weight: float = 0.5
@@ -81,7 +81,7 @@ def find_slices(ws: Workspace, model_id: str | None = None, *, config: SliceConf
     x = slice_features(att.vectors, df.pred.astype(int).to_numpy(), correct, num_classes=num_classes,
                        pred_weight=config.pred_weight, error_weight=config.error_weight)
     progress.report(0.1, f"clustering {len(x)} images", force=True)
-    slicer = AttributionSlicer(k=config.k, k_range=config.k_range, niter=config.niter, seed=config.seed).fit(x)
+    slicer = AttributionSlicer(n_slices=config.n_slices, n_slices_range=config.n_slices_range, niter=config.niter, seed=config.seed).fit(x)
     df["slice_id"] = slicer.labels_
     df["distance"] = slicer.distances_
     table = slice_table(df, slicer.centroids_, num_classes)
@@ -91,12 +91,12 @@ def find_slices(ws: Workspace, model_id: str | None = None, *, config: SliceConf
         paths = build_slice_mosaics(ws, run_id, df, att, table, n_tiles=config.mosaic_tiles,
                                     layout=config.mosaic_layout, progress=progress.span(0.4, 0.95))
         table["mosaic_path"] = table.slice_id.map(paths)
-    params = {**asdict(config), "n_images": int(len(df)), "k": int(slicer.k_),
-              "k_scores": {str(k): round(v, 4) for k, v in slicer.k_scores_.items()},
-              "attribution_method": att.method, "k_chosen": "auto" if config.k is None else "user",
+    params = {**asdict(config), "n_images": int(len(df)), "n_slices": int(slicer.n_slices_),
+              "silhouettes": {str(n): round(v, 4) for n, v in slicer.silhouettes_.items()},
+              "attribution_method": att.method, "n_slices_chosen": "auto" if config.n_slices is None else "user",
               "seconds": round(time.perf_counter() - t0, 1)}
     _store_run(ws, run_id, model_id, table, df, params)
-    progress.report(1.0, f"{slicer.k_} slices of {len(df)} images", force=True)
+    progress.report(1.0, f"{slicer.n_slices_} slices of {len(df)} images", force=True)
     return SliceRun(run_id, model_id, table, df, params)
 
 

@@ -42,7 +42,6 @@ from core.dcd.slice_targets import (
     resolve_slice,
     slice_target,
 )
-from core.dcd.strategies import default_budget
 from core.runner.progress import Progress, as_progress
 from core.scanner.attribution import attribute, has_attributions
 from core.scanner.runs import SliceConfig, find_slices, get_slices
@@ -110,8 +109,7 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
           f"{len(target.heldout_ids)} held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
-    budget = config.budget or default_budget(len(target.query_ids), counts["pool"])
-    request = config.selection_request(budget=budget, n_failure=len(target.query_ids),
+    request = config.selection_request(n_failure=len(target.query_ids), n_pool=counts["pool"],
                                        embedder_id=emb["embedder_id"], from_slice=ref,
                                        heldout_share=config.heldout_share)
     mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)

@@ -36,7 +36,8 @@ class Slicer(Protocol):
     def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
 
 
-AUTO_K_RANGE = (6, 24)
+#: The numbers of slices tried when the number is chosen automatically (by silhouette).
+AUTO_N_SLICES_RANGE = (6, 24)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -85,23 +86,25 @@ def _silhouette(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator, n_m
 
 @dataclass
 class AttributionSlicer:
-    """k-means slicer (faiss) over L2-normalised vectors; ``k=None`` picks k in ``k_range`` by silhouette.
+    """k-means slicer (faiss) over L2-normalised vectors; ``n_slices=None`` picks the number of slices in
+    ``n_slices_range`` by silhouette.
 
-    After :meth:`fit`: ``k_`` slices, ``centroids_`` (k x D), ``labels_`` (N), ``distances_`` (N, squared L2
-    to the own centroid), ``k_scores_`` ({k: silhouette}) when k was chosen automatically.
+    After :meth:`fit`: ``n_slices_`` slices, ``centroids_`` (n_slices x D), ``labels_`` (N), ``distances_``
+    (N, squared L2 to the own centroid), ``silhouettes_`` ({number of slices: silhouette}) when the number was
+    chosen automatically.
     """
 
-    k: int | None = None
-    k_range: tuple[int, int] = AUTO_K_RANGE
+    n_slices: int | None = None
+    n_slices_range: tuple[int, int] = AUTO_N_SLICES_RANGE
     niter: int = 30
     nredo: int = 3
     seed: int = 0
     min_slice_size: int = 5
-    k_: int = field(init=False, default=0)
+    n_slices_: int = field(init=False, default=0)
     centroids_: np.ndarray = field(init=False, repr=False, default_factory=lambda: np.zeros((0, 0)))
     labels_: np.ndarray = field(init=False, repr=False, default_factory=lambda: np.zeros(0, int))
     distances_: np.ndarray = field(init=False, repr=False, default_factory=lambda: np.zeros(0))
-    k_scores_: dict[int, float] = field(init=False, default_factory=dict)
+    silhouettes_: dict[int, float] = field(init=False, default_factory=dict)
 
     def _kmeans(self, x: np.ndarray, k: int):
         import faiss
@@ -115,24 +118,25 @@ class AttributionSlicer:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"need an N x D array with N >= 2 to slice, got shape {x.shape}")
-        if self.k is not None and not 1 <= self.k <= len(x):
-            raise ValueError(f"k must be between 1 and the number of images ({len(x)}), got {self.k}")
-        if self.k is None:
-            lo, hi = self.k_range
+        if self.n_slices is not None and not 1 <= self.n_slices <= len(x):
+            raise ValueError(f"the number of slices must be between 1 and the number of images ({len(x)}), "
+                             f"got {self.n_slices}")
+        if self.n_slices is None:
+            lo, hi = self.n_slices_range
             hi = min(hi, max(2, len(x) // max(1, self.min_slice_size)))
             lo = min(max(2, lo), hi)
             rng = np.random.default_rng(self.seed)
             best = None
-            for k in range(lo, hi + 1):
-                km = self._kmeans(x, k)
+            for n in range(lo, hi + 1):
+                km = self._kmeans(x, n)
                 _, lab = km.index.search(x, 1)
-                self.k_scores_[k] = _silhouette(x, lab[:, 0], rng)
-                if best is None or self.k_scores_[k] > self.k_scores_[best[0]]:
-                    best = (k, km)
-            k, km = best
+                self.silhouettes_[n] = _silhouette(x, lab[:, 0], rng)
+                if best is None or self.silhouettes_[n] > self.silhouettes_[best[0]]:
+                    best = (n, km)
+            n, km = best
         else:
-            k, km = self.k, self._kmeans(x, self.k)
-        self.k_ = k
+            n, km = self.n_slices, self._kmeans(x, self.n_slices)
+        self.n_slices_ = n
         self.centroids_ = np.asarray(km.centroids, dtype=np.float32)
         dist, lab = km.index.search(x, 1)
         self.labels_, self.distances_ = lab[:, 0].astype(int), dist[:, 0]
@@ -143,8 +147,8 @@ class AttributionSlicer:
         return self.predict_proba(x).argmax(1)
 
     def predict_proba(self, x: np.ndarray, temperature: float = 0.05) -> np.ndarray:
-        """Soft membership N x k: softmax of minus squared distance to each centroid over ``temperature``."""
-        if self.k_ == 0:
+        """Soft membership N x n_slices: softmax of minus squared distance to each centroid over ``temperature``."""
+        if self.n_slices_ == 0:
             raise ValueError("fit the slicer first")
         x = np.ascontiguousarray(x, dtype=np.float32)
         d = ((x[:, None, :] - self.centroids_[None]) ** 2).sum(-1)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from core.data.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
 
-SCHEMA_VERSION = 3
-#: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns.
-MIGRATES_FROM = (1, 2)
+SCHEMA_VERSION = 4
+#: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns (and
+#: DCD's neighbours per failure image, once called ``k``, by their name).
+MIGRATES_FROM = (1, 2, 3)
 MIGRATIONS = (
     "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'",
     "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS confidence FLOAT",
+    "ALTER TABLE selections RENAME COLUMN k TO neighbours",
 )
 
 
@@ -88,7 +90,7 @@ CREATE TABLE IF NOT EXISTS selections (
     name VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
     embedder_id VARCHAR,
-    k INTEGER,
+    neighbours INTEGER,  -- DCD's search depth per failure image
     budget INTEGER,
     label_policy VARCHAR,
     index_type VARCHAR,

@@ -185,7 +185,7 @@ class Workspace:
                 con.execute(statement)
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
         print(f"note: workspace {self.root} upgraded from schema version {version} to {SCHEMA_VERSION} "
-              f"(tables and columns added, nothing changed)", file=sys.stderr)
+              f"(tables and columns added, DCD's `k` column named `neighbours`; no data changed)", file=sys.stderr)
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the workspace (None if it records none)."""
