@@ -13,7 +13,7 @@ WORKSPACE ?= workspaces/$(if $(filter waterbirds,$(DEMO)),demo,$(DEMO))
 ASSETS ?= $(DCD_ASSETS)
 PORT ?= 8501
 
-.PHONY: install run demo-workspace test browser bench clean
+.PHONY: install run demo-workspace test test-fast browser bench clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ browser:
 
 test: install browser
 	DCD_ASSETS=$(ASSETS) $(PY) -m pytest -q
+
+# The quick loop while editing: unit tests and the AppTest pages, without the tests marked slow or browser
+# (end-to-end runs, real Chromium) and without the real assets.
+test-fast: install
+	DCD_ASSETS= $(PY) -m pytest -q -m "not slow and not browser"
 
 bench: install
 	$(PY) -m bench.run $(if $(ASSETS),--assets $(ASSETS))

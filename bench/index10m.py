@@ -76,7 +76,7 @@ def _printer():
 def do_build(work: Path, n: int, dim: int, memory_gb: float) -> dict:
     from core.dcd.index import save_index
     from core.dcd.index_build import build_from_chunks, plan_index
-    from core.runner.progress import Progress
+    from core.progress import Progress
     from core.store.workspace import Workspace
 
     root = work / "ws-index10m"

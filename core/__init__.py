@@ -10,7 +10,8 @@ imported only when a name is first used (``import core`` stays instant)::
                                                         # or without one the slice AttributionScanner finds
     run = core.find_slices(ws)                          # after core.attribute(ws)
 
-The sub-packages, lowest layer first:
+The sub-packages, lowest layer first (below them all: ``core.progress``, progress reporting, and
+``core.constants``, the vocabulary):
 
 - ``core.store``: the workspace (DuckDB file, connections), its schema, embedding vectors, the job table;
 - ``core.data``: the vocabulary (splits, manifest columns), reading manifests, ingest, image decoding;
@@ -19,7 +20,7 @@ The sub-packages, lowest layer first:
 - ``core.dcd``: Data-Centric Debugging: embedding, the faiss pool index, selection strategies, the pipeline;
 - ``core.scanner``: AttributionScanner: attributions, the slicer, slice runs, mosaics, annotations, CoRM;
 - ``core.app``: the read-only queries, charts and reports the dashboard shows (no Streamlit);
-- ``core.runner``: the job registry, the command line of every job, launching jobs, progress;
+- ``core.runner``: the job registry, the command line of every job, launching jobs;
 - ``core.scenarios``: demo and benchmark data with planted truth.
 """
 
@@ -35,10 +36,10 @@ _API = {
     "ingest_manifest": "core.data.ingest",
     "ingest_imagefolder": "core.data.ingest",
     "read_manifest": "core.data.manifest",
-    "SPLITS": "core.data.constants",
+    "SPLITS": "core.constants",
     "create_model": "core.models.factory",
     "train_classifier": "core.models.training",
-    "retrain": "core.models.training",
+    "retrain": "core.dcd.fine_tune",
     "TrainConfig": "core.models.schedules",
     "PRETRAINED_SCHEDULE": "core.models.schedules",
     "BACKBONES": "core.models.pretrained",

@@ -10,7 +10,8 @@ import streamlit as st
 
 from core.app import before_after, queries
 from core.app.report import comparison_csv, comparison_html
-from core.app.slice_report import render_slice_report, report_filename, slices_fixed_by
+from core.app.slice_report import report_filename, slices_fixed_by
+from core.app.slice_report_page import render_slice_report
 from pages._session import view, workspace
 from pages._story import outcome_box, scorecard_ui, short_names
 

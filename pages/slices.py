@@ -11,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from core.app import charts, names
-from core.app.slice_report import render_slice_report, report_filename
-from core.data.constants import ANNOTATION_KINDS
+from core.app.slice_report import report_filename
+from core.app.slice_report_page import render_slice_report
+from core.constants import ANNOTATION_KINDS
 from core.dcd.slice_targets import failure_counts
 from core.scanner import annotations as ann
 from core.scanner import runs as sl

@@ -81,6 +81,36 @@ def ws_copy(tiny_pipeline_workspace, tmp_path):
     return copy_workspace(src, tmp_path / "ws"), json.loads(report_path.read_text())
 
 
+@pytest.fixture(scope="session")
+def tiny_sliced_workspace(tmp_path_factory, tiny_pipeline_workspace):
+    """The tiny pipeline workspace sliced once by the slices job (4 slices, with mosaics), shared read-only:
+    (workspace dir, the pipeline's report path, the slices job's report)."""
+    from jobs import slices
+
+    src, report_path = tiny_pipeline_workspace
+    ws = copy_workspace(src, tmp_path_factory.mktemp("tiny-sliced") / "ws")
+    out = ws.root.parent / "slices.json"
+    assert slices.main(["--workspace", str(ws.root), "--json", str(out), "--slices", "4"]) == 0
+    return ws.root, report_path, json.loads(out.read_text())
+
+
+@pytest.fixture()
+def sliced_copy(tiny_sliced_workspace, tmp_path):
+    """A private copy of the sliced tiny workspace at ``tmp_path / "ws"``: (Workspace, the pipeline's report,
+    the slices job's report, whose ``run_id`` is the workspace's latest slice run)."""
+    src, report_path, sliced = tiny_sliced_workspace
+    return copy_workspace(src, tmp_path / "ws"), json.loads(report_path.read_text()), sliced
+
+
+@pytest.fixture()
+def sliced_app_server(sliced_copy, tmp_path):
+    """The real app on a copy of the sliced tiny workspace: (base url, workspace dir); always stopped."""
+    from browser_app import running_app
+
+    with running_app(sliced_copy[0].root, tmp_path) as served:
+        yield served
+
+
 @pytest.fixture()
 def app_server(ws_copy, tmp_path):
     """The real app (`streamlit run`) on a copy of the tiny workspace: (base url, workspace dir); always stopped."""

@@ -24,7 +24,7 @@ from core.data.imagefile import ImageTooLargeError, max_image_pixels, read_rgb
 from core.data.images import decode_all, load_rgb, thumbnail
 from core.data.ingest import REASONS, IngestReport, ingest_imagefolder, ingest_manifest
 from core.data.manifest import IngestError
-from core.runner.progress import Progress
+from core.progress import Progress
 from core.store.workspace import Workspace
 from jobs import ingest as ingest_job
 

@@ -37,15 +37,13 @@ def _regression_shown(page) -> None:
     expect(page.get_by_text("▼").first).to_be_attached()  # a regression cell of the scorecard
 
 
-def test_the_curators_walk_through_every_page(app_server):
+def test_the_curators_walk_through_every_page(sliced_app_server):
     from playwright.sync_api import expect, sync_playwright
 
     from core.store.workspace import Workspace
-    from jobs import slices
 
-    url, ws_dir = app_server
+    url, ws_dir = sliced_app_server
     ws = Workspace.open(ws_dir)
-    assert slices.main(["--workspace", str(ws_dir), "--slices", "4"]) == 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -68,8 +68,8 @@ def test_debug_train_is_the_failure_first_then_confidently_labelled_pool_images(
 
 def test_the_rest_of_the_pool_is_teacher_labelled_and_drawn_with_train(ws_copy):
     from core.dcd.debug_train import build_debug_train
+    from core.dcd.fine_tune import training_set
     from core.models.catalog import load_classifier
-    from core.models.training import training_set
 
     ws, report = ws_copy
     teacher, data_config = load_classifier(ws, report["methods"]["error_sample_only"]["model_id"])

@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.data import images
 from core.data.images import as_model_input, iter_decoded, iter_model_inputs, to_tensor
-from core.models.config import DataConfig
+from core.data.model_input import DataConfig
 from core.models.inference import choose_precision, run_model
 
 

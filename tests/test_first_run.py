@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from core.progress import Progress, StageLine, eta_seconds, format_duration
 from core.runner import first_run, launcher
 from core.runner.cli import main as cli_main
-from core.runner.progress import Progress, StageLine, eta_seconds, format_duration
 from core.store.workspace import Workspace
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.data.ingest import ingest_imagefolder, ingest_manifest
 from core.data.manifest import IngestError
-from core.runner.progress import Progress
+from core.progress import Progress
 from core.store.workspace import Workspace
 from jobs import ingest as ingest_job
 

@@ -15,6 +15,7 @@ import streamlit as st
 from helpers import copy_workspace
 from streamlit.testing.v1 import AppTest
 
+from core.dcd.fine_tune import training_set
 from core.dcd.label_issues import (
     compute_label_issues,
     cross_val_probs,
@@ -35,7 +36,6 @@ from core.dcd.label_review import (
     slice_label_issue_share,
     suggest_mislabeled,
 )
-from core.models.training import training_set
 from core.store.vectors import store_embeddings
 from core.store.workspace import Workspace
 

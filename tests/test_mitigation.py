@@ -115,11 +115,10 @@ def test_config_validation():
 
 
 @pytest.fixture()
-def annotated_ws(ws_copy):
-    from jobs import annotate_demo, slices
+def annotated_ws(sliced_copy):
+    from jobs import annotate_demo
 
-    ws_dir = ws_copy[0].root
-    assert slices.main(["--workspace", str(ws_dir), "--slices", "5", "--no-mosaics"]) == 0
+    ws_dir = sliced_copy[0].root
     assert annotate_demo.main(["--workspace", str(ws_dir), "--min-purity", "0.5"]) == 0
     from core.scanner.annotations import annotate, annotated_slices
     from core.scanner.runs import get_slices, latest_run

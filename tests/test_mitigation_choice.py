@@ -15,15 +15,12 @@ FAST = {"finetune_epochs": 1, "batch_size": 32}
 
 
 @pytest.fixture()
-def annotated(ws_copy):
+def annotated(sliced_copy):
     """The tiny workspace, sliced, with one slice annotated spurious and mislabeled and one spurious:
     (Workspace, run_id, both_slice, spurious_slice)."""
     from core.scanner.annotations import annotate
     from core.scanner.runs import latest_run, slice_members
-    from jobs import slices
-
-    ws = ws_copy[0]
-    assert slices.main(["--workspace", str(ws.root), "--slices", "4", "--no-mosaics"]) == 0
+    ws = sliced_copy[0]
     run_id = latest_run(ws)
     m = slice_members(ws, run_id)
     train_err = m[(m.split == "train") & ~m.correct.astype(bool)]
@@ -133,7 +130,7 @@ def test_candidate_grid_is_plain_upweighted_then_at_most_four_corm_settings():
 # -- the choice on a workspace -----------------------------------------------------------------------------
 
 def test_heldout_members_are_never_trained_on_and_the_record_is_written(annotated, monkeypatch):
-    import core.models.training as training
+    import core.dcd.fine_tune as training
     from core.models.catalog import get_model
     from core.models.evaluation import evaluate
     from core.scanner.mitigation_choice import EVAL_SET_PREFIX, mitigation_summary, spurious_train_members

@@ -7,8 +7,9 @@ import pytest
 import timm
 import torch
 
+from core.data.model_input import DataConfig
 from core.models.checkpoints import save_checkpoint, weights_include_head
-from core.models.config import DataConfig, ModelError
+from core.models.config import ModelError
 from core.models.factory import create_model, default_data_config, load_checkpoint
 from core.models.features import (
     MULTISCALE_STAGES,

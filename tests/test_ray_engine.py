@@ -115,3 +115,31 @@ def test_ray_flags_need_the_ray_engine(ws_copy, capsys):
     ws, _ = ws_copy
     assert embed.main(["--workspace", str(ws.root), "--embedder", "classifier", "--ray-address", "auto"]) == 1
     assert "--ray-address only apply with --engine ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_whole_loop_on_ray_gives_the_local_report(tiny_pipeline_workspace, tmp_path):
+    """jobs.pipeline --engine ray (its own local runtime, started once for the loop and shut down after) on
+    one copy of the tiny workspace, the local engine on another: every method's figures are the same."""
+    from helpers import copy_workspace
+
+    from jobs import pipeline
+
+    src, report_path = tiny_pipeline_workspace
+    base = json.loads(report_path.read_text())["methods"]["baseline"]["model_id"]
+    reports = {}
+    for engine in ("local", "ray"):
+        ws = copy_workspace(src, tmp_path / engine)
+        out = tmp_path / f"{engine}.json"
+        assert not ray.is_initialized()
+        assert pipeline.main(["--workspace", str(ws.root), "--json", str(out), "--classifier-id", base,
+                              "--finetune-epochs", "1", "--batch-size", "32", "--embedder", "classifier",
+                              "--retrieval", "always", "--methods", "dcd", "random", "--engine", engine]) == 0
+        assert not ray.is_initialized(), "the loop's Ray runtime must be shut down after it"
+        reports[engine] = json.loads(out.read_text())
+    local, on_ray = reports["local"], reports["ray"]
+    assert on_ray["engine"] == {"engine": "ray", "address": "local"} and "engine" not in local
+    keys = ("test_acc", "error_heldout_acc", "n_added", "n_retrieved")
+    for method in ("baseline", "dcd", "random", "error_sample_only"):
+        assert {k: local["methods"][method].get(k) for k in keys} == \
+               {k: on_ray["methods"][method].get(k) for k in keys}, method

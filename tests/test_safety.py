@@ -274,8 +274,8 @@ def test_bad_workspaces_are_explained_by_the_app(tmp_path):
 
 @pytest.mark.slow
 def test_bad_models_get_one_clear_line(ws, tmp_path):
+    from core.data.model_input import DataConfig
     from core.models.checkpoints import save_checkpoint
-    from core.models.config import DataConfig
     from core.models.factory import create_model
 
     three = save_checkpoint(create_model("test_resnet", num_classes=3), tmp_path / "three",

@@ -29,21 +29,18 @@ def _pt(v: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def fixed_slice(tiny_pipeline_workspace, tmp_path_factory):
+def fixed_slice(tiny_sliced_workspace, tmp_path_factory):
     """(ws, run_id, rank, facts) on a copy of the tiny pipeline workspace shared by this module's tests (a
     test that changes it works on its own copy): a slice with a held-out part, two selections for it, a DCD
     fine-tune evaluated for real and a mitigation model with planted metrics; annotated spurious."""
+    from core.dcd.fine_tune import retrain
     from core.dcd.selection import save_selection
     from core.dcd.slice_targets import slice_target
     from core.models.catalog import register_model
     from core.models.evaluation import compute_metrics, evaluate
-    from core.models.training import retrain
     from core.scanner.annotations import annotate
     from core.scanner.runs import get_slices, latest_run
-    from jobs import slices
-
-    ws = copy_workspace(tiny_pipeline_workspace[0], tmp_path_factory.mktemp("report") / "ws")
-    assert slices.main(["--workspace", str(ws.root), "--slices", "4"]) == 0
+    ws = copy_workspace(tiny_sliced_workspace[0], tmp_path_factory.mktemp("report") / "ws")
     run_id = latest_run(ws)
     before = ws.scalar("SELECT model_id FROM slice_runs WHERE run_id = ?", [run_id])
     target = None
@@ -100,7 +97,8 @@ def _assert_self_contained(html: str) -> None:
 def test_report_embeds_the_mosaic_and_shows_the_fix_and_its_numbers(fixed_slice):
     from core.app.html_parts import esc
     from core.app.names import model_names, selection_names
-    from core.app.slice_report import slice_report_data, slice_report_html
+    from core.app.slice_report import slice_report_data
+    from core.app.slice_report_page import slice_report_html
     from core.app.story import newcombe_interval
 
     ws, run_id, rank, f = fixed_slice
@@ -153,7 +151,8 @@ def test_report_embeds_the_mosaic_and_shows_the_fix_and_its_numbers(fixed_slice)
 
 
 def test_a_slice_without_a_fix_says_what_to_run(fixed_slice, tmp_path):
-    from core.app.slice_report import slice_report_data, slice_report_html
+    from core.app.slice_report import slice_report_data
+    from core.app.slice_report_page import slice_report_html
     from core.scanner.runs import get_slices
 
     base, run_id, _, f = fixed_slice
@@ -208,7 +207,8 @@ def test_report_job_writes_the_file_and_names_what_exists_on_a_bad_slice(fixed_s
 def test_the_report_opens_offline_in_chromium(fixed_slice, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from core.app.slice_report import slice_report_data, slice_report_html
+    from core.app.slice_report import slice_report_data
+    from core.app.slice_report_page import slice_report_html
 
     ws, run_id, rank, f = fixed_slice
     data = slice_report_data(ws, run_id, rank)

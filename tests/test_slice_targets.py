@@ -15,13 +15,9 @@ from core.store.workspace import Workspace
 
 
 @pytest.fixture()
-def sliced(ws_copy, tmp_path):
-    from jobs import slices
-
-    ws = ws_copy[0]
-    assert slices.main(["--workspace", str(ws.root), "--json", str(tmp_path / "s.json"), "--slices", "4"]) == 0
-    run_id = json.loads((tmp_path / "s.json").read_text())["run_id"]
-    return ws, run_id
+def sliced(sliced_copy):
+    ws, _, report = sliced_copy
+    return ws, report["run_id"]
 
 
 def _failures(ws: Workspace, run_id: str, rank: int) -> set[int]:
@@ -104,9 +100,9 @@ def test_bad_slice_refs_say_what_exists(sliced):
 
 
 def test_held_out_members_are_never_trained_on_and_are_measured(sliced):
+    from core.dcd.fine_tune import retrain, training_set
     from core.dcd.strategies import SelectionRequest, select
     from core.models.evaluation import evaluate
-    from core.models.training import retrain, training_set
 
     ws, run_id = sliced
     sel = select(ws, "dcd", SelectionRequest(from_slice=f"{run_id}:1", budget=20))

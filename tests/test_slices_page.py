@@ -11,15 +11,6 @@ from browser_app import CHROMIUM, CHROMIUM_ARGS, SHOTS, wait_idle
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def sliced_copy(ws_copy):
-    from jobs import slices
-
-    ws_dir = ws_copy[0].root
-    assert slices.main(["--workspace", str(ws_dir), "--slices", "4"]) == 0
-    return ws_dir
-
-
 def _clear_caches() -> None:
     import streamlit as st
 
@@ -31,11 +22,10 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from core.scanner.runs import get_slices, latest_run
-    from core.store.workspace import Workspace
 
     _clear_caches()
-    monkeypatch.setenv("DCD_WORKSPACE", str(sliced_copy))
-    ws = Workspace.open(sliced_copy)
+    ws = sliced_copy[0]
+    monkeypatch.setenv("DCD_WORKSPACE", str(ws.root))
     slices = get_slices(ws, latest_run(ws))
     target = int(slices.slice_id.iloc[-1])
 
@@ -79,14 +69,11 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`")
-def test_slices_page_in_a_browser(app_server):
+def test_slices_page_in_a_browser(sliced_app_server):
     """The same flow in headless Chromium, on the app server fixture of tests/conftest.py."""
     from playwright.sync_api import expect, sync_playwright
 
-    from jobs import slices
-
-    url, ws_dir = app_server
-    assert slices.main(["--workspace", str(ws_dir), "--slices", "4"]) == 0
+    url, ws_dir = sliced_app_server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.models.config import DataConfig
+from core.data.model_input import DataConfig
 from core.models.factory import create_model
 from core.models.schedules import TrainConfig
 from core.models.training import fit, share_weights

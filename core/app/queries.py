@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.data.constants import EVAL_SPLITS, SPLITS
+from core.constants import EVAL_SPLITS, SPLITS
 from core.store.workspace import Workspace
 
 HEADLINE_SETS = ("test", "error_heldout")

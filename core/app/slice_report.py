@@ -7,7 +7,7 @@ models fine-tuned on them; mitigation models of its run, ``config.mitigation``) 
 slice run's classifier against each fix, on the slice's held-out part (eval set ``slice:RUN:RANK``), on
 test and on the worst test group, each change with its 95% interval and verdict as the Before / after page
 computes them (core.app.story), and the sentence that tells it.
-:func:`slice_report_html` lays it out (core.app.slice_report_page), with no script and no external
+core.app.slice_report_page.slice_report_html lays it out, with no script and no external
 resource, so the file opens offline and reads when e-mailed::
 
     html = slice_report_html(slice_report_data(ws, "latest", 1))
@@ -307,13 +307,6 @@ def slice_report_data(ws: Workspace, run_id: str, rank: int) -> SliceReportData:
         next_steps=_next_steps(ws, f"{run_id}:{int(rank)}", target is not None, bool(fix_ids), bool(annotations)))
 
 
-def slice_report_html(data: SliceReportData) -> str:
-    """The report as one self-contained HTML page (core.app.slice_report_page)."""
-    from core.app.slice_report_page import render
-
-    return render(data)
-
-
 def slices_fixed_by(ws: Workspace, model_ids: Sequence[str]) -> list[tuple[str, int]]:
     """(run_id, rank) of the slices the given classifiers are fixes of: fine-tuned on a selection made for
     the slice, or a mitigation of its run (then its slices annotated in the mitigation's findings)."""
@@ -338,8 +331,3 @@ def slices_fixed_by(ws: Workspace, model_ids: Sequence[str]) -> list[tuple[str, 
 def report_filename(run_id: str, rank: int) -> str:
     """The report's file name: ``<run>-<rank>.html``."""
     return f"{run_id}-{int(rank)}.html"
-
-
-def render_slice_report(ws: Workspace, run_id: str, rank: int) -> str:
-    """:func:`slice_report_html` of :func:`slice_report_data`: the page of slice ``rank`` of ``run_id``."""
-    return slice_report_html(slice_report_data(ws, run_id, rank))

@@ -11,7 +11,8 @@ import re
 
 from core.app.html_parts import esc, fmt_delta, fmt_pct, generated_at, page, png_data_uri
 from core.app.names import method_name
-from core.app.slice_report import Delta, Measure, ModelResult, SliceReportData
+from core.app.slice_report import Delta, Measure, ModelResult, SliceReportData, slice_report_data
+from core.store.workspace import Workspace
 
 EXTRA_CSS = """
 h2{font-size:17px;margin:28px 0 8px;border-bottom:2px solid #e3e7ee;padding-bottom:4px}
@@ -144,7 +145,7 @@ def _before_after(d: SliceReportData) -> str:
             + (f"<ul>{told}</ul>" if told else ""))
 
 
-def render(d: SliceReportData) -> str:
+def slice_report_html(d: SliceReportData) -> str:
     """The whole page of :class:`core.app.slice_report.SliceReportData`."""
     title = f"Slice {d.rank} of {d.run_id}: {d.cell_text}"
     steps = "".join(f"<li>{_code(esc(s))}</li>" for s in d.next_steps)
@@ -158,3 +159,8 @@ def render(d: SliceReportData) -> str:
               "treating the two accuracies as independent (conservative when both classifiers are scored on the "
               "same images). “Within noise”: the interval contains 0, so this change could be chance.</div>")
     return page(title, body, extra_css=EXTRA_CSS)
+
+
+def render_slice_report(ws: Workspace, run_id: str, rank: int) -> str:
+    """:func:`slice_report_html` of core.app.slice_report.slice_report_data: the page of slice ``rank`` of ``run_id``."""
+    return slice_report_html(slice_report_data(ws, run_id, rank))

@@ -20,7 +20,7 @@ from collections.abc import Hashable, Sequence
 
 import pandas as pd
 
-from core.data.constants import LABEL_COLUMNS
+from core.constants import LABEL_COLUMNS
 from core.data.imagefile import is_utf8, safe_text
 from core.data.manifest import IngestError, cell_text
 from core.store.workspace import Workspace

@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from core.data.imagefile import MAX_IMAGE_PIXELS, ImageSource, ImageTooLargeError, read_rgb, to_rgb
-from core.models.config import DataConfig
-from core.runner.progress import Progress, as_progress
+from core.data.model_input import DataConfig
+from core.progress import Progress, as_progress
 from core.store.files import atomic_path
 from core.store.workspace import Workspace
 

@@ -11,7 +11,7 @@ Rejection reasons (``IngestReport.rejected.reason``, :data:`REASONS`)::
 
     empty_path          the path cell is empty
     non_utf8            a file name (or cell) is not valid UTF-8; the workspace stores text as UTF-8
-    unknown_split       split is not one of core.data.constants.SPLITS (any case: "Train" is train)
+    unknown_split       split is not one of core.constants.SPLITS (any case: "Train" is train)
     missing_label       a non-pool row without label
     missing_weak_label  a pool row without weak_label
     unknown_label       label, weak_label or true_label is not in the class list ("did you mean" a look-alike)
@@ -74,12 +74,12 @@ from typing import Any
 
 import pandas as pd
 
+from core.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, SPLITS
 from core.data.classes import canonical_labels, resolve_classes, similar_class_notes
-from core.data.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, SPLITS
 from core.data.imagefile import MAX_IMAGE_PIXELS, max_image_pixels, safe_text
 from core.data.manifest import IngestError, Manifest, load_imagefolder, load_manifest, missing_columns, text_frame
 from core.data.validate import ACCEPTED_COLUMNS, REASONS, REJECTION_COLUMNS, canonical_splits, validate_rows
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
 __all__ = ["ACCEPTED_COLUMNS", "MAX_IMAGE_PIXELS", "REASONS", "REJECTION_COLUMNS", "IngestError", "IngestReport",

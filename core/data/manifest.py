@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.data.constants import MANIFEST_COLUMNS, POOL, REQUIRED_COLUMNS, SPLITS
+from core.constants import MANIFEST_COLUMNS, POOL, REQUIRED_COLUMNS, SPLITS
 
 CSV_SUFFIXES = (".csv", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")

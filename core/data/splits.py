@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from core.data.constants import SPLITS
+from core.constants import SPLITS
 from core.store.workspace import Workspace
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 from PIL import ImageFile, UnidentifiedImageError
 
+from core.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, POOL, SPLITS
 from core.data.classes import fold
-from core.data.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, POOL, SPLITS
 from core.data.imagefile import ImageTooLargeError, is_utf8, read_rgb, safe_text
-from core.runner.progress import Progress
+from core.progress import Progress
 
 REJECTION_COLUMNS = ("row", "path", "reason", "message")
 REASONS = ("empty_path", "non_utf8", "unknown_split", "missing_label", "missing_weak_label", "unknown_label",

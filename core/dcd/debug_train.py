@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from core.data.model_input import DataConfig
 from core.dcd.index import IndexInfo, pool_index, search
 from core.dcd.resemblance import resemblance_scores
 from core.dcd.retrieval import merge_candidates, pairs_from_search, query_vectors
-from core.models.config import DataConfig
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
 #: A retrieved image is trained with its posterior's most probable class only if that is at least this likely.

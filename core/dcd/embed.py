@@ -39,7 +39,7 @@ from core.models.inference import choose_precision, run_model
 from core.models.inference import embed as embed_pixels
 from core.models.pretrained import DEFAULT_BACKBONE, is_backbone_name
 from core.models.tasks import EmbedTask
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.store.vectors import store_embedding_files, vectors_to_arrow
 from core.store.workspace import Workspace
 
@@ -121,7 +121,7 @@ def embed_missing(ws: Workspace, embedder_id: str, image_ids: Sequence[int], *,
                   progress: Progress | None = None) -> int:
     """Embed those of ``image_ids`` that ``embedder_id`` has no vector for yet (e.g. a slice's members, to
     search with); returns how many were embedded."""
-    from core.data.constants import SPLITS
+    from core.constants import SPLITS
     from core.store.vectors import embedding_table
 
     found = embedding_table(ws, embedder_id)

@@ -33,10 +33,10 @@ import numpy as np
 
 from core.data.images import pixels
 from core.dcd.debug_train import build_debug_train, failure_items
+from core.dcd.fine_tune import FineTuned, fine_tune
 from core.models.inference import predict_probs
 from core.models.schedules import TrainConfig
-from core.models.training import FineTuned, fine_tune
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
 VALIDATION_FOLDS = 2

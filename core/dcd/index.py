@@ -43,7 +43,7 @@ from core.dcd.index_build import (
 )
 from core.dcd.index_build import _safe as _safe
 from core.dcd.ondisk import RerankedIndex, remove_stale_sidecars
-from core.runner.progress import Progress
+from core.progress import Progress
 from core.store.files import atomic_path
 from core.store.vectors import iter_embeddings, pool_fingerprint, source_fingerprint
 from core.store.workspace import Workspace

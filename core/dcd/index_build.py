@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from core.dcd.ondisk import RerankedIndex, SidecarWriter, iter_sidecar
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 
 GIB = 1024 ** 3
 EXACT_MAX_VECTORS = 200_000

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from core.dcd.label_noise import (  # noqa: F401  (the rule's names are this module's vocabulary too)
     CLEANLAB_FILTERS,
@@ -62,7 +61,8 @@ from core.dcd.label_noise import (  # noqa: F401  (the rule's names are this mod
     find_issues,
     noise_posterior,
 )
-from core.runner.progress import Progress, as_progress
+from core.models.softmax_head import fit_head
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
 SCORED_SPLITS = ("train", "pool")
@@ -101,8 +101,9 @@ class LabelIssueResult:
 
 def fit_softmax(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
                 weight_decay: float = HEAD_WEIGHT_DECAY, max_iter: int = HEAD_MAX_ITER):
-    """A multinomial logistic head on standardised ``features`` (N x D): returns ``predict(X) -> N x K``
-    probabilities (the fit set's mean and spread standardise ``X`` too)."""
+    """A multinomial logistic head (core.models.softmax_head) on standardised ``features`` (N x D), from zero
+    weights: returns ``predict(X) -> N x K`` probabilities (the fit set's mean and spread standardise ``X``
+    too)."""
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     x = (x - mean) / std
@@ -110,15 +111,7 @@ def fit_softmax(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
     head = torch.nn.Linear(x.shape[1], num_classes)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(head(x), y) + weight_decay * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    fit_head(head, x, y, weight_decay=weight_decay, max_iter=max_iter)
 
     def predict(z: np.ndarray) -> np.ndarray:
         with torch.no_grad():

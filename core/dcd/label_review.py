@@ -6,7 +6,7 @@ Rows of ``label_issues`` are written by core.dcd.label_issues (one per scored tr
   and class names for the app;
 - :func:`decide` records a person's decision: ``'relabel'`` (train with ``suggested_label``), ``'drop'``
   (leave the image out), ``'keep'`` (the given label is right), or ``None`` (undecided again);
-- :func:`apply_label_decisions` applies the decisions to train rows (core.models.training uses it), and
+- the decisions are applied to train rows by core.data.label_decisions (training reads them there), and
   :func:`flagged_pool_ids` names the pool images a label policy should drop;
 - :func:`slice_label_issue_share` / :func:`suggest_mislabeled`: the slices whose scored members are mostly
   flagged, to suggest the annotation "mislabeled".
@@ -156,26 +156,6 @@ def decide(ws: Workspace, image_ids: Sequence[int], decision: str | None) -> int
                     [decision])
         con.unregister("decided_ids")
     return int(n)
-
-
-def label_decisions(ws: Workspace) -> tuple[set[int], dict[int, int]]:
-    """(image ids decided 'drop', {image id: suggested label} of those decided 'relabel')."""
-    df = ws.df("SELECT image_id, decision, suggested_label FROM label_issues WHERE decision IN ('drop', 'relabel')")
-    drop = {int(i) for i in df.image_id[df.decision == "drop"]}
-    relabel = {int(i): int(lbl) for i, lbl in zip(df.image_id[df.decision == "relabel"],
-                                                   df.suggested_label[df.decision == "relabel"])}
-    return drop, relabel
-
-
-def apply_label_decisions(ws: Workspace, rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (image_id, label, ...: train images) without the images decided 'drop' and with the
-    suggested label for those decided 'relabel'."""
-    drop, relabel = label_decisions(ws)
-    if not drop and not relabel:
-        return rows
-    out = rows[~rows.image_id.isin(drop)].copy()
-    out["label"] = [relabel.get(int(i), lbl) for i, lbl in zip(out.image_id, out.label)]
-    return out
 
 
 def flagged_pool_ids(ws: Workspace) -> set[int]:

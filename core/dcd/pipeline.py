@@ -21,6 +21,7 @@ from typing import Any
 
 from core.data.splits import split_counts
 from core.dcd.embed import EmbedderSpec, embed_split_images
+from core.dcd.fine_tune import retrain
 from core.dcd.selection import Selection, record_params
 from core.dcd.strategies import (
     DEFAULT_LABEL_POLICY,
@@ -30,12 +31,13 @@ from core.dcd.strategies import (
     search_size,
     select,
 )
+from core.engines.ray_data import RayConfig
 from core.models.catalog import get_model
 from core.models.evaluation import evaluate, metrics_summary
 from core.models.pretrained import DEFAULT_BACKBONE
 from core.models.schedules import finetune_schedule, initial_schedule
-from core.models.training import retrain, train_classifier
-from core.runner.progress import Progress, as_progress
+from core.models.training import train_classifier
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
 RETRIEVAL_CHOICES = ("checked", "always")
@@ -74,6 +76,9 @@ class PipelineConfig:
     # "teacher": DCD's fix also trains on the rest of the pool its teacher labels with confidence, drawn with
     # train (core.dcd.debug_train); "off": the failure's images and what retrieval adds, only.
     rest_of_pool: str = "off"
+    # Where the loop's per-image passes over stored images run (predictions for every evaluation, embedding,
+    # attributions): None here, else on Ray Data (core.engines.ray_data); the results are the same.
+    ray: RayConfig | None = None
 
     def __post_init__(self) -> None:
         check_label_issues_choice(self.label_issues)  # before training, not when selecting
@@ -128,7 +133,7 @@ def baseline_classifier(ws: Workspace, config: PipelineConfig, timings: Timings,
                                    progress=progress.stage("training the classifier", 0.0, 0.9))
     timings.step("train", t)
     t = time.perf_counter()
-    metrics = evaluate(ws, base_id, progress=progress.stage("evaluating the classifier", 0.9, 1.0))
+    metrics = evaluate(ws, base_id, ray=config.ray, progress=progress.stage("evaluating the classifier", 0.9, 1.0))
     result = {**metrics_summary(metrics), "n_added": 0, "model_id": base_id}
     timings.step("evaluate_baseline", t)
     return base_id, result
@@ -143,7 +148,7 @@ def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits
     spec = config.embedder
     if spec.arch == "classifier":
         spec = replace(spec, classifier_id=base_id)
-    emb = embed_split_images(ws, spec, splits=splits, only_missing=True,
+    emb = embed_split_images(ws, spec, splits=splits, only_missing=True, ray=config.ray,
                              progress=progress.stage(f"embedding {' + '.join(splits)}", 0, 1))
     timings.step("embed", t)
     return emb
@@ -178,7 +183,7 @@ def _arm(ws: Workspace, config: PipelineConfig, base_id: str, sel: Selection, me
     """Fine-tune the classifier on one selection and evaluate it: the arm's result."""
     model_id = retrain(ws, base_model_id=base_id, selection_id=sel.selection_id, method=method, config=schedule,
                        epochs=config.finetune_epochs, progress=progress.span(0, 0.9))
-    metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    metrics = evaluate(ws, model_id, ray=config.ray, progress=progress.span(0.9, 1.0))
     kinds = sel.items["kind"].value_counts() if "kind" in sel.items else {}
     return {**metrics_summary(metrics), "n_added": len(sel.items), "n_failure": int(kinds.get("failure", 0)),
             "n_retrieved": int(kinds.get("retrieved", 0)), "n_rest": int(kinds.get("rest", 0)), "model_id": model_id,

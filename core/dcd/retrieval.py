@@ -24,7 +24,7 @@ import pandas as pd
 
 from core.dcd.index import pool_index, search
 from core.dcd.selection import Selection, save_selection
-from core.runner.progress import Progress
+from core.progress import Progress
 from core.store.vectors import load_embeddings
 from core.store.workspace import Workspace
 

@@ -19,7 +19,7 @@ from core.store.workspace import Workspace
 
 #: What a selection's item is: one of the failure's own images, a pool image retrieval added for it, or one of
 #: the rest of the pool its teacher labels with confidence (core.dcd.debug_train; fine-tuning draws these
-#: with train's share of each batch, core.models.training).
+#: with train's share of each batch, core.dcd.fine_tune).
 ITEM_KINDS = ("failure", "retrieved", "rest")
 
 

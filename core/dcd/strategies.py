@@ -45,7 +45,7 @@ from core.dcd.embed import embed_missing, search_embedder
 from core.dcd.index import pool_index
 from core.dcd.selection import Selection, save_selection
 from core.dcd.slice_targets import SliceTarget, parse_slice_ref, slice_target
-from core.runner.progress import Progress
+from core.progress import Progress
 from core.store.workspace import Workspace
 
 LabelPolicy = Literal["teacher", "weak", "source", "agree"]
@@ -239,8 +239,8 @@ def failure_only_fix(ws: Workspace, req: SelectionRequest, target: SliceTarget |
                      progress: Progress | None = None) -> str:
     """The current classifier fine-tuned on train plus the failure's images (the ``error_sample_only``
     selection and fix, registered): the teacher DCD's retrieved images are labelled by."""
+    from core.dcd.fine_tune import retrain
     from core.models.catalog import require_classifier
-    from core.models.training import retrain
 
     base = require_classifier(ws, purpose="fine-tune on the failure's images (DCD's teacher)")
     sel = select_error_sample(ws, source_ids=target.query_ids if target else None, extra_params=req.recorded(ws, target))

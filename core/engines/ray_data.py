@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 
 ENGINES = ("local", "ray")
 PART_ROWS = 8192  # result rows per staged Parquet part

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from core.models.config import DataConfig
+from core.data.model_input import DataConfig
 from core.models.factory import create_model, default_data_config, load_checkpoint
 from core.models.features import EMBEDDING_LAYERS
 from core.store.workspace import Workspace

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.models.config import DataConfig, ModelError
+from core.data.model_input import DataConfig
+from core.models.config import ModelError
 from core.store.files import atomic_path
 
 CHECKPOINT_FORMAT = "dcd-studio-classifier-v1"

@@ -1,26 +1,8 @@
-"""What every model module shares: the error users see, and how images are prepared for a model."""
+"""The error every model module raises to users; how images are prepared for a model is
+core.data.model_input.DataConfig."""
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
-from typing import Any
 
 
 class ModelError(ValueError):
     """A model cannot be built or loaded as asked; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How images are prepared for a model: square resize to ``image_size``, then normalise."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from core.engines.ray_data import RayConfig, map_images_to_arrays
 from core.models.catalog import load_classifier
 from core.models.inference import choose_precision, predict_probs
 from core.models.tasks import PredictTask
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace, replace_model_rows
 
 
@@ -112,9 +112,10 @@ def named_eval_set_rows(ws: Workspace, model_id: str) -> list[tuple[str, str, fl
     return [(name, "accuracy", float(part.correct.mean()), len(part)) for name, part in df.groupby("eval_set")]
 
 
-def evaluate(ws: Workspace, model_id: str, *, progress: Progress | None = None) -> dict[str, dict[str, float]]:
-    """Predict on the evaluation splits and compute the metrics."""
-    predict(ws, model_id, progress=progress)
+def evaluate(ws: Workspace, model_id: str, *, ray: RayConfig | None = None,
+             progress: Progress | None = None) -> dict[str, dict[str, float]]:
+    """Predict on the evaluation splits (with ``ray``: on Ray Data) and compute the metrics."""
+    predict(ws, model_id, ray=ray, progress=progress)
     return compute_metrics(ws, model_id)
 
 

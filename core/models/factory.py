@@ -22,9 +22,10 @@ from typing import Any
 import timm
 from torch import nn
 
+from core.data.model_input import DataConfig
 from core.models import cifar_resnet  # noqa: F401  (registers the cifar_resnet* architectures with timm)
 from core.models.checkpoints import is_classifier_checkpoint, read_weights, state_dict_of
-from core.models.config import DataConfig, ModelError
+from core.models.config import ModelError
 from core.models.pretrained import resolve
 
 

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from core.data.images import as_model_input
-from core.models.config import DataConfig
+from core.data.model_input import DataConfig
 from core.models.features import embedding_function, features
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 
 MIN_PRED_AGREEMENT = 0.99
 MIN_KNN_OVERLAP = 0.95

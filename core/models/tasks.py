@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from core.data.images import to_tensor
-from core.models.config import DataConfig
+from core.data.model_input import DataConfig
 from core.models.features import embedding_function
 from core.models.inference import run_model
-from core.runner.progress import Progress
+from core.progress import Progress
 
 
 def _run(fn, pixels: np.ndarray, cfg: DataConfig, bf16: bool, device: str) -> np.ndarray:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from core.models.checkpoints import allow_pickle
+from core.progress import Progress, StageLine
 from core.runner.options import Option, split_values
-from core.runner.progress import Progress, StageLine
 from core.runner.registry import JobSpec, get_job
 from core.store.jobs import HEARTBEAT_SECONDS, JobStore
 from core.store.workspace import Workspace, WorkspaceError, set_write_guard
@@ -212,7 +212,7 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
 
     The job waits its turn behind a running job of the same kind, keeps a heartbeat, and commits nothing
     once its row is no longer its own (:func:`core.store.workspace.set_write_guard`). It prints its stages
-    with elapsed time and ETA (:class:`~core.runner.progress.StageLine`) on stderr. If it fails or is
+    with elapsed time and ETA (:class:`~core.progress.StageLine`) on stderr. If it fails or is
     cancelled, ``discard()`` may remove the workspace (a new one that kept nothing): then the error is one
     line, with no log to point to. An exception's ``exit_code`` attribute (2: something to pass on the command
     line) is the exit code of a failure."""

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from core.progress import Progress
 from core.runner.options import (
     Option,
     classifier_options,
@@ -23,7 +24,6 @@ from core.runner.options import (
     train_options,
     train_overrides,
 )
-from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 
@@ -127,9 +127,9 @@ def _evaluate(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> di
     ids = opts.classifier_id or list_models(ws, "classifier").model_id.tolist()
     if not ids:
         raise ValueError("the workspace has no classifier to evaluate; run jobs.train first")
-    out = {}
+    out, ray = {}, ray_config(opts)
     for i, model_id in enumerate(ids):
-        out[model_id] = metrics_summary(evaluate(ws, model_id,
+        out[model_id] = metrics_summary(evaluate(ws, model_id, ray=ray,
                                                  progress=progress.span(i / len(ids), (i + 1) / len(ids))))
     return {"models": out}
 
@@ -137,7 +137,7 @@ def _evaluate(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> di
 register_job(JobSpec(
     "evaluate", "Evaluate classifiers on test, error_heldout and every group.",
     (Option("classifier_id", "list", picker="classifier", aliases=("--model-id",),
-            help="classifiers to evaluate (default: all)"),),
+            help="classifiers to evaluate (default: all)"),) + engine_options(),
     _evaluate))
 
 
@@ -159,7 +159,7 @@ def _embed(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[
 
 
 def _embed_options() -> tuple[Option, ...]:
-    from core.data.constants import SPLITS
+    from core.constants import SPLITS
     from core.dcd.embed import DEFAULT_EMBED_SPLITS
 
     return embedder_options() + (
@@ -246,7 +246,7 @@ def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: 
     try:
         compute_metrics(ws, base)
     except ValueError:
-        evaluate(ws, base, progress=progress.span(0, 0.05))
+        evaluate(ws, base, ray=ray_config(opts), progress=progress.span(0, 0.05))
     if opts.corm_choice == "off":
         model_id, summary = corm_retrain(ws, base_model_id=base, run_id=opts.run_id, config=config,
                                          train_config=train_config, progress=progress.span(0.05, 0.9))
@@ -261,16 +261,16 @@ def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: 
         out = {"mitigation": {k: record[k] for k in ("chosen", "reason", "candidates", "findings",
                                                      "heldout_eval_sets", "heldout_sizes")}}
     before = compute_metrics(ws, base)  # again: the base is measured on the new held-out eval sets too
-    after = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    after = evaluate(ws, model_id, ray=ray_config(opts), progress=progress.span(0.9, 1.0))
     return {"methods": {"baseline": {**metrics_summary(before), "model_id": base},
                         kept: {**metrics_summary(after), "model_id": model_id}}, **out}
 
 
 def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.dcd.fine_tune import retrain
     from core.models.catalog import require_classifier
     from core.models.evaluation import evaluate, metrics_summary
     from core.models.schedules import finetune_schedule
-    from core.models.training import retrain
 
     base = require_classifier(ws, opts.classifier_id, purpose="fine-tune")
     if opts.mitigate == "corm":
@@ -283,7 +283,7 @@ def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dic
     model_id = retrain(ws, base_model_id=base, selection_id=opts.selection_id, method=method or "finetune",
                        config=finetune_schedule(ws, base, train_overrides(opts)), epochs=opts.finetune_epochs,
                        progress=progress.span(0, 0.9))
-    metrics = evaluate(ws, model_id, progress=progress.span(0.9, 1.0))
+    metrics = evaluate(ws, model_id, ray=ray_config(opts), progress=progress.span(0.9, 1.0))
     return {"methods": {method or "finetune": {**metrics_summary(metrics), "model_id": model_id}}}
 
 
@@ -327,7 +327,7 @@ register_job(JobSpec(
             help="classifier to fine-tune (default: the current one)"),
      Option("record_as", aliases=("--method",), advanced=True,
             help="method recorded for the new model (default: the selection's)"),
-     *train_options(), *_mitigation_options()),
+     *train_options(), *_mitigation_options(), *engine_options()),
     _retrain))
 
 
@@ -351,7 +351,7 @@ def pipeline_options() -> tuple[Option, ...]:
                Option("from_slice", group="selection",
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
                            "error_sample split the worst slice of a new slice run is the target)"))
-            + index_options())
+            + index_options() + engine_options())
 
 
 def pipeline_config(opts: argparse.Namespace):
@@ -365,7 +365,8 @@ def pipeline_config(opts: argparse.Namespace):
                           index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
                           label_issues=getattr(opts, "label_issues", None) or "auto",
                           retrieval=getattr(opts, "retrieval", None) or "checked",
-                          rest_of_pool=getattr(opts, "rest_of_pool", None) or PipelineConfig.rest_of_pool)
+                          rest_of_pool=getattr(opts, "rest_of_pool", None) or PipelineConfig.rest_of_pool,
+                          ray=ray_config(opts))
 
 
 def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -5,7 +5,7 @@ follows, the app started as soon as the baseline and DCD are in, the rest arrivi
 
 1. The demo job (``jobs.demo --size small --rest-in-background``) generates and ingests the scenario, trains
    the baseline, embeds, selects with DCD and fine-tunes on that selection: enough for the Overview and
-   Before / after to tell the story. Its stage lines (core.runner.progress.StageLine) are echoed here.
+   Before / after to tell the story. Its stage lines (core.progress.StageLine) are echoed here.
 2. At its end it makes the baselines' selections (as many images as DCD's, as the pipeline does) and launches
    their fine-tuning and the slices as background jobs (:func:`launch_rest`); the Jobs page shows them and
    every page shows their results as they land.

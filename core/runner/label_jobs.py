@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from core.progress import Progress
 from core.runner.options import Option
-from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 

@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core.data.constants import SPLITS
+from core.constants import SPLITS
 
 #: What an option's value is; the form picks its widget from this.
 KINDS = ("text", "int", "float", "flag", "choice", "list", "path")

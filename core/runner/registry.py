@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.progress import Progress
 from core.runner.options import Option
-from core.runner.progress import Progress
 from core.store.workspace import Workspace
 
 RunFn = Callable[[Workspace, argparse.Namespace, Progress], dict[str, Any]]

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from core.progress import Progress
 from core.runner.options import Option
-from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 
@@ -20,7 +20,8 @@ def default_report_path(ws: Workspace, run_id: str, rank: int) -> Path:
 
 
 def _report(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from core.app.slice_report import slice_report_data, slice_report_html
+    from core.app.slice_report import slice_report_data
+    from core.app.slice_report_page import slice_report_html
     from core.dcd.slice_targets import parse_slice_ref
 
     run_id, rank = parse_slice_ref(opts.slice)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from core.progress import Progress
 from core.runner.options import Option, attribution_config, attribution_options, engine_options, ray_config
-from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 

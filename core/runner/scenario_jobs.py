@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from core.progress import Progress
 from core.runner.dcd_jobs import pipeline_config, pipeline_options
 from core.runner.options import Option, with_defaults
-from core.runner.progress import Progress
 from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 

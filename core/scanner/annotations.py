@@ -24,7 +24,7 @@ import uuid
 import numpy as np
 import pandas as pd
 
-from core.data.constants import ANNOTATION_KINDS
+from core.constants import ANNOTATION_KINDS
 from core.store.workspace import Workspace
 
 #: The finding each annotation kind speaks to: a slice's latest annotation of each finding is current.

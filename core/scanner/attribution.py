@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data.images import iter_decoded, pixels, to_tensor
+from core.data.model_input import DataConfig
 from core.data.splits import images_df
 from core.engines.ray_data import RayConfig, map_images_to_arrays
 from core.models.catalog import load_classifier, require_classifier
-from core.models.config import DataConfig
 from core.models.factory import last_conv_block
 from core.models.inference import cpu_has_bf16, predict_probs
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.store.workspace import Workspace, replace_model_rows
 
 METHODS = ("gradcam", "integrated_gradients")

@@ -49,11 +49,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data.images import augment, to_tensor
+from core.dcd.fine_tune import FineTuned, fine_tune
 from core.models.catalog import load_classifier, new_model_id, register_model
 from core.models.factory import last_conv_block
 from core.models.schedules import TrainConfig
-from core.models.training import FineTuned, LossFn, fine_tune
-from core.runner.progress import Progress
+from core.models.training import LossFn
+from core.progress import Progress
 from core.scanner.annotations import annotated_slices, current_annotations
 from core.scanner.attribution import _Capture
 from core.scanner.runs import latest_run, slice_members

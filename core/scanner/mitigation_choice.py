@@ -41,11 +41,11 @@ import numpy as np
 import pandas as pd
 
 from core.data.images import pixels
+from core.dcd.fine_tune import FineTuned, fine_tune
 from core.models.catalog import get_model, insert_model_row, load_classifier, new_model_id
 from core.models.inference import predict_probs
 from core.models.schedules import TrainConfig
-from core.models.training import FineTuned, fine_tune
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.scanner.annotations import slice_findings
 from core.scanner.mitigation import CormConfig, corm_fine_tune, mislabel_fixes, resolve_run
 from core.scanner.runs import get_slices, slice_members

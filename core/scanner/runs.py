@@ -20,7 +20,7 @@ import pyarrow as pa
 from PIL import Image
 
 from core.models.catalog import require_classifier
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.scanner.attribution import DEFAULT_SPLITS, load_attributions
 from core.scanner.mosaic import save_png, slice_mosaic
 from core.scanner.slicer import (

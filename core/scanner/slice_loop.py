@@ -42,7 +42,7 @@ from core.dcd.slice_targets import (
     resolve_slice,
     slice_target,
 )
-from core.runner.progress import Progress, as_progress
+from core.progress import Progress, as_progress
 from core.scanner.attribution import attribute, has_attributions
 from core.scanner.runs import SliceConfig, find_slices, get_slices
 from core.store.workspace import Workspace
@@ -53,10 +53,17 @@ MIN_TARGET_ERRORS = 6
 
 def run_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
     """The DCD loop for the ``error_sample`` split, or, without one (or with ``config.from_slice``), for a
-    slice found by AttributionScanner (:func:`run_slice_loop`)."""
-    if config.from_slice is None and split_counts(ws)["error_sample"] > 0:
-        return run_pipeline(ws, config, progress=progress)
-    return run_slice_loop(ws, config, progress=progress)
+    slice found by AttributionScanner (:func:`run_slice_loop`). With ``config.ray`` one Ray session serves
+    the whole loop (core.engines.ray_data.ray_runtime: the running one, else one started for it)."""
+    loop = run_pipeline if config.from_slice is None and split_counts(ws)["error_sample"] > 0 else run_slice_loop
+    if config.ray is None:
+        return loop(ws, config, progress=progress)
+    from core.engines.ray_data import ray_runtime
+
+    with ray_runtime(config.ray):
+        report = loop(ws, config, progress=progress)
+    report["engine"] = {"engine": "ray", "address": config.ray.address or "local"}
+    return report
 
 
 def _slice_splits(ws: Workspace) -> tuple[str, ...]:
@@ -89,7 +96,7 @@ def find_target(ws: Workspace, config: PipelineConfig, base_id: str, timings: Ti
     t = time.perf_counter()
     splits = _slice_splits(ws)
     if not has_attributions(ws, base_id, splits):
-        attribute(ws, base_id, splits=splits, progress=progress.span(0.0, 0.7))
+        attribute(ws, base_id, splits=splits, ray=config.ray, progress=progress.span(0.0, 0.7))
     run = find_slices(ws, base_id, config=SliceConfig(splits=splits, seed=config.seed),
                       progress=progress.span(0.7, 1.0))
     timings.step("slices", t)

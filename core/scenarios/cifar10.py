@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.data.constants import MANIFEST_COLUMNS
+from core.constants import MANIFEST_COLUMNS
 from core.scenarios.corruptions import CIFAR_C_CORRUPTIONS, CORRUPTIONS, DEFAULT_SEVERITY, apply_corruption
 
 __all__ = [

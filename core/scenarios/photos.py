@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.data.constants import MANIFEST_COLUMNS
+from core.constants import MANIFEST_COLUMNS
 from core.scenarios.cifar10 import (
     CIFAR10_CLASSES,
     HUMAN_LABELS_NAME,

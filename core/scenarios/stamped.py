@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from core.data.constants import MANIFEST_COLUMNS
+from core.constants import MANIFEST_COLUMNS
 from core.scenarios.cifar10 import CIFAR10_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, split_indices
 from core.scenarios.photos import JPEG_QUALITY, PHOTO_SIZE, CifarImages, upscale, weak_labels
 

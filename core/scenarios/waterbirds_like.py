@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from core.data.constants import MANIFEST_COLUMNS
+from core.constants import MANIFEST_COLUMNS
 
 __all__ = [
     "CLASSES",

@@ -8,7 +8,7 @@ file beside the DuckDB file (see ``core.store.jobs``): frequent small writes do 
 
 from __future__ import annotations
 
-from core.data.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
+from core.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
 
 SCHEMA_VERSION = 4
 #: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns (and

@@ -31,6 +31,7 @@ import duckdb
 import pandas as pd
 
 from core.store.schema import DDL, MIGRATES_FROM, MIGRATIONS, SCHEMA_VERSION
+from core.store.transactions import transaction
 
 DB_FILE = "workspace.duckdb"
 JOBS_FILE = "jobs.sqlite"
@@ -67,18 +68,6 @@ def set_write_guard(guard: Callable[[], None] | None) -> None:
     marked failed while the process was paused, say)."""
     global _write_guard
     _write_guard = guard
-
-
-@contextmanager
-def transaction(con: Any, begin: str = "BEGIN TRANSACTION") -> Iterator[Any]:
-    """``begin`` on a DuckDB or SQLite connection; COMMIT when the block succeeds, ROLLBACK when it raises."""
-    con.execute(begin)
-    try:
-        yield con
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def _process_lock(path: Path) -> threading.RLock:
