@@ -13,7 +13,7 @@ WORKSPACE ?= workspaces/$(if $(filter waterbirds,$(DEMO)),demo,$(DEMO))
 ASSETS ?= $(DCD_ASSETS)
 PORT ?= 8501
 
-.PHONY: install run demo-workspace test test-fast browser bench clean
+.PHONY: install run view demo-workspace test test-fast browser bench clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,12 @@ demo-workspace: install
 
 run: demo-workspace
 	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE)
+
+# The same app for the people who should look, not act (a stakeholder review): every page read-only, no job
+# launch, annotation, label decision or selection, the workspace opened read-only and its files left as they
+# are; the sidebar says so.
+view: demo-workspace
+	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE) --read-only
 
 # Debian's Chromium for the browser test (Playwright's own download cannot work offline).
 browser:

@@ -109,8 +109,11 @@ def label_issues_ui(ws: Workspace) -> None:
     if rows.empty:
         st.success("No flagged labels in these splits." if flagged else "No images.")
         return
-    page_actions_ui(ws, [int(i) for i in rows.image_id])
-    gallery(ws, rows, _caption, columns=6, below=_decision_widget(ws), width=110)
+    if ws.read_only:  # a viewer sees each image's decision, and makes none
+        gallery(ws, rows, lambda r: f"{_caption(r)} · {DECISION_NAMES.get(r.decision, 'undecided')}", width=110)
+    else:
+        page_actions_ui(ws, [int(i) for i in rows.image_id])
+        gallery(ws, rows, _caption, columns=6, below=_decision_widget(ws), width=110)
     with st.expander("Recompute"):
         st.caption(HOW_TO)
         launch_button(ws, "Run the label_issues job again", "label_issues", key="li_relaunch")

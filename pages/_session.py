@@ -54,6 +54,18 @@ def data_roots(ws: Workspace, argv: Sequence[str] | None = None) -> list[Path]:
     return [Path(r).expanduser().resolve() for r in args.data_root] if args.data_root else [ws.root.parent]
 
 
+def read_only_mode(argv: Sequence[str] | None = None) -> bool:
+    """The viewer mode: ``--read-only`` on the app's command line (``make view``), or ``DCD_READ_ONLY=1``.
+    Every page shows what is there and nothing a person can change: no job launch, annotation, label decision,
+    selection, review or current-classifier switch; the workspace is opened read-only (core.store)."""
+    import os
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--read-only", action="store_true")
+    args, _ = p.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    return args.read_only or os.environ.get("DCD_READ_ONLY", "").strip().lower() in ("1", "true", "yes")
+
+
 def default_workspace_path() -> str:
     """``DCD_WORKSPACE`` if set, else ``--workspace`` from the command line, else ''."""
     found = workspace_from_env(cli_workspace())
@@ -70,8 +82,8 @@ def _file_stamp(path: str | Path | None) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _open_cached(path: str, stamp: str) -> Workspace:
-    return Workspace.open(path)
+def _open_cached(path: str, stamp: str, read_only: bool) -> Workspace:
+    return Workspace.open(path, read_only=read_only)
 
 
 def open_workspace(path: str) -> tuple[Workspace | None, str | None, str | None]:
@@ -82,7 +94,7 @@ def open_workspace(path: str) -> tuple[Workspace | None, str | None, str | None]
                                                "Build a demo one with `python -m jobs.demo --workspace DIR --size small`.")
     try:
         root = str(Path(path).expanduser())
-        return _open_cached(root, _file_stamp(Path(root) / "workspace.duckdb")), None, None
+        return _open_cached(root, _file_stamp(Path(root) / "workspace.duckdb"), read_only_mode()), None, None
     except SchemaVersionError as exc:
         return None, f"Schema from another version: {exc}", "Open a workspace written by this DCD Studio version."
     except NotAWorkspaceError as exc:
@@ -93,10 +105,14 @@ def open_workspace(path: str) -> tuple[Workspace | None, str | None, str | None]
 
 def sidebar() -> Workspace | None:
     """The workspace box in the sidebar; returns the open workspace or None (after showing why)."""
-    if WS_KEY not in st.session_state:
+    if WS_KEY not in st.session_state or read_only_mode():  # a viewer cannot open another folder
         st.session_state[WS_KEY] = default_workspace_path()
-    st.sidebar.text_input("Workspace folder", key=WS_KEY,
-                          help="A DCD Studio workspace (a folder with workspace.duckdb)")
+    if read_only_mode():
+        st.sidebar.info(":material/visibility: **Viewer mode**: read-only. You can look at everything; jobs, "
+                        "annotations, label decisions and selections are made in the full app.")
+    else:
+        st.sidebar.text_input("Workspace folder", key=WS_KEY,
+                              help="A DCD Studio workspace (a folder with workspace.duckdb)")
     ws, error, hint = open_workspace(st.session_state[WS_KEY])
     if ws is None:
         st.error(error)

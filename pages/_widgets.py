@@ -24,9 +24,11 @@ def pct(value: float | None) -> str:
 
 
 def launch_button(ws: Workspace, label: str, kind: str, args: Sequence[str] = (), *, key: str) -> None:
-    """A button that starts a job and links to the Jobs page, where it can be followed."""
+    """A button that starts a job and links to the Jobs page, where it can be followed (none in viewer mode)."""
     from core.runner.launcher import launch
 
+    if ws.read_only:
+        return
     if st.button(label, key=key):
         launch(ws, kind, list(args))
         st.success(f"Started: {label[:1].lower() + label[1:]}.")
@@ -40,7 +42,7 @@ def thumb(ws: Workspace, image_id: int, path: str, size: int = 128) -> str:
     from core.data.images import thumbnail
 
     try:
-        return str(thumbnail(path, ws.artifact_dir("thumbs"), int(image_id), size=size))
+        return str(thumbnail(path, ws.cache_dir("thumbs"), int(image_id), size=size))
     except (OSError, ValueError):
         return ""
 
@@ -125,6 +127,11 @@ def review_grid(ws: Workspace, items: pd.DataFrame, classes: list[str], *, keys:
     beside its own candidates (at most ``per_group``), with keep / drop for the group. Every change goes
     through ``decide`` (``reset`` undoes them all). The widgets show ``items`` as given, so pass them with the
     decisions applied. Returns (kept, dropped) counts."""
+    if ws.read_only:  # a viewer sees the images and their decisions, and changes none
+        gallery(ws, paginate(items, key=keys.page), lambda r: f"{caption(r)} · {DECISION_NAMES.get(r.status, 'not reviewed')}",
+                width=110)
+        st.markdown(tally_text(items))
+        return int((items.status == "accepted").sum()), int((items.status == "rejected").sum())
     ids = [int(i) for i in items.image_id]
     open_ids = [int(i) for i, s in zip(items.image_id, items.status) if s not in STATUSES]
     b1, b2, b3, b4, b5 = st.columns([1, 1, 1, 1.4, 1])

@@ -98,46 +98,49 @@ def _option_grid(kind: str, options: list[Option], values: dict, hints: dict[str
                 values[opt.name] = _option_widget(kind, opt, hints.get(opt.name))
 
 
-kinds = launcher.job_kinds()
-with st.expander("Launch a job", expanded=True):
-    kind = st.selectbox("Job", kinds, key="jobs_kind")
-    spec = get_job(kind)
-    st.caption(spec.summary)
-    main, advanced = job_forms.form_fields(spec)
-    hints = view(job_forms.default_hints, kind)
-    with st.form(f"jobs_form_{kind}", border=False, enter_to_submit=False):
-        target = None
-        if spec.creates_workspace and kind == "demo":
-            target = st.text_input("New workspace folder for the demo", key="opt_demo_target",
-                                   value=str(ws.root.parent / "demo"),
-                                   help="The demo generates its data into a new workspace")
-        values: dict = {}
-        _option_grid(kind, main, values, hints, grouped=False)
-        if advanced:
-            with st.expander(f"Advanced ({len(advanced)} more options; empty: the job's default)"):
-                _option_grid(kind, advanced, values, hints)
-        submitted = st.form_submit_button(f"Launch {kind}", type="primary")
-    if submitted:
-        try:
-            roots = data_roots(ws)
-            launcher.check_paths(kind, values, roots)  # job paths only inside the data roots
-            args = launcher.build_args(kind, values)
-            run_ws = ws
-            if target is not None:
-                target_path = Path(target or "").expanduser().resolve()
-                if not any(target_path.is_relative_to(r) for r in roots):
-                    raise ValueError(f"{target_path} is outside the data roots this app may use "
-                                     f"({', '.join(map(str, roots))}); start the app with --data-root DIR")
-                run_ws = Workspace.create(target_path, exist_ok=True)
-            job_id = launcher.launch(run_ws, kind, args)
-        except (ValueError, SystemExit, WorkspaceError) as exc:
-            st.error(f"Could not launch {kind}: {exc if str(exc) not in ('2', '') else 'invalid arguments'}")
-        else:
-            refresh()
-            st.session_state["jobs_selected"] = job_id
-            where = "" if run_ws == ws else f" in workspace `{run_ws.root}` (open it in the sidebar)"
-            what = names.job_name(kind, args, models=view(names.model_names), selections=view(names.selection_names))
-            st.success(f"Launched **{what}**{where}: `{kind} {' '.join(args)}`. Follow it below.")
+if ws.read_only:
+    st.info("Viewer mode: jobs are launched and cancelled in the full app.")
+else:
+    kinds = launcher.job_kinds()
+    with st.expander("Launch a job", expanded=True):
+        kind = st.selectbox("Job", kinds, key="jobs_kind")
+        spec = get_job(kind)
+        st.caption(spec.summary)
+        main, advanced = job_forms.form_fields(spec)
+        hints = view(job_forms.default_hints, kind)
+        with st.form(f"jobs_form_{kind}", border=False, enter_to_submit=False):
+            target = None
+            if spec.creates_workspace and kind == "demo":
+                target = st.text_input("New workspace folder for the demo", key="opt_demo_target",
+                                       value=str(ws.root.parent / "demo"),
+                                       help="The demo generates its data into a new workspace")
+            values: dict = {}
+            _option_grid(kind, main, values, hints, grouped=False)
+            if advanced:
+                with st.expander(f"Advanced ({len(advanced)} more options; empty: the job's default)"):
+                    _option_grid(kind, advanced, values, hints)
+            submitted = st.form_submit_button(f"Launch {kind}", type="primary")
+        if submitted:
+            try:
+                roots = data_roots(ws)
+                launcher.check_paths(kind, values, roots)  # job paths only inside the data roots
+                args = launcher.build_args(kind, values)
+                run_ws = ws
+                if target is not None:
+                    target_path = Path(target or "").expanduser().resolve()
+                    if not any(target_path.is_relative_to(r) for r in roots):
+                        raise ValueError(f"{target_path} is outside the data roots this app may use "
+                                         f"({', '.join(map(str, roots))}); start the app with --data-root DIR")
+                    run_ws = Workspace.create(target_path, exist_ok=True)
+                job_id = launcher.launch(run_ws, kind, args)
+            except (ValueError, SystemExit, WorkspaceError) as exc:
+                st.error(f"Could not launch {kind}: {exc if str(exc) not in ('2', '') else 'invalid arguments'}")
+            else:
+                refresh()
+                st.session_state["jobs_selected"] = job_id
+                where = "" if run_ws == ws else f" in workspace `{run_ws.root}` (open it in the sidebar)"
+                what = names.job_name(kind, args, models=view(names.model_names), selections=view(names.selection_names))
+                st.success(f"Launched **{what}**{where}: `{kind} {' '.join(args)}`. Follow it below.")
 
 
 # -- the job table (polled while jobs run) --------------------------------------------------------
@@ -177,7 +180,7 @@ def job_list() -> None:
         c1, c2 = st.columns([6, 1])
         c1.progress(float(j.progress), text=f"**{_name(j)}** · {j.state} · {duration_text(j.elapsed)} · "
                                             f"{j.message or ''}")
-        if c2.button("Cancel", key=f"cancel_{j.job_id}"):
+        if not ws.read_only and c2.button("Cancel", key=f"cancel_{j.job_id}"):
             launcher.cancel(ws, j.job_id)
             st.toast(f"Cancelling {_name(j)}…")
 

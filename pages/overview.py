@@ -51,7 +51,9 @@ def current_ui(ws: Workspace, tale: dict) -> None:
     pick = c1.selectbox("Classifier under debug (the default of every page and job)", ids,
                         index=ids.index(current) if current in ids else 0, key="overview_current",
                         format_func=lambda m: tale["names"].get(m, m) + ("  · current" if m == current else ""))
-    if c2.button("Make current", key="overview_make_current", disabled=pick == current, width="stretch"):
+    if ws.read_only:
+        c2.caption("viewer mode: the current classifier is set in the full app")
+    elif c2.button("Make current", key="overview_make_current", disabled=pick == current, width="stretch"):
         set_current_classifier(ws, pick)
         refresh()
         st.session_state["overview_made_current"] = pick

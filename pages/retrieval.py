@@ -138,6 +138,9 @@ st.title("Retrieval (DCD)")
 st.caption("For each error-sample image, its nearest neighbours in the weakly labelled pool, searched in an "
            "embedder's feature space. Review them and save the result as a debug-train selection.")
 classes = ws.class_names()
+if ws.read_only:  # a viewer looks at the saved selections; searching and saving are for the full app
+    review_saved(ws, classes)
+    st.stop()
 embedder_id, info = embedder_ui(ws)
 tab_find, tab_saved = st.tabs(["Find candidates", "Saved selections"])
 with tab_find:

@@ -135,28 +135,37 @@ with st.expander(f"Members ({len(members):,}): errors first", expanded=False):
     st.dataframe(by_split, width="stretch")
 
 # -- annotation -----------------------------------------------------------------------------------------
-st.subheader("Annotate this slice")
-with st.form("slices_annotate", clear_on_submit=True):
-    kind = st.radio("What does the model rely on here?", list(ANNOTATION_KINDS), horizontal=True, index=None,
-                    key="ann_kind", format_func={"core": "core feature", "spurious": "spurious correlation",
-                                                 "mislabeled": "mislabeled", "other": "other"}.get)
-    note = st.text_area("Note", key="ann_note", placeholder="e.g. the model looks at the water, not the bird")
-    who = st.text_input("Your name", key="ann_annotator")
-    relabel_to = st.selectbox("Relabel to (mislabeled only; default: the model's prediction)",
-                              [-1, *range(len(class_names))], key="ann_relabel",
-                              format_func=lambda c: "model's prediction" if c < 0 else class_names[c])
-    if st.form_submit_button("Save annotation"):
-        try:
-            if kind is None:
-                raise ValueError("Choose what the model relies on in this slice first: nothing was saved.")
-            ann.annotate(ws, run_id, slice_id, kind, note=note, annotator=who,
-                         relabel_to=relabel_to if kind == "mislabeled" and relabel_to >= 0 else None)
-        except ValueError as exc:
-            st.error(str(exc))
-        else:
-            refresh()
-            st.session_state["slices_flash"] = f"Saved: slice {slice_id} annotated {kind}."
-            st.rerun()
+
+def annotate_ui() -> None:
+    """The annotation form (not in viewer mode)."""
+    st.subheader("Annotate this slice")
+    with st.form("slices_annotate", clear_on_submit=True):
+        kind = st.radio("What does the model rely on here?", list(ANNOTATION_KINDS), horizontal=True, index=None,
+                        key="ann_kind", format_func={"core": "core feature", "spurious": "spurious correlation",
+                                                     "mislabeled": "mislabeled", "other": "other"}.get)
+        note = st.text_area("Note", key="ann_note", placeholder="e.g. the model looks at the water, not the bird")
+        who = st.text_input("Your name", key="ann_annotator")
+        relabel_to = st.selectbox("Relabel to (mislabeled only; default: the model's prediction)",
+                                  [-1, *range(len(class_names))], key="ann_relabel",
+                                  format_func=lambda c: "model's prediction" if c < 0 else class_names[c])
+        if st.form_submit_button("Save annotation"):
+            try:
+                if kind is None:
+                    raise ValueError("Choose what the model relies on in this slice first: nothing was saved.")
+                ann.annotate(ws, run_id, slice_id, kind, note=note, annotator=who,
+                             relabel_to=relabel_to if kind == "mislabeled" and relabel_to >= 0 else None)
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                refresh()
+                st.session_state["slices_flash"] = f"Saved: slice {slice_id} annotated {kind}."
+                st.rerun()
+
+
+if ws.read_only:
+    st.caption("Viewer mode: slices are annotated in the full app.")
+else:
+    annotate_ui()
 if st.session_state.get("slices_flash"):
     st.success(st.session_state.pop("slices_flash"))
 
@@ -175,6 +184,8 @@ for r in sugg.itertuples():
     c1, c2, c3 = st.columns([4, 1, 1])
     c1.write(f"Slice {r.slice_id} (rank {r.rank}) looks like slice {r.source_slice_id} (rank {r.source_rank}, "
              f"**{r.kind}**): centroid similarity {r.similarity:.2f}")
+    if ws.read_only:
+        continue
     if c2.button("Confirm", key=f"sugg_ok_{r.slice_id}_{r.source_slice_id}"):
         ann.confirm_suggestion(ws, run_id, r.slice_id, r.source_slice_id,
                                annotator=st.session_state.get("ann_annotator") or None)

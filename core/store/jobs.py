@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.store.errors import ReadOnlyWorkspaceError
 from core.store.transactions import transaction
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -109,12 +110,19 @@ def pid_alive(pid: int | None) -> bool:
 class JobStore:
     """Jobs of one workspace. Every method opens its own short connection: safe across processes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only  # reads through a read-only connection; writes and reconciling refused
 
     @contextmanager
     def _con(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        if write and self.read_only:
+            raise ReadOnlyWorkspaceError(f"the job table {self.path} is open read-only (viewer mode)")
+        if self.read_only:
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
+                                  isolation_level=None)
+        else:
+            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         con.row_factory = sqlite3.Row
         try:
             con.execute("PRAGMA busy_timeout = 30000")
@@ -211,7 +219,10 @@ class JobStore:
                  message, job_id))
 
     def reconcile(self) -> list[str]:
-        """Mark running or queued jobs whose process is gone as failed; return their ids."""
+        """Mark running or queued jobs whose process is gone as failed; return their ids (none when read-only:
+        a viewer changes nothing)."""
+        if self.read_only:
+            return []
         dead = []
         now = time.time()
         for job in self._list(active_only=True):

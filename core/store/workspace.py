@@ -30,6 +30,12 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from core.store.errors import (  # noqa: F401  (the workspace's errors are importable from here too)
+    NotAWorkspaceError,
+    ReadOnlyWorkspaceError,
+    SchemaVersionError,
+    WorkspaceError,
+)
 from core.store.schema import DDL, MIGRATES_FROM, MIGRATIONS, SCHEMA_VERSION
 from core.store.transactions import transaction
 
@@ -41,18 +47,6 @@ WAIT_NOTICE_SECONDS = 5.0  # a writer waiting longer than this for the file says
 _LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "different configuration", "database is locked")
 _process_locks: dict[str, threading.RLock] = {}
 _process_locks_guard = threading.Lock()
-
-
-class WorkspaceError(Exception):
-    """A workspace cannot be used as asked; the message says what to do."""
-
-
-class NotAWorkspaceError(WorkspaceError):
-    pass
-
-
-class SchemaVersionError(WorkspaceError):
-    pass
 
 
 class WorkspaceBusyError(WorkspaceError):
@@ -82,9 +76,12 @@ def _is_lock_error(exc: Exception) -> bool:
 
 @dataclass(frozen=True)
 class Workspace:
-    """Handle on a workspace folder. Cheap to create; holds no connection."""
+    """Handle on a workspace folder. Cheap to create; holds no connection. ``read_only``: every write is
+    refused (:class:`ReadOnlyWorkspaceError`), the job table is read through a read-only connection, and no
+    folder is created (the app's viewer mode)."""
 
     root: Path
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -109,10 +106,24 @@ class Workspace:
         except (OSError, ValueError, RuntimeError):
             return False
 
-    def artifact_dir(self, *parts: str) -> Path:
-        """A folder under ``artifacts/``, created on demand."""
-        d = self.artifacts.joinpath(*parts)
+    def cache_dir(self, name: str) -> Path:
+        """A folder for files made only to be shown again faster (thumbnails): ``artifacts/<name>``, or, for a
+        read-only workspace, one outside it in the system's temporary folder (the workspace stays as it is)."""
+        if not self.read_only:
+            return self.artifact_dir(name)
+        import hashlib
+        import tempfile
+
+        key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        d = Path(tempfile.gettempdir()) / "dcd-studio-view" / key / name
         d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def artifact_dir(self, *parts: str) -> Path:
+        """A folder under ``artifacts/``, created on demand (not when read-only)."""
+        d = self.artifacts.joinpath(*parts)
+        if not self.read_only:
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     # -- creation and opening -------------------------------------------------------------------
@@ -143,8 +154,9 @@ class Workspace:
         return ws
 
     @classmethod
-    def open(cls, root: str | Path) -> "Workspace":
-        """Open an existing workspace, checking that it is one and that its schema is this version's."""
+    def open(cls, root: str | Path, *, read_only: bool = False) -> "Workspace":
+        """Open an existing workspace, checking that it is one and that its schema is this version's
+        (``read_only``: see the class doc; an older schema is then not upgraded but refused)."""
         root = Path(root).expanduser().resolve()
         if root.exists() and not root.is_dir():
             raise NotAWorkspaceError(f"{root} is a file, not a workspace folder (a folder holding {DB_FILE}).")
@@ -154,8 +166,12 @@ class Workspace:
         if not (root / DB_FILE).exists():
             raise NotAWorkspaceError(f"{root} is not a DCD Studio workspace (no {DB_FILE} in it). "
                                      f"Create one with `python -m jobs.ingest --workspace {root} ...`.")
-        ws = cls(root)
+        ws = cls(root, read_only=read_only)
         version = ws.schema_version()
+        if version in MIGRATES_FROM and read_only:
+            raise SchemaVersionError(f"{root} has workspace schema version {version}, which this DCD Studio "
+                                     f"upgrades in place to {SCHEMA_VERSION} on its first write; a read-only "
+                                     f"open cannot. Open it once without --read-only (the app, or any job).")
         if version in MIGRATES_FROM:
             ws._migrate(version)
             version = ws.schema_version()
@@ -236,6 +252,9 @@ class Workspace:
     @contextmanager
     def write(self, *, timeout: float = 300.0) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short read-write transaction: committed on success, rolled back on error."""
+        if self.read_only:
+            raise ReadOnlyWorkspaceError(f"{self.root} is open read-only (viewer mode): nothing can be written "
+                                         f"to it here")
         with self._connect(read_only=False, timeout=timeout) as con, transaction(con):
             yield con
             if _write_guard is not None:
@@ -275,7 +294,7 @@ class Workspace:
     def jobs(self):
         from core.store.jobs import JobStore
 
-        return JobStore(self.jobs_path)
+        return JobStore(self.jobs_path, read_only=self.read_only)
 
 
 def quote_ident(name: str) -> str:
