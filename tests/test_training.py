@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from core.data.model_input import DataConfig
 from core.models.factory import create_model
+from core.models.sampling import share_weights
 from core.models.schedules import TrainConfig
-from core.models.training import fit, share_weights
+from core.models.training import fit
 
 
 def test_share_weights_give_the_added_images_their_share_whatever_the_sizes():
