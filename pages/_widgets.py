@@ -11,7 +11,10 @@ from typing import Protocol
 import pandas as pd
 import streamlit as st
 
+from core.app.job_summary import duration_text, fix_jobs_running, time_left
+from core.app.names import job_name
 from core.store.workspace import Workspace
+from pages._session import refresh
 
 STATUSES = ["accepted", "rejected"]  # no choice = proposed
 DECISION_NAMES = {"accepted": ":material/check: keep", "rejected": ":material/close: drop"}
@@ -33,6 +36,23 @@ def launch_button(ws: Workspace, label: str, kind: str, args: Sequence[str] = ()
         launch(ws, kind, list(args))
         st.success(f"Started: {label[:1].lower() + label[1:]}.")
         st.page_link("pages/jobs.py", label="Follow it on the Jobs page →")
+
+
+@st.fragment(run_every=5)
+def fix_in_progress(ws: Workspace) -> None:
+    """While a job that will bring a fix runs: what it is doing and when it should be done, from its own
+    progress, refreshed every few seconds; when it ends, the whole page reloads its data and shows the fix."""
+    running = fix_jobs_running(ws)
+    if not running:
+        refresh()
+        st.rerun(scope="app")
+    for job in running:
+        left = time_left(job)
+        when = f"about {duration_text(left)} left" if left is not None else "estimating the time left"
+        st.info(f"**A fix is being made**: {job_name(job.kind, job.args)} is {100 * job.progress:.0f}% done "
+                f"({job.message or job.state}), {when}. It appears here by itself when it lands; the Jobs page "
+                f"follows it step by step.", icon=":material/hourglass_top:")
+        st.progress(float(job.progress))
 
 
 # -- images ---------------------------------------------------------------------------------------

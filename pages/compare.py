@@ -9,11 +9,13 @@ from functools import partial
 import streamlit as st
 
 from core.app import before_after, queries
+from core.app.job_summary import fix_jobs_running
 from core.app.report import comparison_csv, comparison_html
 from core.app.slice_report import report_filename, slices_fixed_by
 from core.app.slice_report_page import render_slice_report
 from pages._session import view, workspace
 from pages._story import outcome_box, scorecard_ui, short_names
+from pages._widgets import fix_in_progress
 
 
 def mitigation_part(model_ids: list[str], labels: dict[str, str]) -> None:
@@ -36,7 +38,9 @@ ws = workspace()
 st.title("Before / after")
 
 classifiers = view(queries.classifier_ids)
-if len(classifiers) < 2:
+if len(classifiers) < 2 and fix_jobs_running(ws):  # the fix is being made: say so, and show it when it lands
+    fix_in_progress(ws)
+elif len(classifiers) < 2:
     st.info("Comparing needs two classifiers: retrain one on a debug-train selection (Jobs page → retrain).")
     if not classifiers:
         st.stop()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.app import before_after, names, queries, story
+from core.app import before_after, job_summary, names, queries, story
 from core.app.job_summary import duration_text
 from core.models.catalog import set_current_classifier
 from core.store.workspace import Workspace
 from pages._session import refresh, view, workspace
 from pages._story import outcome_box, outcome_word, retrieval_caption, scorecard_ui
-from pages._widgets import gallery
+from pages._widgets import fix_in_progress, gallery
 
 
 def failure_ui(ws: Workspace, tale: dict) -> None:
@@ -24,15 +24,18 @@ def failure_ui(ws: Workspace, tale: dict) -> None:
     gallery(ws, shown, lambda r: f"{r.label_name}, taken for {r.pred_name} ({100 * r.confidence:.0f}%)", width=88)
 
 
-def headline_ui(tale: dict) -> None:
+def headline_ui(ws: Workspace, tale: dict) -> None:
     """The reference in a sentence, then the lead fix's sentence coloured by its outcome, then the others."""
     st.markdown(tale["reference_sentence"])
     st.caption(f"{tale['num_classes']} classes: guessing scores {story.pct(story.chance_level(tale['num_classes']))}. "
                "Every change below carries its 95% interval; *within noise* means it could be chance.")
     lead = tale["headline"]
     if lead is None:
-        st.info("No fix yet: find debug-train images on **Retrieval (DCD)** and retrain, or run the pipeline "
-                "on the Jobs page.")
+        if job_summary.fix_jobs_running(ws):
+            fix_in_progress(ws)
+        else:
+            st.info("No fix yet: find debug-train images on **Retrieval (DCD)** and retrain, or run the pipeline "
+                    "on the Jobs page.")
         return
     outcome_box(tale, lead)
     others = [m for m in tale["fixes"] if m != lead]
@@ -102,13 +105,16 @@ ws = workspace()
 st.title("Overview")
 tale = view(before_after.overview_story)
 if tale["reference"] is None:
-    st.warning("No classifier yet: run the pipeline (or the train job) on the Jobs page.")
+    if job_summary.fix_jobs_running(ws):  # the demo or the pipeline is training the classifier
+        fix_in_progress(ws)
+    else:
+        st.warning("No classifier yet: run the pipeline (or the train job) on the Jobs page.")
 else:
     left, right = st.columns([2, 3])
     with left:
         failure_ui(ws, tale)
     with right:
-        headline_ui(tale)
+        headline_ui(ws, tale)
     st.subheader("Before → after: the failure and everything else")
     scorecard_ui(tale, key="overview")
     current_ui(ws, tale)

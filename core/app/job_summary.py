@@ -36,6 +36,25 @@ def duration_text(seconds: float | None) -> str:
     return f"{m}:{s:02d}" if m < 60 else f"{m // 60}h{m % 60:02d}"
 
 
+#: Jobs whose end brings a fix to compare (a fine-tuned classifier, evaluated).
+FIX_JOBS = ("demo", "pipeline", "retrain")
+
+
+def time_left(job) -> float | None:
+    """Seconds a running job should still take, from its own progress so far (None before it has any)."""
+    elapsed, done = job.elapsed, float(job.progress or 0.0)
+    if elapsed is None or done <= 0.02 or done >= 1.0:
+        return None
+    return elapsed * (1.0 - done) / done
+
+
+def fix_jobs_running(ws: Workspace) -> list:
+    """The running or queued jobs that will bring a fix (:data:`FIX_JOBS`), oldest first."""
+    if not ws.jobs_path.exists():
+        return []
+    return sorted((j for j in ws.jobs().list(active_only=True) if j.kind in FIX_JOBS), key=lambda j: j.created_at)
+
+
 def made_models(result: Mapping[str, Any] | None) -> list[str]:
     """The classifiers a job's result names as made by it (retrain, pipeline, demo, train), in its order."""
     result = result or {}
