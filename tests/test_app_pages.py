@@ -343,3 +343,29 @@ def test_the_app_says_clearly_when_the_path_is_not_usable(case, ws_copy, tmp_pat
     at.text_input(key="workspace_path").set_value(str(ws_copy[0].root)).run()
     _no_exception(at)
     assert not at.error and at.title[0].value == "Overview"
+
+
+def test_overview_says_a_fix_is_being_made_while_its_job_runs(app, ws_copy):
+    """Before the first fix lands, the Overview says what is running and when it should be done (not "No fix
+    yet"); once the job has ended, the page says what is there."""
+    import os
+
+    ws, report = ws_copy
+    base = report["methods"]["baseline"]["model_id"]
+    with ws.write() as con:  # only the baseline, as while the demo job is fine-tuning DCD's fix
+        for table in ("metrics", "predictions"):
+            con.execute(f"DELETE FROM {table} WHERE model_id <> ?", [base])
+        con.execute("DELETE FROM models WHERE role = 'classifier' AND model_id <> ?", [base])
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('current_classifier', ?)", [base])
+    store = ws.jobs()
+    job = store.create("demo", ["--workspace", str(ws.root), "--size", "small"])
+    store.start(job, pid=os.getpid())  # a live process: the sidebar's reconcile keeps it running
+    store.update(job, progress=0.5, message="[9/13] fine-tuning on dcd")
+    at = app()
+    said = " ".join(i.value for i in at.info)
+    assert "A fix is being made" in said and "50% done" in said and "fine-tuning on dcd" in said
+    assert "left" in said and "No fix yet" not in said
+    store.finish(job, "succeeded", result={})
+    at = app()
+    said = " ".join(i.value for i in at.info)
+    assert "A fix is being made" not in said and "No fix yet" in said
