@@ -68,7 +68,8 @@ def tiny_pipeline_workspace(tmp_path_factory, tiny_manifest):
     assert ingest.main(["--workspace", str(ws_dir), "--manifest", str(tiny_manifest)]) == 0
     code = pipeline.main(["--workspace", str(ws_dir), "--json", str(out), "--classifier", TINY_ARCH,
                           "--image-size", "24", "--epochs", "3", "--finetune-epochs", "2", "--batch-size", "32",
-                          "--embedder", "classifier", "--retrieval", "always"])  # checked: tests/test_debug_train.py
+                          "--embedder", "classifier", "--retrieval", "always",  # checked: tests/test_debug_train.py
+                          "--rest-of-pool", "off"])  # the rest of the pool: tests/test_debug_train.py too
     assert code == 0
     return ws_dir, out
 

@@ -343,6 +343,7 @@ def test_the_job_from_the_command_line(ws, tmp_path, capsys):
     assert label_noise(ws).set_index("split").fitted_on.to_dict() == {"train": "given", "pool": "trusted"}
 
 
+@pytest.mark.slow
 def test_a_workspace_without_embeddings_uses_the_default_embedder(tmp_path, tiny_manifest):
     from core.dcd.embed import EmbedderSpec
     from core.store.vectors import list_embedders

@@ -87,6 +87,7 @@ def test_import_core_gives_a_notebook_the_public_api():
     assert "run_loop" in dcd_jobs._pipeline.__code__.co_names
 
 
+@pytest.mark.slow
 def test_a_renamed_flag_still_works_and_prints_its_new_spelling(tmp_path):
     from core.runner.cli import parse_args
     from core.runner.registry import get_job

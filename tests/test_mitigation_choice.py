@@ -129,6 +129,7 @@ def test_candidate_grid_is_plain_upweighted_then_at_most_four_corm_settings():
 
 # -- the choice on a workspace -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_heldout_members_are_never_trained_on_and_the_record_is_written(annotated, monkeypatch):
     import core.dcd.fine_tune as training
     from core.models.catalog import get_model

@@ -105,6 +105,7 @@ def _ridge_probe(train_x, train_y, test_x, test_y, lam: float = 1000.0) -> float
     return float(((b @ w).argmax(1) == test_y).mean())
 
 
+@pytest.mark.slow
 def test_linear_probe_on_cifar10_shows_the_backbone_is_pretrained() -> None:
     """On 1,000 CIFAR-10 train images (100 per class) and 500 test images at 128 px, a ridge probe on the
     packaged backbone's features reached 0.71 and on random-init features 0.25 (a margin of 0.46); the test
@@ -127,6 +128,7 @@ def test_linear_probe_on_cifar10_shows_the_backbone_is_pretrained() -> None:
     assert scores["pretrained"] - scores["random"] >= 0.3
 
 
+@pytest.mark.slow
 def test_pipeline_without_model_flags_fine_tunes_and_embeds_with_the_pretrained_backbone(tiny_manifest, tmp_path):
     """No --classifier, no --embedder: the classifier is the packaged backbone with a new head, probed first,
     its early stages frozen, at 128 px; the embedder is the same backbone, frozen, at its own 224 px."""

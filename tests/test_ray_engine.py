@@ -15,6 +15,7 @@ from core.engines.ray_data import RayConfig
 from core.models.inference import knn_overlap
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a real Ray runtime per test module: seconds to start, each
 
 
 def _vectors(ws, embedder_id):
@@ -117,10 +118,10 @@ def test_ray_flags_need_the_ray_engine(ws_copy, capsys):
     assert "--ray-address only apply with --engine ray" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_the_whole_loop_on_ray_gives_the_local_report(tiny_pipeline_workspace, tmp_path):
-    """jobs.pipeline --engine ray (its own local runtime, started once for the loop and shut down after) on
-    one copy of the tiny workspace, the local engine on another: every method's figures are the same."""
+def test_the_whole_loop_on_ray_gives_the_local_report(tiny_pipeline_workspace, tmp_path, ray_session):
+    """jobs.pipeline --engine ray on one copy of the tiny workspace (in the running Ray session, as a notebook
+    would; a job's own runtime is started and shut down as the embed job's test checks), the local engine on
+    another: every method's figures are the same."""
     from helpers import copy_workspace
 
     from jobs import pipeline
@@ -131,11 +132,9 @@ def test_the_whole_loop_on_ray_gives_the_local_report(tiny_pipeline_workspace, t
     for engine in ("local", "ray"):
         ws = copy_workspace(src, tmp_path / engine)
         out = tmp_path / f"{engine}.json"
-        assert not ray.is_initialized()
         assert pipeline.main(["--workspace", str(ws.root), "--json", str(out), "--classifier-id", base,
                               "--finetune-epochs", "1", "--batch-size", "32", "--embedder", "classifier",
                               "--retrieval", "always", "--methods", "dcd", "random", "--engine", engine]) == 0
-        assert not ray.is_initialized(), "the loop's Ray runtime must be shut down after it"
         reports[engine] = json.loads(out.read_text())
     local, on_ray = reports["local"], reports["ray"]
     assert on_ray["engine"] == {"engine": "ray", "address": "local"} and "engine" not in local

@@ -89,6 +89,7 @@ def test_the_app_refuses_a_crafted_checkpoint_and_cannot_trust_one(ws, tmp_path)
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_trust_checkpoint_loads_a_pickle_file_from_the_command_line(ws, tmp_path):
     path = tmp_path / "namespace.pth"  # needs pickle (argparse.Namespace), harmless
     torch.save({"state_dict": _tiny_state_dict(), "args": argparse.Namespace(lr=0.1)}, path)

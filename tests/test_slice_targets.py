@@ -48,6 +48,7 @@ def test_parse_slice_ref():
             parse_slice_ref(bad)
 
 
+@pytest.mark.slow
 def test_select_from_slice_holds_out_part_of_its_failures(sliced, tmp_path):
     from jobs import select
 

@@ -50,6 +50,7 @@ def walk(monkeypatch, root: Path, *, read_only: bool) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_viewer_mode_offers_no_control_and_changes_no_file(sliced_copy, monkeypatch):
     ws = sliced_copy[0]
     ws.jobs().finish(ws.jobs().create("slices", ["--slices", "4"]), "succeeded", result={"n_slices": 4})

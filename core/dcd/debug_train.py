@@ -21,7 +21,7 @@ they show more of the failure and carry the right label. So :func:`build_debug_t
    them at 96%, and the teacher's posterior keeps 81% of them at 94%, which fine-tunes as well as their true
    labels do.
 3. **Put the failure's own images in** (``kind = "failure"``), with their labels.
-4. Optionally (``rest_of_pool``), **the rest of the pool the teacher labels with confidence** (``kind =
+4. By default (``rest_of_pool``), **the rest of the pool the teacher labels with confidence** (``kind =
    "rest"``, same rule): not part of the failure, so fine-tuning draws them with train's share of each
    batch, not the debug-train share. They keep what the classifier knows of everything else growing as it
    would on all of the pool, with the teacher's labels instead of the weak ones, so that the fix's test

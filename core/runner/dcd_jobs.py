@@ -343,7 +343,7 @@ def pipeline_options() -> tuple[Option, ...]:
                Option("retrieval", "choice", "checked", choices=RETRIEVAL_CHOICES, group="selection", advanced=True,
                       help="checked: DCD ships retrieval only where it beats the failure's images alone on 2 folds "
                            "of them (4 extra fine-tunings), else the failure-only fix; always: retrieval as found"),
-               Option("rest_of_pool", "choice", "off", choices=REST_OF_POOL_CHOICES, group="selection",
+               Option("rest_of_pool", "choice", "teacher", choices=REST_OF_POOL_CHOICES, group="selection",
                       advanced=True,
                       help="teacher: DCD's fix also trains on the rest of the pool the failure's teacher labels "
                            "with confidence (drawn with train, so test accuracy holds); off: only the failure's "
