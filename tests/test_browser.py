@@ -125,3 +125,50 @@ def test_the_curators_walk_through_every_page(sliced_app_server):
             page.screenshot(path=str(SHOTS / "walkthrough-5-before-after.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_the_overview_shows_the_fix_arriving_without_a_reload(ws_copy, tmp_path):
+    """While the demo job is still fine-tuning, the Overview says a fix is being made (not "No fix yet"); when
+    the job ends with the fix stored, the page shows the fix by itself, with no reload by the person."""
+    import subprocess
+
+    from browser_app import running_app
+    from playwright.sync_api import expect, sync_playwright
+
+    ws, report = ws_copy
+    base = report["methods"]["baseline"]["model_id"]
+    fixes = "model_id IN (SELECT model_id FROM models WHERE role = 'classifier' AND model_id <> ?)"
+    with ws.write() as con:  # the workspace as the demo job leaves it before its fix is in: the baseline only
+        held = {t: con.execute(f"SELECT * FROM {t} WHERE {fixes}", [base]).df()
+                for t in ("metrics", "predictions", "models")}
+        for table in held:
+            con.execute(f"DELETE FROM {table} WHERE {fixes}", [base])
+    worker = subprocess.Popen(["sleep", "600"])  # the job's process, alive while it runs
+    store = ws.jobs()
+    job = store.create("demo", ["--workspace", str(ws.root), "--size", "small"])
+    store.start(job, pid=worker.pid)
+    store.update(job, progress=0.6, message="[9/13] fine-tuning on dcd")
+    try:
+        with running_app(ws.root, tmp_path) as (url, _), sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                page.goto(url)
+                wait_idle(page, "Overview")
+                expect(page.get_by_text("A fix is being made").first).to_be_visible(timeout=30_000)
+                expect(page.get_by_text("No fix yet")).to_have_count(0)
+                with ws.write() as con:  # the fix lands, then the job ends
+                    for table in ("models", "metrics", "predictions"):
+                        con.register("landed", held[table])
+                        con.execute(f"INSERT INTO {table} SELECT * FROM landed")
+                        con.unregister("landed")
+                store.finish(job, "succeeded", result={})
+                # the fixes' story, drawn by the page itself within seconds (its fragment polls every 5 s)
+                expect(page.get_by_text("What the other 3 fixes did").first).to_be_visible(timeout=60_000)
+                expect(page.get_by_text("A fix is being made")).to_have_count(0)
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SHOTS / "overview-fix-arrived.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        worker.kill()
