@@ -68,6 +68,6 @@ def default_hints(ws: Workspace, kind: str) -> dict[str, str]:
         n_es, n_pool = int(counts.get("error_sample", 0)), int(counts.get("pool", 0))
         if n_es and n_pool:
             size = search_size(n_es, n_pool)
-            hints.update(budget=f"{size.budget} ({size.note.split(';')[0].split(': ', 1)[-1]})",
+            hints.update(budget=f"{size.budget} ({size.why})",
                          neighbours=f"{size.neighbours}")
     return hints

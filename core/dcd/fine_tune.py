@@ -42,7 +42,7 @@ def training_set(ws: Workspace, selection_id: str | None, *, items: pd.DataFrame
 
     Images of a named eval set (``eval_sets``: a slice target's held-out part, a mitigation's held-out
     members) are held out by definition and never trained on. A person's label-issue decisions apply to the
-    train rows (core.dcd.label_review): 'drop' leaves an image out, 'relabel' trains it with the suggestion."""
+    train rows (core.data.label_decisions): 'drop' leaves an image out, 'relabel' trains it with the suggestion."""
     if selection_id and items is not None:
         raise ValueError("give a selection_id or items, not both")
     train = apply_label_decisions(ws, images_df(ws, ["train"])[["image_id", "path", "label"]])

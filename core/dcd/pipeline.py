@@ -251,7 +251,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
                     exclude = flagged_pool_ids(ws) if request.drops_label_issues() else None
                     choice = choose_retrieval(ws, base_id=base_id, failure_ids=ids, failure_labels=labels,
                                               embedder_id=request.embedder_id,
-                                              budget=request.size(ws, target).budget, config=schedule,
+                                              budget=request.budget, config=schedule,
                                               epochs=config.finetune_epochs, seed=config.seed, exclude=exclude,
                                               rest_of_pool=request.rest_of_pool,
                                               index_memory_gb=request.index_memory_gb, progress=span)
@@ -275,7 +275,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
         else:
             if method == "random":
                 n = int((selections["dcd"].items["kind"] == "retrieved").sum()) if "dcd" in selections else None
-                sel = select(ws, "random", replace(request, budget=n or request.size(ws).budget, name=None))
+                sel = select(ws, "random", replace(request, budget=n or request.budget, name=None))
             else:
                 sel = select(ws, method, replace(request, name=None))
             selections[method] = sel

@@ -113,11 +113,15 @@ MIN_NEIGHBOURS = 5
 class SearchSize:
     """How much DCD retrieves for a failure: at most ``budget`` pool images, searching the ``neighbours``
     nearest of each failure image (deeper where a rule leaves too few, core.dcd.retrieval.fill_budget);
-    ``note`` says how they came out."""
+    ``why`` says how the budget came out, :attr:`note` both."""
 
     budget: int
     neighbours: int
-    note: str
+    why: str  # "50 per failure image x 8 failure images", "given", ...
+
+    @property
+    def note(self) -> str:
+        return f"budget {self.budget} ({self.why}); {self.neighbours} neighbours per failure image"
 
 
 def search_size(n_failure: int, n_pool: int, *, budget: int | None = None,
@@ -133,18 +137,15 @@ def search_size(n_failure: int, n_pool: int, *, budget: int | None = None,
     n_failure, n_pool = max(1, int(n_failure)), int(n_pool)
     asked = PER_FAILURE_IMAGE * n_failure
     if budget is not None:
-        note = f"budget {budget} (given)"
+        why = "given"
     else:
         budget = max(1, min(asked, int(n_pool * POOL_SHARE_CAP) or n_pool))
-        note = (f"budget {budget}: {PER_FAILURE_IMAGE} per failure image would be {asked}, capped at a quarter "
-                f"of the pool ({n_pool:,} images); give --budget to choose" if budget < asked else
-                f"budget {budget}: {PER_FAILURE_IMAGE} per failure image x {n_failure} failure images")
+        why = (f"{PER_FAILURE_IMAGE} per failure image would be {asked}, capped at a quarter of the pool "
+               f"({n_pool:,} images); give --budget to choose" if budget < asked else
+               f"{PER_FAILURE_IMAGE} per failure image x {n_failure} failure images")
     if neighbours is None:
         neighbours = max(MIN_NEIGHBOURS, math.ceil(2 * budget / n_failure))
-        note += f"; {neighbours} neighbours per failure image"
-    else:
-        note += f"; {neighbours} neighbours per failure image (given)"
-    return SearchSize(int(budget), int(neighbours), note)
+    return SearchSize(int(budget), int(neighbours), why)
 
 
 #: What DCD does with the pool's flagged label issues (SelectionRequest.label_issues).
