@@ -17,6 +17,7 @@ from core.constants import ANNOTATION_KINDS
 from core.dcd.slice_targets import failure_counts
 from core.scanner import annotations as ann
 from core.scanner import runs as sl
+from core.scanner.slice_facts import naming_facts, slice_facts
 from pages._session import refresh, slice_mosaic_png, view, workspace
 from pages._slice_actions import slice_actions
 from pages._widgets import gallery, launch_button, pct
@@ -49,7 +50,10 @@ slices = view(sl.get_slices, run_id)
 current = view(ann.current_annotations, run_id)
 kind_of = dict(zip(current.slice_id.astype(int), current.kind))
 slices = slices.assign(annotation=[kind_of.get(int(i), "") for i in slices.slice_id])
-what = {int(r.slice_id): names.describe_slice(r._asdict(), class_names) for r in slices.itertuples()}
+facts = view(slice_facts, run_id)
+named_by = view(naming_facts, run_id)
+what = {int(r.slice_id): names.describe_slice(r._asdict(), class_names, named_by.get(int(r.slice_id)))
+        for r in slices.itertuples()}
 
 # -- ranked list and chart ----------------------------------------------------------------------------
 ids = slices.slice_id.astype(int).tolist()
@@ -89,6 +93,14 @@ m1.metric("Images", f"{int(s.size):,}")
 m2.metric("Accuracy", pct(s.accuracy))
 m3.metric("Errors", f"{int(round(s.size * (s.error_rate or 0))):,}")
 st.caption(f"Slice {slice_id} of run {run_id}; rank {s.rank} of {len(slices)} by errors × error rate ({s.score:.1f}).")
+
+told = facts.get(int(slice_id), [])
+if told:
+    against = "the rest of its confusion cell" if told[0].against == "cell" else "the rest of the slice run"
+    st.markdown(f"**What sets it apart** (against {against}):\n" + "\n".join(f"- {f.text}" for f in told[:6]))
+else:
+    st.caption("Nothing measured sets this slice apart from the rest of its confusion cell (its group or metadata "
+               "values, prediction confidence, brightness, contrast, colourfulness, sharpness, shape and size).")
 
 c_mosaic, c_numbers = st.columns([3, 2])
 with c_mosaic:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.scanner.slice_facts import SliceFact
 from core.store.workspace import Workspace
 
 #: What each method is called; unknown methods are shown as written, underscores as spaces.
@@ -165,10 +166,17 @@ def _confusion(value: Any) -> list[list[int]]:
     return [list(map(int, row)) for row in value] if value is not None and len(value) else []
 
 
-def describe_slice(row: Mapping | pd.Series, class_names: Sequence[str]) -> str:
+def describe_slice(row: Mapping | pd.Series, class_names: Sequence[str], fact: SliceFact | None = None) -> str:
     """What a slice holds, from its confusion matrix (rows: label, columns: prediction): 'waterbird taken
     for landbird' (its largest cell is an error), 'landbird, recognised' (a correct cell), 'mixed' without
-    one cell of at least half the slice; unlabelled members count only in the size."""
+    one cell of at least half the slice; unlabelled members count only in the size. With ``fact`` (what
+    sets it apart from the rest of its cell, core.scanner.slice_facts), that follows: 'landbird taken for
+    waterbird: 93% group=landbird_on_water'."""
+    what = _describe_cell(row, class_names)
+    return f"{what}: {fact.short}" if fact is not None else what
+
+
+def _describe_cell(row: Mapping | pd.Series, class_names: Sequence[str]) -> str:
     conf = _confusion(row.get("confusion"))
     total = sum(map(sum, conf))
     name = lambda c: class_names[c] if 0 <= c < len(class_names) else f"class {c}"  # noqa: E731
@@ -183,26 +191,33 @@ def describe_slice(row: Mapping | pd.Series, class_names: Sequence[str]) -> str:
     return what if n >= total / 2 else f"mixed, mostly {what}"
 
 
-def slice_name(row: Mapping | pd.Series, class_names: Sequence[str]) -> str:
-    """'#1 · waterbird taken for landbird (502 images, 0% right)': rank, contents, size and accuracy."""
+def slice_name(row: Mapping | pd.Series, class_names: Sequence[str], fact: SliceFact | None = None) -> str:
+    """'#1 · waterbird taken for landbird: 93% group=landbird_on_water (502 images, 0% right)': rank,
+    contents, what sets it apart (``fact``), size and accuracy."""
     acc = row.get("accuracy")
     right = f", {100 * acc:.0f}% right" if acc is not None and acc == acc else ""
-    return f"#{int(row['rank'])} · {describe_slice(row, class_names)} ({int(row['size']):,} images{right})"
+    return f"#{int(row['rank'])} · {describe_slice(row, class_names, fact)} ({int(row['size']):,} images{right})"
 
 
-def name_slices(slices: pd.DataFrame, class_names: Sequence[str]) -> dict[int, str]:
-    """slice_id -> :func:`slice_name` for a run's slices (rank, size, accuracy, confusion, dominant_*)."""
-    return {int(r["slice_id"]): slice_name(r, class_names) for _, r in slices.iterrows()}
+def name_slices(slices: pd.DataFrame, class_names: Sequence[str],
+                facts: Mapping[int, SliceFact] | None = None) -> dict[int, str]:
+    """slice_id -> :func:`slice_name` for a run's slices (rank, size, accuracy, confusion, dominant_*), each
+    with the fact it is named by (``facts``: slice_id -> fact, core.scanner.slice_facts.naming_facts)."""
+    facts = facts or {}
+    return {int(r["slice_id"]): slice_name(r, class_names, facts.get(int(r["slice_id"])))
+            for _, r in slices.iterrows()}
 
 
 def slice_names(ws: Workspace, run_id: str | None = None) -> dict[int, str]:
-    """The slices of a run (default: the latest) by name; {} without a run."""
+    """The slices of a run (default: the latest) by name, each with what sets it apart; {} without a run."""
+    from core.scanner.slice_facts import naming_facts
+
     run_id = run_id or ws.scalar("SELECT run_id FROM slice_runs ORDER BY created_at DESC LIMIT 1")
     if not run_id:
         return {}
     slices = ws.df("SELECT slice_id, rank, size, accuracy, confusion, dominant_label, dominant_pred FROM slices "
                    "WHERE run_id = ? ORDER BY rank", [run_id])
-    return name_slices(slices, ws.class_names())
+    return name_slices(slices, ws.class_names(), naming_facts(ws, run_id))
 
 
 # -- eval sets ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from core.dcd.slice_targets import EVAL_SET_PREFIX, get_target, resolve_slice
 from core.models.evaluation import metrics_table
 from core.scanner.annotations import current_annotations, list_annotations
 from core.scanner.runs import get_slices, render_slice_mosaic
+from core.scanner.slice_facts import slice_facts
 from core.store.workspace import Workspace
 
 
@@ -120,6 +121,8 @@ class SliceReportData:
     before: ModelResult
     fixes: list[ModelResult]
     next_steps: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)  # what sets it apart, strongest first (core.scanner.slice_facts)
+    facts_against: str = "cell"
 
     @property
     def slice_ref(self) -> str:
@@ -295,7 +298,9 @@ def slice_report_data(ws: Workspace, run_id: str, rank: int) -> SliceReportData:
     fix_ids = list(dict.fromkeys([m for f in selections for m in f.model_ids] + [f.model_id for f in mitigations]))
     fix_ids = [m for m in fix_ids if m != before_id]
     before, fixes = _results(ws, models, before_id, fix_ids, eval_set, f"the held-out part of slice {rank}")
+    told = slice_facts(ws, run_id).get(int(slice_id), [])
     return SliceReportData(
+        facts=[f.text for f in told], facts_against=told[0].against if told else "cell",
         workspace=str(ws.root), run_id=run_id, rank=int(rank), slice_id=int(slice_id), size=int(s["size"]),
         accuracy=None if pd.isna(s.accuracy) else float(s.accuracy), class_names=names,
         dominant_label=names[int(s.dominant_label)] if pd.notna(s.dominant_label) else "?",

@@ -81,6 +81,12 @@ def _slice(d: SliceReportData) -> str:
     errors = sum(v for i, row in enumerate(d.confusion) for j, v in enumerate(row) if i != j)
     facts = (f"<p><b>{esc(d.cell_text)}</b>. The slice holds {d.size:,} images, {errors:,} of them misclassified; "
              f"mostly labelled <b>{esc(d.dominant_label)}</b>, mostly predicted <b>{esc(d.dominant_pred)}</b>.</p>")
+    against = "the rest of its confusion cell" if d.facts_against == "cell" else "the rest of the slice run"
+    if d.facts:
+        facts += (f"<p><b>What sets it apart</b> (against {against}):</p><ul>"
+                  + "".join(f"<li>{esc(t)}</li>" for t in d.facts[:6]) + "</ul>")
+    else:
+        facts += "<p>Nothing measured sets it apart from the rest of its confusion cell.</p>"
     table = f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{conf}</tbody></table>" if conf else ""
     return f'<h2>The slice</h2><div class="two"><div class="mosaic">{mosaic}</div><div>{facts}{table}</div></div>'
 

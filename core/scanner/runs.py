@@ -23,6 +23,7 @@ from core.models.catalog import require_classifier
 from core.progress import Progress, as_progress
 from core.scanner.attribution import DEFAULT_SPLITS, load_attributions
 from core.scanner.mosaic import save_png, slice_mosaic
+from core.scanner.slice_facts import compute_slice_facts, save_slice_facts
 from core.scanner.slicer import (
     AUTO_N_SLICES_RANGE,
     AttributionSlicer,
@@ -89,13 +90,15 @@ def find_slices(ws: Workspace, model_id: str | None = None, *, config: SliceConf
     table["mosaic_path"] = None
     if config.mosaics:
         paths = build_slice_mosaics(ws, run_id, df, att, table, n_tiles=config.mosaic_tiles,
-                                    layout=config.mosaic_layout, progress=progress.span(0.4, 0.95))
+                                    layout=config.mosaic_layout, progress=progress.span(0.4, 0.9))
         table["mosaic_path"] = table.slice_id.map(paths)
     params = {**asdict(config), "n_images": int(len(df)), "n_slices": int(slicer.n_slices_),
               "silhouettes": {str(n): round(v, 4) for n, v in slicer.silhouettes_.items()},
               "attribution_method": att.method, "n_slices_chosen": "auto" if config.n_slices is None else "user",
               "seconds": round(time.perf_counter() - t0, 1)}
     _store_run(ws, run_id, model_id, table, df, params)
+    # what sets each slice apart, kept beside its mosaics for the names the app and reports give it
+    save_slice_facts(ws, run_id, compute_slice_facts(ws, run_id, progress=progress.span(0.95, 1.0)))
     progress.report(1.0, f"{slicer.n_slices_} slices of {len(df)} images", force=True)
     return SliceRun(run_id, model_id, table, df, params)
 

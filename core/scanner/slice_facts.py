@@ -1,0 +1,327 @@
+"""What tells a slice apart: the facts over-represented in it against the rest of its confusion cell.
+
+Slices of one confusion cell share a description ("landbird taken for waterbird"); a reviewer asks what slice
+4 has that slice 1 has not. :func:`slice_facts` answers with measured facts, each comparing the slice's
+members with the **rest of its confusion cell** (the run's other members of the slice's label and
+prediction), or with the rest of the run where the slice is (nearly) its whole cell:
+
+- **values**: a planted group (``group``) or a metadata column's value held by more of the slice than of
+  the rest ("93% have group=landbird_on_water, 2.4x the cell");
+- **measures**: the prediction's confidence and cheap image properties (brightness, contrast,
+  colourfulness, sharpness, aspect ratio, size), where the slice's members mostly lie on one side of the
+  rest's median ("darker: 88% below the cell's median brightness");
+- **neighbours**: the class most of the slice's members' nearest labelled images hold, in a stored
+  embedder's space, where that differs from the rest.
+
+Every fact has a ``score`` in [0, 1] (how much of the slice it separates from the rest: a difference of
+shares, or ``|2 AUC - 1|`` for a measure), and facts are listed strongest first. :func:`name_facts` picks,
+for each slice, the strongest fact no other slice of its cell is named by, so names differ wherever the
+slices do. A run's facts are computed once and kept beside its mosaics (``artifacts/slices/<run>/facts.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.progress import Progress, as_progress
+from core.store.workspace import Workspace
+
+#: Fewest other members of its cell a slice is compared with; below it, the rest of the run.
+MIN_COMPARISON = 8
+#: A value is a fact when the slice holds it this much more often than the rest (difference of shares)
+#: and at least :data:`MIN_LIFT` times as often.
+MIN_SHARE_GAIN, MIN_LIFT = 0.15, 1.5
+#: A measure is a fact when |2 AUC - 1| reaches this (0.4: 70% of slice/rest pairs in one order).
+MIN_SEPARATION = 0.4
+#: Neighbours looked at per member, and the image side the properties are measured at.
+N_NEIGHBOURS, PROPERTY_SIZE = 10, 96
+FACTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SliceFact:
+    """One fact about a slice against ``against`` (``"cell"`` or ``"run"``)."""
+
+    kind: str  # "value", "measure" or "neighbours"
+    name: str  # "group", a metadata column, "brightness", ..., "nearest class"
+    value: str  # the value held, or the direction of a measure ("lower" / "higher")
+    score: float  # in [0, 1]: how much of the slice it separates from the rest
+    share: float  # values: share of the slice holding it; measures: share on its side of the rest's median
+    base: float  # values: share of the rest holding it; measures: the rest's median
+    median: float | None  # measures: the slice's median
+    against: str
+    text: str  # "93% have group=landbird_on_water (2.4x the cell)"
+    short: str  # what a slice's name uses: "group=landbird_on_water"
+
+
+# -- measures ---------------------------------------------------------------------------------------------
+
+#: measure -> (word when lower, word when higher)
+MEASURE_WORDS: dict[str, tuple[str, str]] = {
+    "confidence": ("less confident", "more confident"),
+    "brightness": ("darker", "brighter"),
+    "contrast": ("lower contrast", "higher contrast"),
+    "colourfulness": ("less colourful", "more colourful"),
+    "sharpness": ("blurrier", "sharper"),
+    "aspect ratio": ("taller", "wider"),
+    "size": ("smaller", "larger"),
+}
+
+
+def image_properties(pixels: np.ndarray) -> pd.DataFrame:
+    """brightness, contrast, colourfulness (Hasler and Suesstrunk) and sharpness (variance of the
+    Laplacian) of uint8 N x H x W x 3 images, each in [0, 1] units of the image's range."""
+    x = np.asarray(pixels, np.float32) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colour = (np.sqrt(rg.std((1, 2)) ** 2 + yb.std((1, 2)) ** 2)
+              + 0.3 * np.sqrt(rg.mean((1, 2)) ** 2 + yb.mean((1, 2)) ** 2))
+    lap = (luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] + luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] - 4 * luma[:, 1:-1, 1:-1])
+    return pd.DataFrame({"brightness": luma.mean((1, 2)), "contrast": luma.std((1, 2)), "colourfulness": colour,
+                         "sharpness": lap.var((1, 2))})
+
+
+def _auc(a: np.ndarray, b: np.ndarray) -> float:
+    """P(a value of ``a`` > one of ``b``), ties counting half (Mann-Whitney)."""
+    both = np.concatenate([a, b])
+    ranks = pd.Series(both).rank().to_numpy()[: len(a)]
+    return float((ranks.sum() - len(a) * (len(a) + 1) / 2) / (len(a) * len(b)))
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def measure_fact(name: str, slice_values: np.ndarray, rest_values: np.ndarray, against: str) -> SliceFact | None:
+    """The fact that the slice lies on one side of the rest in ``name``, or None below
+    :data:`MIN_SEPARATION` (or without values)."""
+    a, b = np.asarray(slice_values, float), np.asarray(rest_values, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    auc = _auc(a, b)
+    score = abs(2 * auc - 1)
+    if score < MIN_SEPARATION:
+        return None
+    higher = auc > 0.5
+    base, median = float(np.median(b)), float(np.median(a))
+    side = float((a > base).mean() if higher else (a < base).mean())
+    word = MEASURE_WORDS.get(name, (f"lower {name}", f"higher {name}"))[int(higher)]
+    text = (f"{word}: {100 * side:.0f}% {'above' if higher else 'below'} the {against}'s median {name} "
+            f"({_fmt(median)} vs {_fmt(base)})")
+    return SliceFact("measure", name, "higher" if higher else "lower", round(score, 4), round(side, 4), base,
+                     median, against, text, word)
+
+
+# -- values -----------------------------------------------------------------------------------------------
+
+def value_facts(name: str, slice_values: pd.Series, rest_values: pd.Series, against: str) -> list[SliceFact]:
+    """Values of a categorical column held by clearly more of the slice than of the rest (missing values
+    count in neither)."""
+    a, b = slice_values.dropna().astype(str), rest_values.dropna().astype(str)
+    if a.empty:
+        return []
+    share_a = a.value_counts() / len(slice_values)
+    share_b = b.value_counts() / max(1, len(rest_values))
+    out = []
+    for value, share in share_a.items():
+        base = float(share_b.get(value, 0.0))
+        lift = share / max(base, 0.5 / max(1, len(rest_values)))
+        if share - base < MIN_SHARE_GAIN or lift < MIN_LIFT:
+            continue
+        times = f"{lift:.1f}x the {against}" if base > 0 else f"none in the rest of the {against}"
+        out.append(SliceFact("value", name, str(value), round(float(share - base), 4), round(float(share), 4),
+                             round(base, 4), None, against, f"{100 * share:.0f}% have {name}={value} ({times})",
+                             f"{100 * share:.0f}% {name}={value}"))
+    return out
+
+
+def neighbour_fact(slice_classes: np.ndarray, rest_classes: np.ndarray, class_names: Sequence[str],
+                   against: str) -> SliceFact | None:
+    """The class that most of the slice's members' nearest labelled images hold (each member's majority),
+    where clearly more of the slice than of the rest has it."""
+    facts = value_facts("nearest class", pd.Series(slice_classes), pd.Series(rest_classes), against)
+    if not facts:
+        return None
+    f = facts[0]
+    name = class_names[int(f.value)] if str(f.value).lstrip("-").isdigit() and 0 <= int(f.value) < len(class_names) \
+        else f.value
+    return SliceFact("neighbours", f.name, name, f.score, f.share, f.base, None, against,
+                     f"{100 * f.share:.0f}% look most like {name} (nearest labelled images; "
+                     f"{100 * f.base:.0f}% in the rest of the {against})", f"looks like {name}")
+
+
+# -- a run ------------------------------------------------------------------------------------------------
+
+def facts_for(members: pd.DataFrame, slice_id: int, cell: tuple[int, int] | None, *, value_columns: Sequence[str],
+              measure_columns: Sequence[str], class_names: Sequence[str]) -> list[SliceFact]:
+    """The facts of one slice, strongest first. ``members``: the run's members with slice_id, label, pred,
+    the ``value_columns`` (categorical) and ``measure_columns`` (numeric), and optionally ``nearest``
+    (each member's neighbours' majority class)."""
+    inside = members.slice_id == slice_id
+    rest, against = ~inside, "run"
+    if cell is not None:
+        in_cell = (members.label == cell[0]) & (members.pred == cell[1])
+        if int((in_cell & ~inside).sum()) >= MIN_COMPARISON:
+            rest, against = in_cell & ~inside, "cell"
+    a, b = members[inside], members[rest]
+    if a.empty or b.empty:
+        return []
+    facts: list[SliceFact] = []
+    for col in value_columns:
+        facts += value_facts(col, a[col], b[col], against)
+    for col in measure_columns:
+        fact = measure_fact(col, a[col].to_numpy(float), b[col].to_numpy(float), against)
+        if fact:
+            facts.append(fact)
+    if "nearest" in members:
+        fact = neighbour_fact(a.nearest.to_numpy(), b.nearest.to_numpy(), class_names, against)
+        if fact:
+            facts.append(fact)
+    # a value (a group, a metadata column) names a slice before a measure of the same strength: it is what
+    # a reviewer can check against the data's own description
+    return sorted(facts, key=lambda f: (-(f.score + (0.1 if f.kind == "value" else 0.0)), f.text))
+
+
+def name_facts(cells: Mapping[int, object], facts: Mapping[int, Sequence[SliceFact]],
+               order: Sequence[int]) -> dict[int, SliceFact]:
+    """For each slice (in ``order``, the run's ranking) the strongest of its facts that no earlier slice of
+    the same cell (``cells``: slice_id -> cell) is named by; slices with none are left out."""
+    used: dict[object, set[str]] = {}
+    chosen = {}
+    for sid in order:
+        taken = used.setdefault(cells.get(sid), set())
+        for fact in facts.get(sid, ()):
+            if fact.short not in taken:
+                chosen[sid] = fact
+                taken.add(fact.short)
+                break
+    return chosen
+
+
+def _members(ws: Workspace, run_id: str) -> pd.DataFrame:
+    return ws.df("SELECT m.slice_id, m.image_id, i.path, i.label, i.group_name AS \"group\", i.width, i.height, "
+                 "p.pred, p.confidence FROM slice_members m JOIN slice_runs r USING (run_id) "
+                 "JOIN images i ON i.image_id = m.image_id "
+                 "LEFT JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
+                 "WHERE m.run_id = ? ORDER BY m.image_id", [run_id])
+
+
+def _nearest_classes(ws: Workspace, image_ids: np.ndarray) -> np.ndarray | None:
+    """Each image's majority class among its :data:`N_NEIGHBOURS` nearest labelled train images in the
+    first stored embedder's space that covers them all (itself left out); None without one."""
+    import faiss
+
+    from core.store.vectors import embedding_stats, list_embedders, load_embeddings
+
+    for embedder_id in list_embedders(ws):
+        ids, vecs = load_embeddings(ws, embedder_id, image_ids=image_ids.tolist())
+        if len(ids) < len(image_ids) or embedding_stats(ws, embedder_id, splits=["train"])[0] < N_NEIGHBOURS + 1:
+            continue
+        t_ids, t_vecs = load_embeddings(ws, embedder_id, splits=["train"])
+        labels = ws.df("SELECT image_id, label FROM images WHERE split = 'train' AND label IS NOT NULL")
+        label_of = dict(zip(labels.image_id.astype(int), labels.label.astype(int)))
+        keep = np.array([int(i) in label_of for i in t_ids])
+        t_ids, t_vecs = t_ids[keep], np.ascontiguousarray(t_vecs[keep], np.float32)
+        index = faiss.IndexFlatL2(t_vecs.shape[1])
+        index.add(t_vecs)
+        _, nn = index.search(np.ascontiguousarray(vecs, np.float32), N_NEIGHBOURS + 1)
+        order = {int(i): k for k, i in enumerate(ids)}
+        out = np.empty(len(image_ids), np.int64)
+        for k, image_id in enumerate(image_ids):
+            row = nn[order[int(image_id)]]
+            classes = [label_of[int(t_ids[j])] for j in row if j >= 0 and int(t_ids[j]) != int(image_id)]
+            out[k] = np.bincount(classes[:N_NEIGHBOURS]).argmax()
+        return out
+    return None
+
+
+#: Extra categorical columns of the run's members (image metadata): a hook for metadata readers;
+#: members, workspace -> members with more columns, and their names.
+ValueColumns = Callable[[Workspace, pd.DataFrame], tuple[pd.DataFrame, list[str]]]
+
+
+def compute_slice_facts(ws: Workspace, run_id: str, *, value_columns: ValueColumns | None = None,
+                        progress: Progress | None = None) -> dict[int, list[SliceFact]]:
+    """Every slice's facts in ``run_id`` (see the module doc), strongest first."""
+    from core.data.images import decode_all
+
+    progress = as_progress(progress)
+    members = _members(ws, run_id)
+    slices = ws.df("SELECT slice_id, dominant_label, dominant_pred FROM slices WHERE run_id = ?", [run_id])
+    if members.empty:
+        return {}
+    px = decode_all(members.path.tolist(), PROPERTY_SIZE, progress=progress.span(0, 0.8),
+                    cache_dir=ws.cache_dir("cache"))
+    members = pd.concat([members.reset_index(drop=True), image_properties(px)], axis=1)
+    members["aspect ratio"] = members.width / members.height
+    members["size"] = members.width * members.height
+    values = ["group"] if members["group"].notna().any() else []
+    if value_columns is not None:
+        members, extra = value_columns(ws, members)
+        values += list(extra)
+    nearest = _nearest_classes(ws, members.image_id.to_numpy(np.int64))
+    if nearest is not None:
+        members["nearest"] = nearest
+    measures = ["confidence", *image_properties(px[:1]).columns, "aspect ratio", "size"]
+    class_names = ws.class_names()
+    out = {}
+    for s in slices.itertuples(index=False):
+        cell = None if pd.isna(s.dominant_label) or pd.isna(s.dominant_pred) else (int(s.dominant_label),
+                                                                                     int(s.dominant_pred))
+        out[int(s.slice_id)] = facts_for(members, int(s.slice_id), cell, value_columns=values,
+                                         measure_columns=measures, class_names=class_names)
+    progress.report(1.0, f"facts of {len(out)} slices", force=True)
+    return out
+
+
+def _facts_path(ws: Workspace, run_id: str):
+    return ws.artifacts / "slices" / run_id / "facts.json"
+
+
+def save_slice_facts(ws: Workspace, run_id: str, facts: Mapping[int, Sequence[SliceFact]]) -> None:
+    """Keep a run's facts beside its mosaics (written atomically)."""
+    from core.store.files import atomic_path
+
+    with atomic_path(_facts_path(ws, run_id)) as tmp:
+        tmp.write_text(json.dumps({"version": FACTS_VERSION,
+                                   "slices": {str(k): [asdict(f) for f in v] for k, v in facts.items()}}))
+
+
+_MEMORY: dict[tuple[str, str], dict[int, list[SliceFact]]] = {}
+
+
+def slice_facts(ws: Workspace, run_id: str, *, value_columns: ValueColumns | None = None,
+                progress: Progress | None = None) -> dict[int, list[SliceFact]]:
+    """A run's facts: read from its ``facts.json``, else computed (and saved, unless the workspace is
+    read-only; then kept in this process's memory)."""
+    path = _facts_path(ws, run_id)
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("version") == FACTS_VERSION:
+            return {int(k): [SliceFact(**f) for f in v] for k, v in stored["slices"].items()}
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    key = (str(ws.root.resolve()), run_id)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    facts = compute_slice_facts(ws, run_id, value_columns=value_columns, progress=progress)
+    if ws.read_only:
+        _MEMORY[key] = facts
+    else:
+        save_slice_facts(ws, run_id, facts)
+    return facts
+
+
+def naming_facts(ws: Workspace, run_id: str) -> dict[int, SliceFact]:
+    """The fact each slice of ``run_id`` is named by (:func:`name_facts` over :func:`slice_facts`)."""
+    slices = ws.df("SELECT slice_id, rank, dominant_label, dominant_pred FROM slices WHERE run_id = ? ORDER BY rank",
+                   [run_id])
+    cells = {int(r.slice_id): (r.dominant_label, r.dominant_pred) for r in slices.itertuples(index=False)}
+    return name_facts(cells, slice_facts(ws, run_id), slices.slice_id.astype(int).tolist())
