@@ -11,7 +11,7 @@ from typing import Protocol
 import pandas as pd
 import streamlit as st
 
-from core.app.job_summary import duration_text, fix_jobs_running, time_left
+from core.app.job_summary import FIX_JOBS, duration_text, jobs_running, time_left
 from core.app.names import job_name
 from core.store.workspace import Workspace
 from pages._session import refresh
@@ -39,20 +39,26 @@ def launch_button(ws: Workspace, label: str, kind: str, args: Sequence[str] = ()
 
 
 @st.fragment(run_every=5)
-def fix_in_progress(ws: Workspace) -> None:
-    """While a job that will bring a fix runs: what it is doing and when it should be done, from its own
-    progress, refreshed every few seconds; when it ends, the whole page reloads its data and shows the fix."""
-    running = fix_jobs_running(ws)
+def jobs_in_progress(ws: Workspace, kinds: tuple[str, ...], what: str) -> None:
+    """While jobs of ``kinds`` run (``what`` they bring: "A fix is being made"): what each is doing and when
+    it should be done, from its own progress, refreshed every few seconds; when the last ends, the whole page
+    reloads its data and shows what it brought. Call it only while one runs (core.app.job_summary.jobs_running)."""
+    running = jobs_running(ws, kinds)
     if not running:
         refresh()
         st.rerun(scope="app")
     for job in running:
         left = time_left(job)
         when = f"about {duration_text(left)} left" if left is not None else "estimating the time left"
-        st.info(f"**A fix is being made**: {job_name(job.kind, job.args)} is {100 * job.progress:.0f}% done "
+        st.info(f"**{what}**: {job_name(job.kind, job.args)} is {100 * job.progress:.0f}% done "
                 f"({job.message or job.state}), {when}. It appears here by itself when it lands; the Jobs page "
                 f"follows it step by step.", icon=":material/hourglass_top:")
         st.progress(float(job.progress))
+
+
+def fix_in_progress(ws: Workspace) -> None:
+    """:func:`jobs_in_progress` for the jobs that bring a fix."""
+    jobs_in_progress(ws, FIX_JOBS, "A fix is being made")
 
 
 # -- images ---------------------------------------------------------------------------------------

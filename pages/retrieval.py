@@ -11,12 +11,13 @@ import pandas as pd
 import streamlit as st
 
 from core.app import names, queries
+from core.app.job_summary import RETRIEVAL_JOBS, jobs_running
 from core.dcd.index import IndexInfo
 from core.dcd.selection import relabel, save_selection, set_status
 from core.store.workspace import Workspace
 from pages._retrieval_parts import Search, embedder_ui, query_ui, search_ui, source_text
 from pages._session import refresh, view, workspace
-from pages._widgets import GridKeys, launch_button, review_grid, tally_text
+from pages._widgets import GridKeys, jobs_in_progress, launch_button, review_grid, tally_text
 
 
 def candidate_caption(r: pd.Series) -> str:
@@ -137,6 +138,8 @@ ws = workspace()
 st.title("Retrieval (DCD)")
 st.caption("For each error-sample image, its nearest neighbours in the weakly labelled pool, searched in an "
            "embedder's feature space. Review them and save the result as a debug-train selection.")
+if jobs_running(ws, RETRIEVAL_JOBS):  # new embeddings, label issues or selections are coming
+    jobs_in_progress(ws, RETRIEVAL_JOBS, "New candidates are being found")
 classes = ws.class_names()
 if ws.read_only:  # a viewer looks at the saved selections; searching and saving are for the full app
     review_saved(ws, classes)

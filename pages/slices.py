@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.app import charts, names
+from core.app.job_summary import SLICE_JOBS, jobs_running
 from core.app.slice_report import report_filename
 from core.app.slice_report_page import render_slice_report
 from core.constants import ANNOTATION_KINDS
@@ -20,10 +21,12 @@ from core.scanner import runs as sl
 from core.scanner.slice_facts import naming_facts, slice_facts
 from pages._session import refresh, slice_mosaic_png, view, workspace
 from pages._slice_actions import slice_actions
-from pages._widgets import gallery, launch_button, pct
+from pages._widgets import gallery, jobs_in_progress, launch_button, pct
 
 ws = workspace()
 st.title("Slices")
+if jobs_running(ws, SLICE_JOBS):  # new slices are coming: say so, and show them when they land
+    jobs_in_progress(ws, SLICE_JOBS, "New slices are being found")
 
 runs = view(sl.list_runs)
 if runs.empty:

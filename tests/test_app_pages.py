@@ -369,3 +369,25 @@ def test_overview_says_a_fix_is_being_made_while_its_job_runs(app, ws_copy):
     at = app()
     said = " ".join(i.value for i in at.info)
     assert "A fix is being made" not in said and "No fix yet" in said
+
+
+@pytest.mark.parametrize(("page", "kind", "said"), [("pages/slices.py", "slices", "New slices are being found"),
+                                                    ("pages/retrieval.py", "select", "New candidates are being found")])
+def test_pages_a_running_job_will_change_say_so(app, ws_copy, page, kind, said):
+    """The Slices and Retrieval pages say which job will change them and how far it is, while it runs, and
+    stop saying so when it has ended."""
+    import os
+
+    ws, _ = ws_copy
+    store = ws.jobs()
+    job = store.create(kind, ["--workspace", str(ws.root)])
+    store.start(job, pid=os.getpid())  # a live process: the sidebar's reconcile keeps it running
+    store.update(job, progress=0.25, message="clustering")
+    at = app(page)
+    _no_exception(at)
+    told = " ".join(i.value for i in at.info)
+    assert said in told and "25% done" in told and "clustering" in told
+    store.finish(job, "succeeded", result={})
+    at = app(page)
+    _no_exception(at)
+    assert said not in " ".join(i.value for i in at.info)

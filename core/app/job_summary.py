@@ -48,11 +48,21 @@ def time_left(job) -> float | None:
     return elapsed * (1.0 - done) / done
 
 
-def fix_jobs_running(ws: Workspace) -> list:
-    """The running or queued jobs that will bring a fix (:data:`FIX_JOBS`), oldest first."""
+#: Jobs whose end changes what a page shows (beside the fixes): new slices, new candidates to review.
+SLICE_JOBS = ("slices", "attribute", "pipeline", "demo")
+RETRIEVAL_JOBS = ("select", "embed", "label_issues", "pipeline", "demo")
+
+
+def jobs_running(ws: Workspace, kinds: tuple[str, ...]) -> list:
+    """The running or queued jobs of ``kinds``, oldest first."""
     if not ws.jobs_path.exists():
         return []
-    return sorted((j for j in ws.jobs().list(active_only=True) if j.kind in FIX_JOBS), key=lambda j: j.created_at)
+    return sorted((j for j in ws.jobs().list(active_only=True) if j.kind in kinds), key=lambda j: j.created_at)
+
+
+def fix_jobs_running(ws: Workspace) -> list:
+    """The running or queued jobs that will bring a fix (:data:`FIX_JOBS`), oldest first."""
+    return jobs_running(ws, FIX_JOBS)
 
 
 def made_models(result: Mapping[str, Any] | None) -> list[str]:
