@@ -1,4 +1,5 @@
-"""Accuracy broken down by a group or metadata column (core.app.breakdowns) on the tiny pipeline workspace whose manifest planted three metadata columns (conftest.tiny_metadata:
+"""Accuracy broken down by a group or metadata column (core.app.breakdowns), and a slice's metadata in its
+report, on the tiny pipeline workspace whose manifest planted three metadata columns (conftest.tiny_metadata:
 the site says the background, an exposure number, a day of 2023). Expected numbers are computed from the
 manifest and the stored predictions, not from the workspace's metadata tables."""
 
@@ -17,6 +18,8 @@ from core.app.breakdowns import (
     value_labels,
 )
 from core.app.job_summary import summarize
+from core.app.slice_report import slice_report_data
+from core.app.slice_report_page import slice_report_html
 from core.app.story import wilson_interval
 from core.store.workspace import Workspace
 
@@ -113,3 +116,24 @@ def test_the_ingest_jobs_sentence_names_the_metadata():
                                 "n_bad_values": 2}, models={}, selections={}, stories={})
     assert done.text == "Added 9 images (1 rejected). Metadata kept: site, age (2 bad values, listed in the job's log)."
 
+
+def test_the_slice_report_shows_its_members_metadata(sliced_copy, tiny_manifest):
+    ws, _, sliced = sliced_copy
+    data = slice_report_data(ws, sliced["run_id"], 1)
+    members = ws.df("SELECT image_id, i.path, i.split FROM slice_members JOIN images i USING (image_id) "
+                    "WHERE run_id = ? AND slice_id = ?", [data.run_id, data.slice_id])
+    planted = pd.read_csv(tiny_manifest, dtype=str)
+    planted["path"] = [str((tiny_manifest.parent / p).resolve()) for p in planted.path]
+    mine = members.merge(planted, on="path")
+    around = planted[planted.split.isin(set(members.split))]
+    assert [c.column for c in data.metadata] == list(METADATA)
+    site = data.metadata[0]
+    assert site.n == len(members) and site.n_values == mine.site.nunique()
+    expected = mine.site.value_counts()
+    for v in site.top:
+        assert v.n == expected[v.value] and v.share == pytest.approx(v.n / len(members))
+        assert v.share_all == pytest.approx((around.site == v.value).mean())
+    html = slice_report_html(data)
+    assert "Its images' metadata" in html and '<table id="metadata">' in html
+    top = site.top[0]
+    assert f"<b>{top.value}</b> {100 * top.share:.1f}%" in html
