@@ -178,7 +178,8 @@ def write_metadata(con: duckdb.DuckDBPyConnection, kinds: Mapping[str, str], cel
     if changed:
         raise MetadataKindChanged(f"metadata column(s) {', '.join(changed)} were stored by another ingest while "
                                   f"this one ran; run this ingest again")
-    start = con.execute("SELECT coalesce(max(position), -1) + 1 FROM metadata_columns").fetchone()[0]
+    # fetchall, not fetchone: a result left unfinished makes DuckDB refuse the connection's next statement
+    start = con.execute("SELECT coalesce(max(position), -1) + 1 FROM metadata_columns").fetchall()[0][0]
     new = [c for c in kinds if c not in stored]
     if new:
         con.executemany("INSERT INTO metadata_columns (column_name, kind, position) VALUES (?, ?, ?)",
