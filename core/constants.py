@@ -1,4 +1,5 @@
-"""The project's fixed vocabulary, declared once: splits, manifest columns, statuses, annotation kinds."""
+"""The project's fixed vocabulary, declared once: splits, manifest columns, metadata kinds, statuses, annotation
+kinds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ EVAL_SPLITS = ("test", "error_heldout", "error_sample", "train")
 MANIFEST_COLUMNS = ("path", "label", "split", "weak_label", "group", "true_label")
 REQUIRED_COLUMNS = ("path", "label", "split")
 LABEL_COLUMNS = ("label", "weak_label", "true_label")
+#: What a manifest's other columns (image metadata: site, camera, date ...) are kept as, one kind per column.
+METADATA_KINDS = ("text", "number", "date")
 
 SELECTION_STATUSES = ("proposed", "accepted", "rejected")
 ANNOTATION_KINDS = ("core", "spurious", "mislabeled", "other")

@@ -1,5 +1,6 @@
-"""Widgets the pages share: image galleries of cached thumbnails, percentages, a job launch button,
-pagination, and the review grid where a person keeps or drops candidate images and fixes their labels.
+"""Widgets the pages share: image galleries of cached thumbnails (captions followed by the image's metadata),
+percentages, a job launch button, the choice of what to break accuracy down by, pagination, and the review
+grid where a person keeps or drops candidate images and fixes their labels.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Protocol
 import pandas as pd
 import streamlit as st
 
+from core.app.breakdowns import GROUP, breakdown_columns, metadata_captions
 from core.app.job_summary import FIX_JOBS, duration_text, jobs_running, time_left
 from core.app.names import job_name
 from core.store.workspace import Workspace
-from pages._session import refresh
+from pages._session import refresh, view
 
 STATUSES = ["accepted", "rejected"]  # no choice = proposed
 DECISION_NAMES = {"accepted": ":material/check: keep", "rejected": ":material/close: drop"}
@@ -61,6 +63,22 @@ def fix_in_progress(ws: Workspace) -> None:
     jobs_in_progress(ws, FIX_JOBS, "A fix is being made")
 
 
+def breakdown_ui(*, key: str) -> str | None:
+    """What to break accuracy down by: the ground-truth group (where there is one) or a metadata column; None
+    (after saying how to get some) when the workspace has neither."""
+    columns = view(breakdown_columns)
+    if not columns:
+        st.caption("No groups and no metadata here. A manifest's extra columns (site, camera, date ...) are kept as "
+                   "image metadata at ingest, and accuracy can then be broken down by each.")
+        return None
+    return st.selectbox("Break down by", columns, key=key,
+                        format_func=lambda c: "group (ground truth)" if c == GROUP else c)
+
+
+BREAKDOWN_NOTE = ("n: images; 95% interval: Wilson's, on n images. Numbers are cut into up to 5 bins of about "
+                  "as many images each, dates into months (years over a longer span).")
+
+
 # -- images ---------------------------------------------------------------------------------------
 
 def thumb(ws: Workspace, image_id: int, path: str, size: int = 128) -> str:
@@ -75,11 +93,19 @@ def thumb(ws: Workspace, image_id: int, path: str, size: int = 128) -> str:
 
 def gallery(ws: Workspace, df: pd.DataFrame, caption: Callable[[pd.Series], str], *, columns: int = 6,
             below: Callable[[pd.Series], None] | None = None, width: int = 128) -> None:
-    """Thumbnails of ``df`` (image_id, path), each with a caption; with ``below``, a grid of ``columns``
-    with widgets under each image, else one flowing row of images."""
+    """Thumbnails of ``df`` (image_id, path), each with a caption followed by the image's metadata (``site=north
+    · camera=X``); with ``below``, a grid of ``columns`` with widgets under each image, else one flowing row of
+    images."""
     if df.empty:
         st.caption("No images.")
         return
+    about = view(metadata_captions, [int(i) for i in df.image_id])
+    if about:
+        plain = caption
+
+        def caption(r: pd.Series) -> str:
+            more = about.get(int(r.image_id))
+            return f"{plain(r)} · {more}" if more else plain(r)
     if below is None:
         items = [(thumb(ws, r.image_id, r.path), caption(r)) for _, r in df.iterrows()]
         items = [(t, c) for t, c in items if t]

@@ -1,6 +1,7 @@
 """Before / after: classifiers against a reference on the failure and on everything else (test, train, the
-worst group, each group and slice), each change with n, its 95% interval and a verdict; the sentence that
-tells each fix; a mitigation's choice; exports and the slice report."""
+worst group, each group and slice), each change with n, its 95% interval and a verdict; the same per value of
+a group or metadata column; the sentence that tells each fix; a mitigation's choice; exports and the slice
+report."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from functools import partial
 
 import streamlit as st
 
-from core.app import before_after, queries
+from core.app import before_after, breakdowns, queries, story
 from core.app.job_summary import fix_jobs_running
 from core.app.report import comparison_csv, comparison_html
 from core.app.slice_report import report_filename, slices_fixed_by
 from core.app.slice_report_page import render_slice_report
 from pages._session import view, workspace
 from pages._story import outcome_box, scorecard_ui, short_names
-from pages._widgets import fix_in_progress
+from pages._widgets import breakdown_ui, fix_in_progress
 
 
 def mitigation_part(model_ids: list[str], labels: dict[str, str]) -> None:
@@ -32,6 +33,28 @@ def mitigation_part(model_ids: list[str], labels: dict[str, str]) -> None:
         st.dataframe(candidates, hide_index=True, key=f"compare_mitigation_{m}", column_config={
             c: st.column_config.NumberColumn(c, format="percent") for c in candidates.columns
             if c not in ("candidate", "kept")})
+
+
+def breakdown_part(tale: dict) -> None:
+    """Each classifier beside the reference on every value of a group or metadata column, on one evaluation set:
+    n, accuracy and each change with its 95% interval and verdict, as the scorecard shows them."""
+    ids = [tale["reference"], *tale["fixes"]]
+    c1, c2 = st.columns(2)
+    with c1:
+        column = breakdown_ui(key="compare_breakdown")
+    splits = view(queries.predicted_splits, tale["reference"])
+    if column is None or not splits:
+        return
+    split = c2.selectbox("Evaluation set", splits, index=splits.index("test") if "test" in splits else 0,
+                         key="compare_breakdown_split")
+    cmp, set_names = view(breakdowns.breakdown_comparison, ids, tale["reference"], split, column)
+    cells, verdicts = story.scorecard(cmp, ids, names=short_names(tale), set_names=set_names, kinds=["other"])
+    cells, verdicts = (f.rename(columns={"eval set": column}) for f in (cells, verdicts))
+    st.dataframe(story.style_scorecard(cells, verdicts), hide_index=True, key="compare_breakdown_table",
+                 width="stretch", height=min(35 * (len(cells) + 1) + 3, 600))
+    st.caption(f"Accuracy of each classifier per {column} on {split}; each change against "
+               f"{short_names(tale)[ids[0]]} with ± half its 95% interval (▲ gain, ▼ regression, ≈ within noise). "
+               "Numbers are cut into up to 5 bins of about as many images each, dates into months (or years).")
 
 
 ws = workspace()
@@ -66,6 +89,8 @@ for m in tale["fixes"]:
 
 st.subheader("Every evaluation set")
 scorecard_ui(tale, key="compare")
+st.subheader("By group or metadata")
+breakdown_part(tale)
 mitigation_part(chosen, labels)
 
 names = short_names(tale)

@@ -1,16 +1,17 @@
-"""Errors: where the classifier is wrong (confusion matrix, accuracy per group and class, confident mistakes),
-and where the labels are (label issues of the train and pool images, with a person's decisions)."""
+"""Errors: where the classifier is wrong (confusion matrix, accuracy per group, metadata value and class,
+confident mistakes), and where the labels are (label issues of the train and pool images, with a person's
+decisions)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from core.app import charts, queries
+from core.app import breakdowns, charts, queries
 from core.store.workspace import Workspace
 from pages._label_issues import label_issues_ui
 from pages._session import view, workspace
-from pages._widgets import gallery, pct
+from pages._widgets import BREAKDOWN_NOTE, breakdown_ui, gallery, pct
 
 
 def model_and_set_ui() -> tuple[str, str] | None:
@@ -57,13 +58,24 @@ def confusion_ui(conf: pd.DataFrame) -> tuple[int, int] | None:
 
 
 def accuracy_ui(model_id: str, split: str) -> None:
-    """Accuracy per group and per class, worst first."""
-    for tab, by, key in zip(st.tabs(["Per group", "Per class"]), ("group", "class"), ("groups", "classes")):
-        with tab:
-            acc = view(queries.accuracy_by, model_id, split, by=by)
-            st.altair_chart(charts.accuracy_bars(acc), key=f"errors_{key}_chart")
-            st.dataframe(acc.rename(columns={"key": by}), hide_index=True, key=f"errors_{key}",
-                         column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
+    """Accuracy per group or metadata value (with n and a 95% interval), and per class, worst first."""
+    by_value, by_class = st.tabs(["Per group or metadata", "Per class"])
+    with by_value:
+        column = breakdown_ui(key="errors_breakdown")
+        if column is not None:
+            acc = view(breakdowns.accuracy_breakdown, model_id, split, column)
+            in_order = view(breakdowns.column_kind, column) != "text"
+            st.altair_chart(charts.accuracy_bars(acc, key="value", what=column, in_order=in_order),
+                            key="errors_breakdown_chart")
+            st.dataframe(acc.rename(columns={"value": column}), hide_index=True, key="errors_breakdown_table",
+                         column_config={c: st.column_config.NumberColumn(format="percent")
+                                        for c in ("accuracy", "low", "high")})
+            st.caption(BREAKDOWN_NOTE)
+    with by_class:
+        acc = view(queries.accuracy_by, model_id, split, by="class")
+        st.altair_chart(charts.accuracy_bars(acc, what="class"), key="errors_classes_chart")
+        st.dataframe(acc.rename(columns={"key": "class"}), hide_index=True, key="errors_classes",
+                     column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
 
 
 def mistakes_ui(ws: Workspace) -> None:

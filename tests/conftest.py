@@ -21,7 +21,8 @@ TINY_ARCH = "test_resnet"
 
 def make_tiny_dataset(root: Path, *, seed: int = 0, size: int = 24) -> Path:
     """Two classes (a bright square vs a bright disc) on two backgrounds (dark vs light), with planted
-    minority groups in error_sample/error_heldout and 30% weak-label noise in the pool."""
+    minority groups in error_sample/error_heldout and 30% weak-label noise in the pool. Three metadata columns
+    (:func:`tiny_metadata`): the site (the background), the exposure (a number) and the day it was taken."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     rows = []
@@ -47,10 +48,19 @@ def make_tiny_dataset(root: Path, *, seed: int = 0, size: int = 24) -> Path:
             weak = names[cls if rng.random() > 0.3 else 1 - cls] if split == "pool" else ""
             rows.append({"path": f"{split}/{i:04d}.png", "label": "" if split == "pool" else names[cls],
                          "split": split, "weak_label": weak, "group": f"{names[cls]}_on_{'dark light'.split()[bg]}",
-                         "true_label": names[cls]})
+                         "true_label": names[cls], **tiny_metadata(i, bg)})
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+def tiny_metadata(i: int, background: int) -> dict[str, str]:
+    """The metadata of the tiny dataset's image ``i`` of a split on ``background`` (0 dark, 1 light): ``site``
+    (text) says the background (north: dark, south: light), ``exposure`` (number) is 40-44 on dark and 200-204 on
+    light, ``taken`` (date) a day of 2023, of month ``i % 12 + 1``. None of it draws from the random generator:
+    the images and labels are those of the dataset without it."""
+    return {"site": "south" if background else "north", "exposure": str((200 if background else 40) + i % 5),
+            "taken": f"2023-{i % 12 + 1:02d}-{i % 28 + 1:02d}"}
 
 
 @pytest.fixture(scope="session")

@@ -31,3 +31,28 @@ def copy_workspace(src: Path, dst: Path, **copytree_kwargs):
 
     shutil.copytree(src, dst, **copytree_kwargs)
     return Workspace.open(dst)
+
+
+def planted_predictions(ws, manifest: Path, model_id: str, split: str):
+    """A model's predictions on the labelled images of ``split`` (image_id, correct) beside what the tiny
+    dataset's manifest planted for each image (group, site, exposure, taken: read from the CSV, not from the
+    workspace's metadata tables)."""
+    import pandas as pd
+
+    planted = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    planted["path"] = [str((manifest.parent / p).resolve()) for p in planted.path]
+    preds = ws.df("SELECT i.image_id, i.path, p.correct FROM predictions p JOIN images i USING (image_id) "
+                  "WHERE p.model_id = ? AND i.split = ? AND i.label IS NOT NULL ORDER BY i.image_id", [model_id, split])
+    out = preds.merge(planted[["path", "group", "site", "exposure", "taken"]], on="path", validate="one_to_one")
+    return out.assign(exposure=out.exposure.astype(float))
+
+
+def planted_rows(planted, column: str, value: str):
+    """The rows of :func:`planted_predictions` a breakdown's row ``value`` of ``column`` stands for: a site as
+    is, an exposure range ``a – b`` (or one value), a month ``YYYY-MM`` of ``taken``."""
+    if column == "exposure":
+        low, _, high = value.partition(" – ")
+        return planted[(planted.exposure >= float(low)) & (planted.exposure <= float(high or low))]
+    if column == "taken":
+        return planted[planted.taken.str[:7] == value]
+    return planted[planted[column] == value]

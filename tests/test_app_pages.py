@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from helpers import copy_workspace
+from helpers import copy_workspace, planted_predictions, planted_rows
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.app import queries as views
 from core.app.names import model_names
+from core.app.story import pct
 from core.runner import launcher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +134,53 @@ def test_errors_page_confusion_cells_groups_and_mistakes(app, ws_copy):
     assert (mistakes.label_name != mistakes.pred_name).all()
     thumbs = list((ws.artifacts / "thumbs").glob("*.jpg"))
     assert len(thumbs) >= len(expected)  # galleries show cached thumbnails
+
+
+METADATA = ("site", "exposure", "taken")  # the tiny dataset's planted metadata (conftest.tiny_metadata)
+
+
+def test_errors_page_breaks_accuracy_down_by_each_metadata_column(app, ws_copy, tiny_manifest):
+    ws, report = ws_copy
+    model = report["methods"]["baseline"]["model_id"]
+    at = app("pages/errors.py")
+    assert at.selectbox(key="errors_breakdown").options == ["group (ground truth)", *METADATA]
+    planted = planted_predictions(ws, tiny_manifest, model, "error_heldout")
+    for column in METADATA:
+        at.selectbox(key="errors_breakdown").set_value(column).run()
+        _no_exception(at)
+        table = _df(at, column, "n", "accuracy", "low", "high")
+        assert table.n.sum() == PLAN["error_heldout"] and len(table) > 1
+        for r in table.itertuples(index=False):
+            rows = planted_rows(planted, column, r[0])
+            assert (r.n, r.n_correct) == (len(rows), rows.correct.sum()), (column, r[0])
+            assert r.accuracy == pytest.approx(rows.correct.mean()) and r.low <= r.accuracy <= r.high
+    # the gallery of the chosen cell says each image's metadata after its own caption
+    captions = at.image[0].captions
+    assert captions
+    for caption in captions:
+        image_id = int(caption.split(" ")[0].lstrip("#"))
+        r = planted.set_index("image_id").loc[image_id]
+        assert caption.endswith(f" · site={r.site} · exposure={int(r.exposure)} · taken={r.taken}"), caption
+
+
+def test_compare_page_shows_each_fix_per_value_of_each_metadata_column(app, ws_copy, tiny_manifest):
+    ws, report = ws_copy
+    base, dcd = (report["methods"][m]["model_id"] for m in ("baseline", "dcd"))
+    at = app("pages/compare.py")
+    at.multiselect(key="compare_models").set_value([base, dcd]).run()
+    assert at.selectbox(key="compare_breakdown_split").value == "test"
+    before, after = (planted_predictions(ws, tiny_manifest, m, "test") for m in (base, dcd))
+    for column in METADATA:
+        at.selectbox(key="compare_breakdown").set_value(column).run()
+        _no_exception(at)
+        table = _df(at, column, "n").set_index(column)
+        assert list(table.columns) == ["n", "Baseline (before)", "DCD"]
+        assert table.n.sum() == PLAN["test"] and len(table) > 1
+        for value, r in table.iterrows():
+            was, now = planted_rows(before, column, value), planted_rows(after, column, value)
+            assert r.n == len(was) == len(now)
+            assert r["Baseline (before)"] == pct(was.correct.mean())
+            assert r["DCD"].startswith(pct(now.correct.mean()) + " ") and " ±" in r["DCD"], r["DCD"]
 
 
 def _tally(at: AppTest) -> str:

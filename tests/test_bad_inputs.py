@@ -24,6 +24,7 @@ from core.data.imagefile import ImageTooLargeError, max_image_pixels, read_rgb
 from core.data.images import decode_all, load_rgb, thumbnail
 from core.data.ingest import REASONS, IngestReport, ingest_imagefolder, ingest_manifest
 from core.data.manifest import IngestError
+from core.data.metadata import image_metadata
 from core.progress import Progress
 from core.store.workspace import Workspace
 from jobs import ingest as ingest_job
@@ -373,8 +374,9 @@ def test_missing_and_extra_columns(ws: Workspace, tmp_path: Path) -> None:
                            ["path", "label", "split", "note", "Source"])
     report = ingest_manifest(ws, extra, progress=QUIET)
     check(report, {})
-    assert report.notes == ["extra.csv: ignored column(s) note, source (ingest reads path, label, split, "
-                            "weak_label, group, true_label)."]
+    assert report.notes == [] and report.metadata == {"note": "text", "source": "text"}  # kept, lowercase
+    image_id = int(ws.scalar("SELECT image_id FROM images"))
+    assert image_metadata(ws, [image_id]).loc[image_id].to_dict() == {"note": "x", "source": "y"}
 
 
 @pytest.mark.parametrize(("content", "pattern"), [

@@ -10,6 +10,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from core.store.schema import SCHEMA_VERSION
 from core.store.workspace import ReadOnlyWorkspaceError, Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,4 +86,4 @@ def test_an_older_schema_is_not_upgraded_by_a_viewer(sliced_copy):
 
     with pytest.raises(SchemaVersionError, match="without --read-only"):
         Workspace.open(root, read_only=True)
-    assert Workspace.open(root).schema_version() == 4  # a normal open upgrades it
+    assert Workspace.open(root).schema_version() == SCHEMA_VERSION  # a normal open upgrades it

@@ -62,10 +62,12 @@ def test_open_explains_what_is_wrong(tmp_path):
         Workspace.create(tmp_path / "old")
 
 
-#: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise;
-#: versions 1 and 2 had no item kinds and confidences; all three called DCD's neighbours ``k``.
-_LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise"),
-           2: ("label_noise",), 3: ()}
+#: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise,
+#: none of the four image metadata; versions 1 and 2 had no item kinds and confidences; 1 to 3 called DCD's
+#: neighbours ``k``.
+_METADATA = ("metadata_columns", "image_metadata")
+_LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise", *_METADATA),
+           2: ("label_noise", *_METADATA), 3: _METADATA, 4: _METADATA}
 
 
 @pytest.mark.parametrize("version", sorted(_LACKED))
@@ -81,17 +83,31 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
             con.execute("INSERT INTO selection_items VALUES ('old', 1, 0, 0.1, NULL, 0, 'proposed')")
         else:
             con.execute("INSERT INTO selection_items VALUES ('old', 1, 0, 0.1, NULL, 0, 'proposed', 'retrieved', NULL)")
-        con.execute("ALTER TABLE selections RENAME COLUMN neighbours TO k")
-        con.execute("INSERT INTO selections (selection_id, name, method, k) VALUES ('old', 'old', 'dcd', 7)")
+        neighbours = "neighbours"
+        if version < 4:
+            con.execute("ALTER TABLE selections RENAME COLUMN neighbours TO k")
+            neighbours = "k"
+        con.execute(f"INSERT INTO selections (selection_id, name, method, {neighbours}) VALUES ('old', 'old', 'dcd', 7)")
+        con.execute("INSERT INTO images (image_id, path, split, label) VALUES (0, 'a.png', 'train', 0)")
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
+    with pytest.raises(SchemaVersionError, match=f"version {version}, which this DCD Studio upgrades in place"):
+        Workspace.open(tmp_path / "old", read_only=True)  # a viewer cannot upgrade it
     opened = Workspace.open(tmp_path / "old")
     assert opened.fetchone("SELECT kind, confidence FROM selection_items WHERE selection_id = 'old'") == ("retrieved",
                                                                                                            None)
     assert opened.scalar("SELECT neighbours FROM selections WHERE selection_id = 'old'") == 7
-    assert opened.schema_version() == SCHEMA_VERSION == 4
-    assert opened.class_names() == ["cat"]
+    assert opened.schema_version() == SCHEMA_VERSION == 5
+    assert opened.class_names() == ["cat"] and opened.scalar("SELECT path FROM images") == "a.png"
     for table in _LACKED[version]:
         assert opened.scalar(f"SELECT count(*) FROM {table}") == 0
+    # the upgraded workspace takes metadata like a new one (the tables are the DDL's, constraints included)
+    with opened.write() as con:
+        con.execute("INSERT INTO metadata_columns VALUES ('site', 'text', 0)")
+        con.execute("INSERT INTO image_metadata VALUES (0, 'site', 'north', NULL, NULL)")
+    with pytest.raises(duckdb.ConstraintException), opened.write() as con:
+        con.execute("INSERT INTO metadata_columns VALUES ('when', 'time', 1)")
+    assert opened.scalar("SELECT text_value FROM image_metadata WHERE image_id = 0") == "north"
+    assert Workspace.open(tmp_path / "old", read_only=True).schema_version() == 5
 
 
 def _writer(root: str, n: int, read_done) -> None:

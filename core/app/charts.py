@@ -83,19 +83,31 @@ def noise_chart(cells: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
     return alt.layer(rect, text).properties(width=side, height=side)
 
 
-def accuracy_bars(acc: pd.DataFrame, *, title: str = "", key: str = "key") -> alt.LayerChart:
-    """Horizontal accuracy bars (worst first) from a frame with ``key``, ``accuracy``, ``n``; each bar is
-    labelled with its value, so a 0% bar is seen as 0%, and labels are never cut."""
+def accuracy_bars(acc: pd.DataFrame, *, title: str = "", key: str = "key", what: str = "group",
+                  in_order: bool = False) -> alt.LayerChart:
+    """Horizontal accuracy bars (worst first, or in the frame's order with ``in_order``: number bins, months)
+    from a frame with ``key``, ``accuracy``, ``n`` and, when it has them, ``low`` and ``high`` (the 95%
+    interval, drawn as a line across the bar's end); each bar is labelled with its value, so a 0% bar is seen
+    as 0%, and labels are never cut. ``what`` names the key in the tooltip."""
+    interval = {"low", "high"} <= set(acc.columns)
+    tips = [alt.Tooltip(f"{key}:N", title=what), alt.Tooltip("accuracy:Q", format=".1%"),
+            alt.Tooltip("n:Q", title="images")]
+    if interval:
+        tips += [alt.Tooltip("low:Q", title="95% interval from", format=".1%"),
+                 alt.Tooltip("high:Q", title="95% interval to", format=".1%")]
     base = alt.Chart(acc, title=title or alt.Undefined).encode(
-        y=alt.Y(f"{key}:N", title=None, sort=alt.EncodingSortField("accuracy", order="ascending"),
-                axis=alt.Axis(labelLimit=0)),
+        y=alt.Y(f"{key}:N", title=None, axis=alt.Axis(labelLimit=0),
+                sort=list(acc[key]) if in_order else alt.EncodingSortField("accuracy", order="ascending")),
         x=alt.X("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        tooltip=[alt.Tooltip(f"{key}:N", title="group"), alt.Tooltip("accuracy:Q", format=".1%"),
-                 alt.Tooltip("n:Q", title="images")],
+        tooltip=tips,
     )
     bars = base.mark_bar().encode(color=alt.condition(alt.datum.accuracy < 0.5, alt.value(BAD), alt.value(ACCENT)))
     text = base.mark_text(align="left", dx=4, fontSize=11).encode(text=alt.Text("accuracy:Q", format=".0%"))
-    return alt.layer(bars, text).properties(height=alt.Step(26))
+    layers = [bars]
+    if interval:  # the value's label past the interval's end
+        text = text.encode(x="high:Q")
+        layers.append(base.mark_rule(color="#1f2937", opacity=0.6).encode(x="low:Q", x2="high:Q"))
+    return alt.layer(*layers, text).properties(height=alt.Step(26))
 
 
 def _set_label(row: pd.Series, set_names: dict[str, str] | None = None) -> str:

@@ -115,8 +115,11 @@ def summarize(kind: str, result: Mapping[str, Any] | None, *, models: Mapping[st
         return JobSummary(what + ".", "slices", "See the slices")
     if kind == "ingest" or "ingest" in result:
         report = result.get("ingest", result)
-        return JobSummary(f"Added {report.get('n_added', 0):,} images ({report.get('n_rejected', 0):,} rejected).",
-                          "overview", "See the dataset on the Overview")
+        meta, n_bad = report.get("metadata") or {}, int(report.get("n_bad_values") or 0)
+        kept = (f" Metadata kept: {', '.join(meta)}" + (f" ({n_bad:,} bad value{'s' if n_bad > 1 else ''}, "
+                                                        f"listed in the job's log)" if n_bad else "") + ".") if meta else ""
+        return JobSummary(f"Added {report.get('n_added', 0):,} images ({report.get('n_rejected', 0):,} rejected)."
+                          + kept, "overview", "See the dataset on the Overview")
     return JobSummary("Finished.", None)
 
 

@@ -6,7 +6,9 @@ annotations, what was done about it (debug-train selections made for it, ``param
 models fine-tuned on them; mitigation models of its run, ``config.mitigation``) and the before/after: the
 slice run's classifier against each fix, on the slice's held-out part (eval set ``slice:RUN:RANK``), on
 test and on the worst test group, each change with its 95% interval and verdict as the Before / after page
-computes them (core.app.story), and the sentence that tells it.
+computes them (core.app.story), and the sentence that tells it; and, where the images have metadata, the
+members' most frequent values of each metadata column beside their share of all images
+(core.app.breakdowns.metadata_shares).
 core.app.slice_report_page.slice_report_html lays it out, with no script and no external
 resource, so the file opens offline and reads when e-mailed::
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.app.breakdowns import ColumnShares, metadata_shares
 from core.app.names import model_names, selection_names
 from core.app.story import compare, outcome, tell
 from core.dcd.slice_targets import EVAL_SET_PREFIX, get_target, resolve_slice
@@ -123,6 +126,7 @@ class SliceReportData:
     next_steps: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)  # what sets it apart, strongest first (core.scanner.slice_facts)
     facts_against: str = "cell"
+    metadata: list[ColumnShares] = field(default_factory=list)
 
     @property
     def slice_ref(self) -> str:
@@ -299,6 +303,7 @@ def slice_report_data(ws: Workspace, run_id: str, rank: int) -> SliceReportData:
     fix_ids = [m for m in fix_ids if m != before_id]
     before, fixes = _results(ws, models, before_id, fix_ids, eval_set, f"the held-out part of slice {rank}")
     told = slice_facts(ws, run_id).get(int(slice_id), [])
+    members = ws.df("SELECT image_id FROM slice_members WHERE run_id = ? AND slice_id = ?", [run_id, slice_id])
     return SliceReportData(
         facts=[f.text for f in told], facts_against=told[0].against if told else "cell",
         workspace=str(ws.root), run_id=run_id, rank=int(rank), slice_id=int(slice_id), size=int(s["size"]),
@@ -309,7 +314,8 @@ def slice_report_data(ws: Workspace, run_id: str, rank: int) -> SliceReportData:
         mosaic_png=mosaic, mosaic_note=mosaic_note, annotations=annotations, history=history, eval_set=eval_set,
         n_query=len(target.query_ids) if target else None, n_heldout=len(target.heldout_ids) if target else None,
         selections=selections, mitigations=mitigations, before=before, fixes=fixes,
-        next_steps=_next_steps(ws, f"{run_id}:{int(rank)}", target is not None, bool(fix_ids), bool(annotations)))
+        next_steps=_next_steps(ws, f"{run_id}:{int(rank)}", target is not None, bool(fix_ids), bool(annotations)),
+        metadata=metadata_shares(ws, members.image_id.tolist()))
 
 
 def slices_fixed_by(ws: Workspace, model_ids: Sequence[str]) -> list[tuple[str, int]]:

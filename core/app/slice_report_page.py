@@ -1,7 +1,8 @@
 """The slice report's HTML (core.app.slice_report): one page, CSS inline, the mosaic as a ``data:`` URI.
 
-Sections: the headline numbers, the slice (mosaic, confusion), its annotation, what was done (selections and
-their label mix, mitigation settings), before/after with each change's 95% interval, and what to run next.
+Sections: the headline numbers, the slice (mosaic, confusion), its images' metadata (each column's most
+frequent values), its annotation, what was done (selections and their label mix, mitigation settings),
+before/after with each change's 95% interval, and what to run next.
 No script and no external URL, so it opens offline and reads when e-mailed (core.app.html_parts).
 """
 
@@ -91,6 +92,22 @@ def _slice(d: SliceReportData) -> str:
     return f'<h2>The slice</h2><div class="two"><div class="mosaic">{mosaic}</div><div>{facts}{table}</div></div>'
 
 
+def _metadata(d: SliceReportData) -> str:
+    """Each metadata column's most frequent values among the slice's images, beside their share of all images."""
+    if not d.metadata:
+        return ""
+    rows = []
+    for c in d.metadata:
+        values = "; ".join(f"<b>{esc(v.value)}</b> {fmt_pct(v.share)} <span class=\"ci\">(all images: "
+                           f"{fmt_pct(v.share_all)})</span>" for v in c.top)
+        more = f' <span class="ci">and {c.n_values - len(c.top)} more</span>' if c.n_values > len(c.top) else ""
+        rows.append(f"<tr><td>{esc(c.column)}<div class=\"ci\">{esc(c.kind)}</div></td><td>{values}{more}</td></tr>")
+    return ("<h2>Its images' metadata</h2><p>The most frequent values among the slice's images, with their share "
+            "of the slice and, to compare, of all images of the same splits (numbers in ranges, dates by month or "
+            "year).</p><table id=\"metadata\"><thead><tr><th>column</th><th>most frequent values</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 def _annotation(d: SliceReportData) -> str:
     if not d.annotations:
         return "<h2>Annotation</h2><p>Not annotated yet.</p>"
@@ -159,7 +176,7 @@ def slice_report_html(d: SliceReportData) -> str:
             f'<div class="sub">Workspace {esc(d.workspace)} · classifier under test: {esc(d.before.name)} · '
             f"{generated_at()}. Accuracy is the share of correctly classified images; Δ is the change against "
             f"the classifier under test, in percentage points, with a 95% interval.</div>"
-            f"{_cards(d)}{_slice(d)}{_annotation(d)}{_done(d)}{_before_after(d)}"
+            f"{_cards(d)}{_slice(d)}{_metadata(d)}{_annotation(d)}{_done(d)}{_before_after(d)}"
             + (f"<h2>Next steps</h2><ul>{steps}</ul>" if steps else "")
             + '<div class="foot">Intervals: Newcombe\'s score interval for a difference of two proportions, '
               "treating the two accuracies as independent (conservative when both classifiers are scored on the "

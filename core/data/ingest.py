@@ -47,8 +47,13 @@ Decisions about the input as a whole, reported as notes in the summary (:attr:`I
 
 - A CSV's encoding is detected: UTF-8, UTF-8 with BOM (Excel's "CSV UTF-8"), UTF-16 with BOM; any other
   file is read as cp1252 (else latin-1) with a note naming the first non-UTF-8 byte and its line. The
-  separator is detected (``,``, ``;`` as Excel writes in European locales, tab, ``|``). Extra columns are
-  ignored and named; rows whose every cell is empty are skipped and counted. Parquet is read as is.
+  separator is detected (``,``, ``;`` as Excel writes in European locales, tab, ``|``). Rows whose every
+  cell is empty are skipped and counted. Parquet is read as is.
+- Every other column is image metadata (core.data.metadata): kept per image, typed per column as text,
+  number or date (:attr:`IngestReport.metadata`). A cell of a number or date column that does not parse is
+  a bad value: the row is kept, that cell's typed value left empty, and the cell reported with its row,
+  column and value (:attr:`IngestReport.bad_values`, written as CSV under ``artifacts/ingest/``). A column
+  with no value in any row is not kept (a note names it).
 - Labels (core.data.classes): ``"1"`` and ``"1.0"`` are one class; integer train labels get class ids in
   numeric order (``"2"`` before ``"10"``); ``"Cat"`` and ``"cat"`` stay two classes with a note naming them
   (some datasets tell them apart, and merging would rewrite rows). Class ids are given in class-list
@@ -77,13 +82,30 @@ import pandas as pd
 from core.constants import LABEL_COLUMNS, MANIFEST_COLUMNS, SPLITS
 from core.data.classes import canonical_labels, resolve_classes, similar_class_notes
 from core.data.imagefile import MAX_IMAGE_PIXELS, max_image_pixels, safe_text
-from core.data.manifest import IngestError, Manifest, load_imagefolder, load_manifest, missing_columns, text_frame
+from core.data.manifest import (
+    IngestError,
+    Manifest,
+    load_imagefolder,
+    load_manifest,
+    metadata_frame,
+    missing_columns,
+    text_frame,
+)
+from core.data.metadata import (
+    BAD_VALUE_COLUMNS,
+    MetadataKindChanged,
+    TypedMetadata,
+    bad_value_report,
+    stored_kinds,
+    type_metadata,
+    write_metadata,
+)
 from core.data.validate import ACCEPTED_COLUMNS, REASONS, REJECTION_COLUMNS, canonical_splits, validate_rows
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
-__all__ = ["ACCEPTED_COLUMNS", "MAX_IMAGE_PIXELS", "REASONS", "REJECTION_COLUMNS", "IngestError", "IngestReport",
-           "ingest_imagefolder", "ingest_manifest", "ingest_rows", "resolve_classes"]
+__all__ = ["ACCEPTED_COLUMNS", "BAD_VALUE_COLUMNS", "MAX_IMAGE_PIXELS", "REASONS", "REJECTION_COLUMNS", "IngestError",
+           "IngestReport", "ingest_imagefolder", "ingest_manifest", "ingest_rows", "resolve_classes"]
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -97,7 +119,11 @@ class IngestReport:
     input row with columns ``row`` (1-based position among the input rows), ``path``, ``reason`` (one of
     :data:`REASONS`) and ``message`` (which names the row, its CSV line, and the reason). ``n_existing``
     counts the rows rejected only because their file is already in the workspace. ``notes`` are the
-    decisions about the input as a whole (encoding, separator, ignored columns, look-alike classes).
+    decisions about the input as a whole (encoding, separator, empty columns, look-alike classes).
+    ``metadata`` maps each metadata column of the input to its kind (text, number, date); ``bad_values`` has
+    one row per metadata cell of an added row that did not parse as its column's kind (columns
+    :data:`~core.data.metadata.BAD_VALUE_COLUMNS`: ``row``, ``path``, ``column``, ``value``, ``message``):
+    the row was added, that cell's typed value left empty.
     """
 
     source: str
@@ -109,6 +135,9 @@ class IngestReport:
     rejections_path: Path | None = None
     n_existing: int = 0
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    bad_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(BAD_VALUE_COLUMNS)))
+    bad_values_path: Path | None = None
 
     @property
     def n_rejected(self) -> int:
@@ -131,6 +160,9 @@ class IngestReport:
             "rejections_path": str(self.rejections_path) if self.rejections_path else None,
             "classes": list(self.classes),
             "notes": list(self.notes),
+            "metadata": dict(self.metadata),
+            "n_bad_values": len(self.bad_values),
+            "bad_values_path": str(self.bad_values_path) if self.bad_values_path else None,
         }
 
     def summary(self, *, examples: int = 5) -> str:
@@ -141,6 +173,11 @@ class IngestReport:
             lines.append(f"Nothing new was added: {self.n_existing} row(s) of the input are already in the "
                          f"workspace (ingested earlier).")
         lines += [f"  note: {note}" for note in self.notes]
+        if self.metadata:
+            bad = self.bad_values["column"].value_counts()
+            lines.append("  metadata kept: " + ", ".join(
+                f"{c} ({k}" + (f", {bad[c]} bad value{'s' if bad[c] > 1 else ''})" if c in bad.index else ")")
+                for c, k in self.metadata.items()))
         if self.counts:
             lines += ["", f"  {'split':<16}{'added':>8}"]
             lines += [f"  {split:<16}{n:>8}" for split, n in self.counts.items()]
@@ -153,14 +190,22 @@ class IngestReport:
                 lines.append(f"    ... and {self.n_rejected - examples} more")
         if self.rejections_path:
             lines += ["", f"  all rejections: {self.rejections_path}"]
+        if len(self.bad_values):
+            lines += ["", f"  {len(self.bad_values)} bad metadata value(s): the rows were added and each cell is kept "
+                          f"as written, only its number or date is left empty:"]
+            lines += [f"    {message}" for message in self.bad_values["message"].head(examples)]
+            if len(self.bad_values) > examples:
+                lines.append(f"    ... and {len(self.bad_values) - examples} more")
+        if self.bad_values_path:
+            lines.append(f"  all bad values: {self.bad_values_path}")
         return "\n".join(lines)
 
 
 # -- writing -------------------------------------------------------------------------------------------
 
 
-def _write(ws: Workspace, accepted: pd.DataFrame, classes: list[str], source: str) -> None:
-    """Insert the class list's new classes and the accepted images in one short transaction."""
+def _write(ws: Workspace, accepted: pd.DataFrame, classes: list[str], source: str, metadata: TypedMetadata) -> None:
+    """Insert the class list's new classes, the accepted images and their metadata in one short transaction."""
     with ws.write() as con:
         class_ids = dict(con.execute("SELECT name, class_id FROM classes").fetchall())
         new = [c for c in classes if c not in class_ids]
@@ -187,13 +232,46 @@ def _write(ws: Workspace, accepted: pd.DataFrame, classes: list[str], source: st
                     "width, height, source) SELECT image_id, path, split, label, weak_label, group_name, "
                     "true_label, width, height, source FROM _ingest_images")
         con.unregister("_ingest_images")
+        image_of_row = dict(zip(accepted["row"] - 1, images["image_id"]))
+        cells = metadata.cells.assign(image_id=metadata.cells["row"].map(image_of_row).astype("int64"))
+        try:
+            write_metadata(con, metadata.kinds, cells)
+        except MetadataKindChanged as exc:
+            raise IngestError(f"Ingest of {source}: {exc}.") from exc
 
 
-def _save_rejections(ws: Workspace, rejected: pd.DataFrame, source: str) -> Path:
+def _save_csv(ws: Workspace, frame: pd.DataFrame, what: str, source: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = ws.artifact_dir("ingest") / f"rejections-{Path(source).stem or 'input'}-{stamp}.csv"
-    rejected.to_csv(path, index=False)
+    path = ws.artifact_dir("ingest") / f"{what}-{Path(source).stem or 'input'}-{stamp}.csv"
+    frame.to_csv(path, index=False)
     return path
+
+
+def _lowercase_columns(rows: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``rows`` with column names stripped and lowercase, as a manifest's are matched; a name given twice
+    that way is an error."""
+    names = [str(c).strip().lower() for c in rows.columns]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise IngestError(f"The rows to ingest from {source} have the column(s) {', '.join(map(repr, repeated))} "
+                          f"more than once (column names are case-insensitive); keep one of each.")
+    return rows.set_axis(names, axis=1)
+
+
+def _metadata_text(rows: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """The metadata columns of ``rows`` as text, without the ones that hold no value (named in a note)."""
+    meta = metadata_frame(rows).map(safe_text)  # a Parquet cell of undecodable bytes: escaped, not refused
+    empty = [c for c in meta.columns if not any(meta[c])]
+    if not empty:
+        return meta, []
+    return meta.drop(columns=empty), [f"{Path(source).name}: column(s) {', '.join(empty)} have no value in any row; "
+                                      f"not kept."]
+
+
+def _kind_notes(typed: TypedMetadata, known: dict[str, str]) -> list[str]:
+    kept = [f"{c} ({k})" for c, k in typed.kinds.items() if c in known]
+    return [f"metadata column(s) {', '.join(kept)} keep the kind this workspace gave them at an earlier ingest."] \
+        if kept else []
 
 
 # -- entry points ----------------------------------------------------------------------------------------
@@ -203,7 +281,8 @@ def ingest_rows(ws: Workspace, rows: pd.DataFrame, *, source: str, base_dir: Pat
                 classes: Sequence[str] | None = None, progress: Progress | None = None,
                 lines: Sequence[int] | None = None, notes: Sequence[str] = (), max_pixels: int | None = None,
                 allow_outside: bool = False, root_name: str = "the input's folder") -> IngestReport:
-    """Validate ``rows`` (columns :data:`MANIFEST_COLUMNS`, text) and append the good ones to ``ws``.
+    """Validate ``rows`` (columns :data:`MANIFEST_COLUMNS`, text; any other column is image metadata, see
+    core.data.metadata; names are matched case-insensitively) and append the good ones to ``ws``.
 
     Relative paths resolve against ``base_dir`` (default: the current folder), and files outside it
     are rejected as ``outside_root`` unless ``allow_outside``. ``lines`` (each row's CSV line) go into the
@@ -213,6 +292,7 @@ def ingest_rows(ws: Workspace, rows: pd.DataFrame, *, source: str, base_dir: Pat
     one transaction. Returns the report even when no row is accepted (then nothing is written).
     """
     progress = as_progress(progress)
+    rows = _lowercase_columns(rows, source)
     missing = missing_columns(rows)
     if missing:
         raise IngestError(f"The rows to ingest from {source} have no {', '.join(missing)} column; "
@@ -220,23 +300,32 @@ def ingest_rows(ws: Workspace, rows: pd.DataFrame, *, source: str, base_dir: Pat
     if lines is not None and len(lines) != len(rows):
         raise ValueError(f"lines has {len(lines)} entries for {len(rows)} rows")
     limit = max_image_pixels(max_pixels)
+    meta, meta_notes = _metadata_text(rows, source)
     rows, label_notes = canonical_labels(text_frame(rows))
     rows, split_notes = canonical_splits(rows)
     base_dir = (base_dir or Path.cwd()).expanduser().resolve()
     class_list = resolve_classes(ws, rows, classes)
-    all_notes = [*notes, *split_notes, *label_notes, *similar_class_notes(class_list, rows)]
+    known = stored_kinds(ws)
+    typed = type_metadata(meta, known)
+    all_notes = [*notes, *meta_notes, *_kind_notes(typed, known), *split_notes, *label_notes,
+                 *similar_class_notes(class_list, rows)]
     existing = set(ws.df("SELECT path FROM images")["path"])
     checked = validate_rows(rows, class_list, existing, base_dir=base_dir, root=None if allow_outside else base_dir,
                             root_name=root_name, lines=lines, max_pixels=limit, progress=progress.span(0.0, 0.95))
     accepted = checked.accepted
+    kept = typed.only(accepted["row"] - 1)
     if len(accepted):
-        _write(ws, accepted, class_list, source)
+        _write(ws, accepted, class_list, source, kept)
     per_split = accepted["split"].value_counts()
     counts = {s: int(per_split[s]) for s in SPLITS if s in per_split.index}
+    bad = bad_value_report(kept.bad, paths=dict(zip(accepted["row"] - 1, accepted["path"])), lines=lines)
     report = IngestReport(source=source, n_rows=len(rows), n_added=len(accepted), rejected=checked.rejected,
-                          counts=counts, classes=class_list, n_existing=checked.n_existing, notes=all_notes)
+                          counts=counts, classes=class_list, n_existing=checked.n_existing, notes=all_notes,
+                          metadata=dict(typed.kinds), bad_values=bad)
     if len(checked.rejected):
-        report.rejections_path = _save_rejections(ws, checked.rejected, source)
+        report.rejections_path = _save_csv(ws, checked.rejected, "rejections", source)
+    if len(bad):
+        report.bad_values_path = _save_csv(ws, bad, "bad-values", source)
     progress.report(1.0, f"ingested {report.n_added} of {report.n_rows} rows", force=True)
     return report
 

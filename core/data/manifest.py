@@ -1,8 +1,8 @@
 """Reading the two input layouts into rows of text cells: a manifest file, or an ImageFolder tree.
 
 - a **manifest**, CSV or Parquet, with columns ``path, label, split`` and optionally ``weak_label``,
-  ``group`` and ``true_label`` (other columns are ignored, and named in a note); see
-  :func:`load_manifest`;
+  ``group`` and ``true_label``; any other column is image metadata (site, camera, date ...), kept as text
+  here and typed by core.data.metadata at ingest; see :func:`load_manifest`;
 - an **ImageFolder** tree ``root/<split>/<class>/<image>``; under ``root/pool/`` the class folder is the
   weak label; see :func:`load_imagefolder`.
 
@@ -49,9 +49,10 @@ class IngestError(ValueError):
 class Manifest:
     """Rows read from a manifest or an ImageFolder tree.
 
-    ``rows`` has the text columns :data:`MANIFEST_COLUMNS` (``""`` = empty cell), indexed 0..N-1;
-    ``lines`` is each row's first line in the CSV (None for Parquet and ImageFolder); ``notes`` says what
-    the reader decided that the user should know (encoding, separator, ignored columns, skipped rows).
+    ``rows`` has the text columns :data:`MANIFEST_COLUMNS` and then the metadata columns, every other
+    column of the manifest by its lowercase name (``""`` = empty cell), indexed 0..N-1; ``lines`` is each
+    row's first line in the CSV (None for Parquet and ImageFolder); ``notes`` says what the reader decided
+    that the user should know (encoding, separator, skipped rows).
     """
 
     rows: pd.DataFrame
@@ -93,6 +94,14 @@ def text_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """
     return pd.DataFrame({c: ([cell_text(v) for v in frame[c]] if c in frame.columns else [""] * len(frame))
                          for c in MANIFEST_COLUMNS}, index=pd.RangeIndex(len(frame)), dtype=object)
+
+
+def metadata_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``frame`` that are not :data:`MANIFEST_COLUMNS` (image metadata), as stripped text like
+    :func:`text_frame`'s, named as they are (lowercase when they come from :func:`load_manifest`)."""
+    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
+    return pd.DataFrame({str(c): [cell_text(v) for v in frame[c]] for c in extra}, index=pd.RangeIndex(len(frame)),
+                        dtype=object)
 
 
 # -- CSV text ------------------------------------------------------------------------------------------
@@ -238,7 +247,8 @@ def _drop_empty_rows(raw: pd.DataFrame, lines: list[int] | None, name: str,
 def load_manifest(manifest: str | Path) -> Manifest:
     """Read a manifest into :class:`Manifest` rows of text columns :data:`MANIFEST_COLUMNS`.
 
-    Column names are matched case-insensitively; extra columns are dropped (and named in a note). The
+    Column names are matched case-insensitively; every other column is kept as image metadata, named in
+    lowercase (core.data.metadata types it at ingest). The
     ``label`` column may be left out only when a ``weak_label`` column is present (a pool-only
     manifest); non-pool rows without a label are then rejected row by row. Raises :class:`IngestError`
     for a missing, unreadable or empty file, an unsupported extension, a repeated or missing required
@@ -257,25 +267,22 @@ def load_manifest(manifest: str | Path) -> Manifest:
     except Exception as exc:  # Arrow and OS errors all mean the same to the user
         raise IngestError(f"Manifest {manifest} could not be read: {type(exc).__name__}: {exc}") from exc
     raw.columns = [str(c).strip().lower() for c in raw.columns]
-    repeated = sorted({c for c in raw.columns if c in MANIFEST_COLUMNS and list(raw.columns).count(c) > 1})
+    repeated = sorted({c for c in raw.columns if list(raw.columns).count(c) > 1})
     if repeated:
         raise IngestError(f"Manifest {manifest} has the column(s) {', '.join(map(repr, repeated))} more than once "
                           f"(column names are case-insensitive); keep one of each.")
     missing = missing_columns(raw)
     if missing:
         raise _missing_column_error(manifest, raw, missing)
-    ignored = [c for c in raw.columns if c not in MANIFEST_COLUMNS]
-    if ignored:
-        notes.append(f"{manifest.name}: ignored column(s) {', '.join(ignored)} (ingest reads "
-                     f"{', '.join(MANIFEST_COLUMNS)}).")
     raw, lines = _drop_empty_rows(raw, lines, manifest.name, notes)
     if raw.empty:
         raise IngestError(f"Manifest {manifest} has a header but no rows.")
-    return Manifest(text_frame(raw), lines, notes)
+    return Manifest(pd.concat([text_frame(raw), metadata_frame(raw)], axis=1), lines, notes)
 
 
 def read_manifest(manifest: str | Path) -> pd.DataFrame:
-    """The rows of :func:`load_manifest` (text columns :data:`MANIFEST_COLUMNS`, ``""`` = empty cell)."""
+    """The rows of :func:`load_manifest` (text columns :data:`MANIFEST_COLUMNS`, then the metadata columns;
+    ``""`` = empty cell)."""
     return load_manifest(manifest).rows
 
 

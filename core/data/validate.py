@@ -26,7 +26,8 @@ from core.progress import Progress
 REJECTION_COLUMNS = ("row", "path", "reason", "message")
 REASONS = ("empty_path", "non_utf8", "unknown_split", "missing_label", "missing_weak_label", "unknown_label",
            "outside_root", "duplicate_path", "missing_file", "unreadable_image", "too_large")
-ACCEPTED_COLUMNS = ("path", "split", "label", "weak_label", "group_name", "true_label", "width", "height")
+#: ``row``: the input row it came from, 1-based as in a rejection.
+ACCEPTED_COLUMNS = ("path", "split", "label", "weak_label", "group_name", "true_label", "width", "height", "row")
 #: How to allow files outside the input's folder, as the messages say it.
 ALLOW_OUTSIDE_HINT = "pass --allow-outside (allow_outside=True) to ingest files outside it"
 
@@ -220,6 +221,6 @@ def validate_rows(rows: pd.DataFrame, classes: Sequence[str], existing: set[str]
         row = records[i]
         kept.append({"path": paths[i], "split": row["split"], "label": row["label"] or None,
                      "weak_label": row["weak_label"] or None, "group_name": row["group"] or None,
-                     "true_label": row["true_label"] or None, "width": size[0], "height": size[1]})
+                     "true_label": row["true_label"] or None, "width": size[0], "height": size[1], "row": i + 1})
     rejected = pd.DataFrame(sorted(rejects, key=lambda r: r["row"]), columns=list(REJECTION_COLUMNS))
     return Validated(pd.DataFrame(kept, columns=list(ACCEPTED_COLUMNS)), rejected, n_existing)

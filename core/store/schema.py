@@ -8,16 +8,18 @@ file beside the DuckDB file (see ``core.store.jobs``): frequent small writes do 
 
 from __future__ import annotations
 
-from core.constants import ANNOTATION_KINDS, SELECTION_STATUSES, SPLITS
+from core.constants import ANNOTATION_KINDS, METADATA_KINDS, SELECTION_STATUSES, SPLITS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns (and
-#: DCD's neighbours per failure image, once called ``k``, by their name).
-MIGRATES_FROM = (1, 2, 3)
+#: DCD's neighbours per failure image, once called ``k``, by their name). Version 5 added image metadata
+#: (``metadata_columns``, ``image_metadata``): tables only.
+MIGRATES_FROM = (1, 2, 3, 4)
+#: (the version that made the change, the statement): run on a workspace of an older version only.
 MIGRATIONS = (
-    "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'",
-    "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS confidence FLOAT",
-    "ALTER TABLE selections RENAME COLUMN k TO neighbours",
+    (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'"),
+    (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS confidence FLOAT"),
+    (4, "ALTER TABLE selections RENAME COLUMN k TO neighbours"),
 )
 
 
@@ -51,6 +53,26 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER,
     source VARCHAR,
     ingested_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- Image metadata (core.data.metadata): a manifest's columns beyond the built-in ones (site, camera, date ...),
+-- any number of them. One row per column: its kind (how its values are typed) and its position among them.
+CREATE TABLE IF NOT EXISTS metadata_columns (
+    column_name VARCHAR PRIMARY KEY,  -- lowercase, as manifest column names are matched
+    kind VARCHAR NOT NULL CHECK (kind IN ({_one_of(METADATA_KINDS)})),
+    position INTEGER NOT NULL
+);
+
+-- One row per image and non-empty metadata cell: text_value is the cell as written; number_value or
+-- date_value is the cell parsed, for a number or date column (NULL there: the cell did not parse, a bad
+-- value the ingest reported).
+CREATE TABLE IF NOT EXISTS image_metadata (
+    image_id BIGINT NOT NULL,
+    column_name VARCHAR NOT NULL,
+    text_value VARCHAR NOT NULL,
+    number_value DOUBLE,
+    date_value TIMESTAMP,
+    PRIMARY KEY (image_id, column_name)
 );
 
 CREATE TABLE IF NOT EXISTS models (

@@ -186,11 +186,13 @@ class Workspace:
         """Bring a workspace of an older, compatible version to this one: add the tables and columns it lacks."""
         with self.write() as con:
             con.execute(DDL)
-            for statement in MIGRATIONS:
-                con.execute(statement)
+            for since, statement in MIGRATIONS:
+                if version < since:
+                    con.execute(statement)
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        renamed = ", DCD's `k` column named `neighbours`" if version < 4 else ""
         print(f"note: workspace {self.root} upgraded from schema version {version} to {SCHEMA_VERSION} "
-              f"(tables and columns added, DCD's `k` column named `neighbours`; no data changed)", file=sys.stderr)
+              f"(tables and columns added{renamed}; no data changed)", file=sys.stderr)
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the workspace (None if it records none)."""
