@@ -124,3 +124,28 @@ def test_a_slice_run_stores_its_facts_and_names_slices_by_them(sliced_copy):
     # read back as stored, not recomputed
     stored.write_text(json.dumps({"version": 1, "slices": {}}))
     assert slice_facts(ws, run_id) == {}
+
+
+def test_a_slice_holding_a_planted_metadata_value_is_named_by_it(sliced_copy):
+    """The tiny data plants ``site`` (text: north on dark backgrounds, south on light) and ``exposure``
+    (number: 40-44 dark, 200-204 light). With the planted groups removed, a slice mostly of one site (against
+    the rest of its cell or run) is named by that site or by its exposure, the same planted fact."""
+    ws, _report, sliced = sliced_copy
+    run_id = sliced["run_id"]
+    with ws.write() as con:
+        con.execute("UPDATE images SET group_name = NULL")
+    (ws.artifacts / "slices" / run_id / "facts.json").unlink()
+    facts, chosen = slice_facts(ws, run_id), naming_facts(ws, run_id)
+    sites = ws.df("SELECT m.slice_id, t.text_value AS site FROM slice_members m JOIN image_metadata t "
+                  "ON t.image_id = m.image_id AND t.column_name = 'site' WHERE m.run_id = ?", [run_id])
+    named = 0
+    for sid, part in sites.groupby("slice_id"):
+        share = part.site.value_counts(normalize=True)
+        rest = sites[sites.slice_id != sid].site.value_counts(normalize=True)
+        if share.iloc[0] >= 0.8 and rest.get(share.index[0], 0.0) <= 0.3:
+            told = {(f.name, f.value) for f in facts[int(sid)]}
+            assert ("site", share.index[0]) in told
+            assert chosen[int(sid)].name in ("site", "exposure")
+            named += 1
+    assert named >= 1  # the planted column does hold a slice here
+    assert all(f.name != "group" for fs in facts.values() for f in fs)

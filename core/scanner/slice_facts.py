@@ -5,16 +5,18 @@ Slices of one confusion cell share a description ("landbird taken for waterbird"
 members with the **rest of its confusion cell** (the run's other members of the slice's label and
 prediction), or with the rest of the run where the slice is (nearly) its whole cell:
 
-- **values**: a planted group (``group``) or a metadata column's value held by more of the slice than of
-  the rest ("93% have group=landbird_on_water, 2.4x the cell");
-- **measures**: the prediction's confidence and cheap image properties (brightness, contrast,
-  colourfulness, sharpness, aspect ratio, size), where the slice's members mostly lie on one side of the
-  rest's median ("darker: 88% below the cell's median brightness");
+- **values**: a planted group (``group``) or a text metadata column's value (core.data.metadata) held by
+  more of the slice than of the rest ("93% have group=landbird_on_water, 2.4x the cell");
+- **measures**: the prediction's confidence, cheap image properties (brightness, contrast, colourfulness,
+  sharpness, aspect ratio, size) and number or date metadata columns, where the slice's members mostly lie
+  on one side of the rest's median ("darker: 88% below the cell's median brightness");
 - **neighbours**: the class most of the slice's members' nearest labelled images hold, in a stored
   embedder's space, where that differs from the rest.
 
 Every fact has a ``score`` in [0, 1] (how much of the slice it separates from the rest: a difference of
-shares, or ``|2 AUC - 1|`` for a measure), and facts are listed strongest first. :func:`name_facts` picks,
+shares, or ``|2 AUC - 1|`` for a measure), and facts are listed strongest first, those of the data's own
+description (a value most of the slice holds, at least twice as often as the rest; a number or date
+metadata column) before the measured ones. :func:`name_facts` picks,
 for each slice, the strongest fact no other slice of its cell is named by, so names differ wherever the
 slices do. A run's facts are computed once and kept beside its mosaics (``artifacts/slices/<run>/facts.json``).
 """
@@ -36,6 +38,9 @@ MIN_COMPARISON = 8
 #: A value is a fact when the slice holds it this much more often than the rest (difference of shares)
 #: and at least :data:`MIN_LIFT` times as often.
 MIN_SHARE_GAIN, MIN_LIFT = 0.15, 1.5
+#: A value most of the slice holds (a group, a metadata value), clearly more often than the rest, names it
+#: before any measure.
+MOSTLY, STRONG_LIFT = 0.6, 2.0
 #: A measure is a fact when |2 AUC - 1| reaches this (0.4: 70% of slice/rest pairs in one order).
 MIN_SEPARATION = 0.4
 #: Neighbours looked at per member, and the image side the properties are measured at.
@@ -98,9 +103,10 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def measure_fact(name: str, slice_values: np.ndarray, rest_values: np.ndarray, against: str) -> SliceFact | None:
-    """The fact that the slice lies on one side of the rest in ``name``, or None below
-    :data:`MIN_SEPARATION` (or without values)."""
+def measure_fact(name: str, slice_values: np.ndarray, rest_values: np.ndarray, against: str, *,
+                 words: tuple[str, str] | None = None, fmt: Callable[[float], str] = _fmt) -> SliceFact | None:
+    """The fact that the slice lies on one side of the rest in ``name`` (``words``: what lower and higher
+    values are called; ``fmt`` writes a value), or None below :data:`MIN_SEPARATION` (or without values)."""
     a, b = np.asarray(slice_values, float), np.asarray(rest_values, float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) < 2 or len(b) < 2:
@@ -112,9 +118,9 @@ def measure_fact(name: str, slice_values: np.ndarray, rest_values: np.ndarray, a
     higher = auc > 0.5
     base, median = float(np.median(b)), float(np.median(a))
     side = float((a > base).mean() if higher else (a < base).mean())
-    word = MEASURE_WORDS.get(name, (f"lower {name}", f"higher {name}"))[int(higher)]
+    word = (words or MEASURE_WORDS.get(name, (f"lower {name}", f"higher {name}")))[int(higher)]
     text = (f"{word}: {100 * side:.0f}% {'above' if higher else 'below'} the {against}'s median {name} "
-            f"({_fmt(median)} vs {_fmt(base)})")
+            f"({fmt(median)} vs {fmt(base)})")
     return SliceFact("measure", name, "higher" if higher else "lower", round(score, 4), round(side, 4), base,
                      median, against, text, word)
 
@@ -160,10 +166,15 @@ def neighbour_fact(slice_classes: np.ndarray, rest_classes: np.ndarray, class_na
 # -- a run ------------------------------------------------------------------------------------------------
 
 def facts_for(members: pd.DataFrame, slice_id: int, cell: tuple[int, int] | None, *, value_columns: Sequence[str],
-              measure_columns: Sequence[str], class_names: Sequence[str]) -> list[SliceFact]:
+              measure_columns: Sequence[str], class_names: Sequence[str],
+              measure_styles: Mapping[str, tuple[tuple[str, str], Callable[[float], str]]] | None = None
+              ) -> list[SliceFact]:
     """The facts of one slice, strongest first. ``members``: the run's members with slice_id, label, pred,
     the ``value_columns`` (categorical) and ``measure_columns`` (numeric), and optionally ``nearest``
-    (each member's neighbours' majority class)."""
+    (each member's neighbours' majority class). ``measure_styles``: a measure's words for lower and higher
+    values and how its values are written (dates, say), where :data:`MEASURE_WORDS` and plain numbers do not
+    fit."""
+    styles = measure_styles or {}
     inside = members.slice_id == slice_id
     rest, against = ~inside, "run"
     if cell is not None:
@@ -177,16 +188,20 @@ def facts_for(members: pd.DataFrame, slice_id: int, cell: tuple[int, int] | None
     for col in value_columns:
         facts += value_facts(col, a[col], b[col], against)
     for col in measure_columns:
-        fact = measure_fact(col, a[col].to_numpy(float), b[col].to_numpy(float), against)
+        words, fmt = styles.get(col, (None, _fmt))
+        fact = measure_fact(col, a[col].to_numpy(float), b[col].to_numpy(float), against, words=words, fmt=fmt)
         if fact:
             facts.append(fact)
     if "nearest" in members:
         fact = neighbour_fact(a.nearest.to_numpy(), b.nearest.to_numpy(), class_names, against)
         if fact:
             facts.append(fact)
-    # a value (a group, a metadata column) names a slice before a measure of the same strength: it is what
-    # a reviewer can check against the data's own description
-    return sorted(facts, key=lambda f: (-(f.score + (0.1 if f.kind == "value" else 0.0)), f.text))
+    # what the data's own description says (a group, a metadata column) comes first where most of the slice
+    # has it: it is what a reviewer can check, and what the people who made the data call it
+    def described(f: SliceFact) -> bool:
+        return f.name in styles or (f.kind == "value" and f.share >= MOSTLY and f.share >= STRONG_LIFT * f.base)
+
+    return sorted(facts, key=lambda f: (not described(f), -f.score, f.text))
 
 
 def name_facts(cells: Mapping[int, object], facts: Mapping[int, Sequence[SliceFact]],
@@ -242,13 +257,38 @@ def _nearest_classes(ws: Workspace, image_ids: np.ndarray) -> np.ndarray | None:
     return None
 
 
-#: Extra categorical columns of the run's members (image metadata): a hook for metadata readers;
-#: members, workspace -> members with more columns, and their names.
-ValueColumns = Callable[[Workspace, pd.DataFrame], tuple[pd.DataFrame, list[str]]]
+def _date_text(days: float) -> str:
+    return str(pd.Timestamp(days, unit="D").date())
 
 
-def compute_slice_facts(ws: Workspace, run_id: str, *, value_columns: ValueColumns | None = None,
-                        progress: Progress | None = None) -> dict[int, list[SliceFact]]:
+def with_metadata(ws: Workspace, members: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict]:
+    """The members with their image metadata (core.data.metadata): text columns to compare as values,
+    number and date columns as measures (dates in days, written as dates); (members, value columns,
+    measure styles by measure column)."""
+    from core.data.metadata import image_metadata, metadata_columns
+
+    columns = [c for c in metadata_columns(ws) if c.name not in members.columns]
+    if not columns:
+        return members, [], {}
+    meta = image_metadata(ws, members.image_id.tolist(), columns=[c.name for c in columns])
+    members = members.copy()
+    values, styles = [], {}
+    for c in columns:
+        col = meta[c.name].to_numpy()
+        if c.kind == "date":
+            stamps = pd.to_datetime(pd.Series(col))
+            members[c.name] = (stamps - pd.Timestamp(0)).dt.total_seconds().to_numpy() / 86400.0
+            styles[c.name] = (("earlier", "later"), _date_text)
+        elif c.kind == "number":
+            members[c.name] = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy()
+            styles[c.name] = ((f"lower {c.name}", f"higher {c.name}"), _fmt)
+        else:
+            members[c.name] = col
+            values.append(c.name)
+    return members, values, styles
+
+
+def compute_slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None = None) -> dict[int, list[SliceFact]]:
     """Every slice's facts in ``run_id`` (see the module doc), strongest first."""
     from core.data.images import decode_all
 
@@ -262,21 +302,19 @@ def compute_slice_facts(ws: Workspace, run_id: str, *, value_columns: ValueColum
     members = pd.concat([members.reset_index(drop=True), image_properties(px)], axis=1)
     members["aspect ratio"] = members.width / members.height
     members["size"] = members.width * members.height
-    values = ["group"] if members["group"].notna().any() else []
-    if value_columns is not None:
-        members, extra = value_columns(ws, members)
-        values += list(extra)
+    members, meta_values, styles = with_metadata(ws, members)
+    values = (["group"] if members["group"].notna().any() else []) + meta_values
     nearest = _nearest_classes(ws, members.image_id.to_numpy(np.int64))
     if nearest is not None:
         members["nearest"] = nearest
-    measures = ["confidence", *image_properties(px[:1]).columns, "aspect ratio", "size"]
+    measures = ["confidence", *image_properties(px[:1]).columns, "aspect ratio", "size", *styles]
     class_names = ws.class_names()
     out = {}
     for s in slices.itertuples(index=False):
         cell = None if pd.isna(s.dominant_label) or pd.isna(s.dominant_pred) else (int(s.dominant_label),
                                                                                      int(s.dominant_pred))
         out[int(s.slice_id)] = facts_for(members, int(s.slice_id), cell, value_columns=values,
-                                         measure_columns=measures, class_names=class_names)
+                                         measure_columns=measures, class_names=class_names, measure_styles=styles)
     progress.report(1.0, f"facts of {len(out)} slices", force=True)
     return out
 
@@ -297,8 +335,7 @@ def save_slice_facts(ws: Workspace, run_id: str, facts: Mapping[int, Sequence[Sl
 _MEMORY: dict[tuple[str, str], dict[int, list[SliceFact]]] = {}
 
 
-def slice_facts(ws: Workspace, run_id: str, *, value_columns: ValueColumns | None = None,
-                progress: Progress | None = None) -> dict[int, list[SliceFact]]:
+def slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None = None) -> dict[int, list[SliceFact]]:
     """A run's facts: read from its ``facts.json``, else computed (and saved, unless the workspace is
     read-only; then kept in this process's memory)."""
     path = _facts_path(ws, run_id)
@@ -311,7 +348,7 @@ def slice_facts(ws: Workspace, run_id: str, *, value_columns: ValueColumns | Non
     key = (str(ws.root.resolve()), run_id)
     if key in _MEMORY:
         return _MEMORY[key]
-    facts = compute_slice_facts(ws, run_id, value_columns=value_columns, progress=progress)
+    facts = compute_slice_facts(ws, run_id, progress=progress)
     if ws.read_only:
         _MEMORY[key] = facts
     else:
