@@ -9,6 +9,7 @@ import pandas as pd
 
 from core.app.names import describe_slice, slice_names
 from core.scanner.slice_facts import (
+    FACTS_VERSION,
     facts_for,
     image_properties,
     measure_fact,
@@ -84,19 +85,22 @@ def test_image_properties_rank_planted_images():
     assert props.colourfulness[3] < 1e-6 < 0.1 < props.colourfulness[2]
 
 
-def test_names_in_one_cell_use_facts_no_other_slice_of_it_uses():
+def test_names_in_one_cell_differ_by_a_fact_no_earlier_slice_of_it_uses():
     members = _members(np.random.default_rng(4))
     members.loc[members.slice_id == 2, "site"] = "B"  # slices 1 and 2 both mostly site=B now
     kw = dict(value_columns=["site"], measure_columns=["brightness"], class_names=["cat", "dog"])
     facts = {sid: facts_for(members, sid, (0, 1), **kw) for sid in (1, 2, 3)}
     chosen = name_facts({1: (0, 1), 2: (0, 1), 3: (0, 1)}, facts, [1, 2, 3])
-    assert set(chosen) == {1, 2, 3} and len({f.short for f in chosen.values()}) == 3
-    assert chosen[2].short == "darker"
-    # a fact another slice of the cell is named by is passed over for the next one
-    same = {1: facts[2][:1] + facts[1], 2: facts[2]}
-    assert name_facts({1: "c", 2: "c"}, same, [1, 2])[2].short != "darker"
+    keys = {sid: [(f.name, f.value) for f in fs] for sid, fs in chosen.items()}
+    assert set(keys) == {1, 2, 3} and len({tuple(k) for k in keys.values()}) == 3
+    assert ("brightness", "lower") in keys[2]
+    # a fact an earlier slice of the cell is named by is kept, and the next unused one is added
+    same = {1: facts[2][:1], 2: facts[2][:1] + [f for f in facts[1] if f.name == "brightness"]}
+    both = name_facts({1: "c", 2: "c"}, same, [1, 2])
+    assert both[1] == facts[2][:1] and both[2][0] == facts[2][0] and len(both[2]) == 2
+    assert both[2][1].name == "brightness" and (both[2][1].name, both[2][1].value) != (both[1][0].name, both[1][0].value)
     row = {"confusion": [[0, 40], [0, 0]], "rank": 1, "size": 40}
-    assert describe_slice(row, ["cat", "dog"], chosen[1]) == f"cat taken for dog: {chosen[1].short}"
+    assert describe_slice(row, ["cat", "dog"], both[2]) == f"cat taken for dog: {both[2][0].short}, {both[2][1].short}"
 
 
 def test_a_slice_run_stores_its_facts_and_names_slices_by_them(sliced_copy):
@@ -119,10 +123,17 @@ def test_a_slice_run_stores_its_facts_and_names_slices_by_them(sliced_copy):
             assert (int(sid), top) in told
     names = slice_names(ws, run_id)
     chosen = naming_facts(ws, run_id)
-    for sid, fact in chosen.items():
-        assert fact.short in names[sid]
+    for sid, facts_named in chosen.items():
+        assert all(f.short in names[sid] for f in facts_named)
+    # slices of one cell never share their name's description where facts tell them apart
+    rows = ws.df("SELECT slice_id, rank, size, confusion, dominant_label, dominant_pred FROM slices WHERE run_id = ?",
+                 [run_id])
+    described = [describe_slice(r._asdict(), ws.class_names(), chosen.get(int(r.slice_id)))
+                 for r in rows.itertuples(index=False)]
+    told_apart = [d for d, r in zip(described, rows.itertuples(index=False)) if int(r.slice_id) in chosen]
+    assert len(told_apart) == len(set(told_apart))
     # read back as stored, not recomputed
-    stored.write_text(json.dumps({"version": 1, "slices": {}}))
+    stored.write_text(json.dumps({"version": FACTS_VERSION, "slices": {}}))
     assert slice_facts(ws, run_id) == {}
 
 
@@ -145,7 +156,7 @@ def test_a_slice_holding_a_planted_metadata_value_is_named_by_it(sliced_copy):
         if share.iloc[0] >= 0.8 and rest.get(share.index[0], 0.0) <= 0.3:
             told = {(f.name, f.value) for f in facts[int(sid)]}
             assert ("site", share.index[0]) in told
-            assert chosen[int(sid)].name in ("site", "exposure")
+            assert chosen[int(sid)][0].name in ("site", "exposure")
             named += 1
     assert named >= 1  # the planted column does hold a slice here
     assert all(f.name != "group" for fs in facts.values() for f in fs)

@@ -166,14 +166,15 @@ def _confusion(value: Any) -> list[list[int]]:
     return [list(map(int, row)) for row in value] if value is not None and len(value) else []
 
 
-def describe_slice(row: Mapping | pd.Series, class_names: Sequence[str], fact: SliceFact | None = None) -> str:
+def describe_slice(row: Mapping | pd.Series, class_names: Sequence[str],
+                   facts: Sequence[SliceFact] | None = None) -> str:
     """What a slice holds, from its confusion matrix (rows: label, columns: prediction): 'waterbird taken
     for landbird' (its largest cell is an error), 'landbird, recognised' (a correct cell), 'mixed' without
-    one cell of at least half the slice; unlabelled members count only in the size. With ``fact`` (what
-    sets it apart from the rest of its cell, core.scanner.slice_facts), that follows: 'landbird taken for
-    waterbird: 93% group=landbird_on_water'."""
+    one cell of at least half the slice; unlabelled members count only in the size. With ``facts`` (what
+    sets it apart, core.scanner.slice_facts.name_facts), they follow: 'landbird taken for waterbird: 93%
+    group=landbird_on_water'."""
     what = _describe_cell(row, class_names)
-    return f"{what}: {fact.short}" if fact is not None else what
+    return f"{what}: {', '.join(f.short for f in facts)}" if facts else what
 
 
 def _describe_cell(row: Mapping | pd.Series, class_names: Sequence[str]) -> str:
@@ -191,18 +192,19 @@ def _describe_cell(row: Mapping | pd.Series, class_names: Sequence[str]) -> str:
     return what if n >= total / 2 else f"mixed, mostly {what}"
 
 
-def slice_name(row: Mapping | pd.Series, class_names: Sequence[str], fact: SliceFact | None = None) -> str:
+def slice_name(row: Mapping | pd.Series, class_names: Sequence[str],
+               facts: Sequence[SliceFact] | None = None) -> str:
     """'#1 · waterbird taken for landbird: 93% group=landbird_on_water (502 images, 0% right)': rank,
-    contents, what sets it apart (``fact``), size and accuracy."""
+    contents, what sets it apart (``facts``), size and accuracy."""
     acc = row.get("accuracy")
     right = f", {100 * acc:.0f}% right" if acc is not None and acc == acc else ""
-    return f"#{int(row['rank'])} · {describe_slice(row, class_names, fact)} ({int(row['size']):,} images{right})"
+    return f"#{int(row['rank'])} · {describe_slice(row, class_names, facts)} ({int(row['size']):,} images{right})"
 
 
 def name_slices(slices: pd.DataFrame, class_names: Sequence[str],
-                facts: Mapping[int, SliceFact] | None = None) -> dict[int, str]:
+                facts: Mapping[int, Sequence[SliceFact]] | None = None) -> dict[int, str]:
     """slice_id -> :func:`slice_name` for a run's slices (rank, size, accuracy, confusion, dominant_*), each
-    with the fact it is named by (``facts``: slice_id -> fact, core.scanner.slice_facts.naming_facts)."""
+    with the facts it is named by (``facts``: slice_id -> facts, core.scanner.slice_facts.naming_facts)."""
     facts = facts or {}
     return {int(r["slice_id"]): slice_name(r, class_names, facts.get(int(r["slice_id"])))
             for _, r in slices.iterrows()}

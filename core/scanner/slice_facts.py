@@ -3,22 +3,27 @@
 Slices of one confusion cell share a description ("landbird taken for waterbird"); a reviewer asks what slice
 4 has that slice 1 has not. :func:`slice_facts` answers with measured facts, each comparing the slice's
 members with the **rest of its confusion cell** (the run's other members of the slice's label and
-prediction), or with the rest of the run where the slice is (nearly) its whole cell:
+prediction; unless the slice is nearly its whole cell) and with the **rest of the run**:
 
 - **values**: a planted group (``group``) or a text metadata column's value (core.data.metadata) held by
   more of the slice than of the rest ("93% have group=landbird_on_water, 2.4x the cell");
 - **measures**: the prediction's confidence, cheap image properties (brightness, contrast, colourfulness,
   sharpness, aspect ratio, size) and number or date metadata columns, where the slice's members mostly lie
   on one side of the rest's median ("darker: 88% below the cell's median brightness");
+- **attention**: where the classifier looks, from the run's attribution heatmaps (the centre of their mass,
+  how spread it is): "looks higher up", "looks at one spot";
 - **neighbours**: the class most of the slice's members' nearest labelled images hold, in a stored
   embedder's space, where that differs from the rest.
+
+Each is measured against the rest of the cell and against the rest of the run (a fact found against both
+is told once, against the cell).
 
 Every fact has a ``score`` in [0, 1] (how much of the slice it separates from the rest: a difference of
 shares, or ``|2 AUC - 1|`` for a measure), and facts are listed strongest first, those of the data's own
 description (a value most of the slice holds, at least twice as often as the rest; a number or date
-metadata column) before the measured ones. :func:`name_facts` picks,
-for each slice, the strongest fact no other slice of its cell is named by, so names differ wherever the
-slices do. A run's facts are computed once and kept beside its mosaics (``artifacts/slices/<run>/facts.json``).
+metadata column) before the measured ones. :func:`name_facts` names
+each slice by its strongest fact, adding the strongest one no earlier slice of its cell is named by where
+that fact is shared, so names differ wherever the slices do. A run's facts are computed once and kept beside its mosaics (``artifacts/slices/<run>/facts.json``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ MOSTLY, STRONG_LIFT = 0.6, 2.0
 MIN_SEPARATION = 0.4
 #: Neighbours looked at per member, and the image side the properties are measured at.
 N_NEIGHBOURS, PROPERTY_SIZE = 10, 96
-FACTS_VERSION = 1
+FACTS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ MEASURE_WORDS: dict[str, tuple[str, str]] = {
     "sharpness": ("blurrier", "sharper"),
     "aspect ratio": ("taller", "wider"),
     "size": ("smaller", "larger"),
+    "attention x": ("looks further left", "looks further right"),
+    "attention y": ("looks higher up", "looks lower down"),
+    "attention spread": ("looks at one spot", "looks all over"),
 }
 
 
@@ -90,6 +98,24 @@ def image_properties(pixels: np.ndarray) -> pd.DataFrame:
     lap = (luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] + luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] - 4 * luma[:, 1:-1, 1:-1])
     return pd.DataFrame({"brightness": luma.mean((1, 2)), "contrast": luma.std((1, 2)), "colourfulness": colour,
                          "sharpness": lap.var((1, 2))})
+
+
+def attention_properties(heatmaps: np.ndarray) -> pd.DataFrame:
+    """Where the model looks, from N x s x s attribution heatmaps: the centre of their positive mass
+    (``attention x`` left to right, ``attention y`` top to bottom, in [0, 1]) and ``attention spread`` (the
+    share of the image holding the top half of that mass: small when the model looks at one spot)."""
+    h = np.clip(np.asarray(heatmaps, np.float64), 0, None)
+    n, size = h.shape[0], h.shape[-1]
+    mass = h.reshape(n, -1).sum(1)
+    safe = np.where(mass > 0, mass, 1.0)
+    grid = (np.arange(size) + 0.5) / size
+    x = (h.sum(1) * grid).sum(1) / safe
+    y = (h.sum(2) * grid).sum(1) / safe
+    ordered = -np.sort(-h.reshape(n, -1), axis=1)
+    cum = np.cumsum(ordered, axis=1) / safe[:, None]
+    spread = ((cum < 0.5).sum(1) + 1) / (size * size)
+    nan = np.where(mass > 0, 1.0, np.nan)
+    return pd.DataFrame({"attention x": x * nan, "attention y": y * nan, "attention spread": spread * nan})
 
 
 def _auc(a: np.ndarray, b: np.ndarray) -> float:
@@ -176,26 +202,30 @@ def facts_for(members: pd.DataFrame, slice_id: int, cell: tuple[int, int] | None
     fit."""
     styles = measure_styles or {}
     inside = members.slice_id == slice_id
-    rest, against = ~inside, "run"
+    comparisons = []
     if cell is not None:
         in_cell = (members.label == cell[0]) & (members.pred == cell[1])
         if int((in_cell & ~inside).sum()) >= MIN_COMPARISON:
-            rest, against = in_cell & ~inside, "cell"
-    a, b = members[inside], members[rest]
-    if a.empty or b.empty:
-        return []
+            comparisons.append(("cell", in_cell & ~inside))
+    comparisons.append(("run", ~inside))
+    a = members[inside]
     facts: list[SliceFact] = []
-    for col in value_columns:
-        facts += value_facts(col, a[col], b[col], against)
-    for col in measure_columns:
-        words, fmt = styles.get(col, (None, _fmt))
-        fact = measure_fact(col, a[col].to_numpy(float), b[col].to_numpy(float), against, words=words, fmt=fmt)
-        if fact:
-            facts.append(fact)
-    if "nearest" in members:
-        fact = neighbour_fact(a.nearest.to_numpy(), b.nearest.to_numpy(), class_names, against)
-        if fact:
-            facts.append(fact)
+    seen: set[tuple[str, str]] = set()  # a fact against the cell is not repeated against the run
+    for against, rest in comparisons:
+        b = members[rest]
+        if a.empty or b.empty:
+            continue
+        found = [f for col in value_columns for f in value_facts(col, a[col], b[col], against)]
+        for col in measure_columns:
+            words, fmt = styles.get(col, (None, _fmt))
+            found.append(measure_fact(col, a[col].to_numpy(float), b[col].to_numpy(float), against, words=words,
+                                      fmt=fmt))
+        if "nearest" in members:
+            found.append(neighbour_fact(a.nearest.to_numpy(), b.nearest.to_numpy(), class_names, against))
+        for fact in found:
+            if fact is not None and (fact.name, fact.value) not in seen:
+                seen.add((fact.name, fact.value))
+                facts.append(fact)
     # what the data's own description says (a group, a metadata column) comes first where most of the slice
     # has it: it is what a reviewer can check, and what the people who made the data call it
     def described(f: SliceFact) -> bool:
@@ -205,18 +235,23 @@ def facts_for(members: pd.DataFrame, slice_id: int, cell: tuple[int, int] | None
 
 
 def name_facts(cells: Mapping[int, object], facts: Mapping[int, Sequence[SliceFact]],
-               order: Sequence[int]) -> dict[int, SliceFact]:
-    """For each slice (in ``order``, the run's ranking) the strongest of its facts that no earlier slice of
-    the same cell (``cells``: slice_id -> cell) is named by; slices with none are left out."""
-    used: dict[object, set[str]] = {}
-    chosen = {}
+               order: Sequence[int]) -> dict[int, list[SliceFact]]:
+    """What each slice is named by (``order``: the run's ranking; ``cells``: slice_id -> its cell): its
+    strongest fact, and where an earlier slice of the same cell is named by that fact (the same column and
+    value), also its strongest fact no earlier slice of the cell uses, so that the names differ. Slices
+    with no fact are left out."""
+    used: dict[object, set[tuple[str, str]]] = {}
+    chosen: dict[int, list[SliceFact]] = {}
     for sid in order:
         taken = used.setdefault(cells.get(sid), set())
-        for fact in facts.get(sid, ()):
-            if fact.short not in taken:
-                chosen[sid] = fact
-                taken.add(fact.short)
-                break
+        told = list(facts.get(sid, ()))
+        if not told:
+            continue
+        named = [told[0]]
+        if (told[0].name, told[0].value) in taken:
+            named += [f for f in told[1:] if (f.name, f.value) not in taken][:1]
+        taken.update((f.name, f.value) for f in named)
+        chosen[sid] = named
     return chosen
 
 
@@ -226,6 +261,23 @@ def _members(ws: Workspace, run_id: str) -> pd.DataFrame:
                  "JOIN images i ON i.image_id = m.image_id "
                  "LEFT JOIN predictions p ON p.image_id = m.image_id AND p.model_id = r.model_id "
                  "WHERE m.run_id = ? ORDER BY m.image_id", [run_id])
+
+
+def _attention(ws: Workspace, run_id: str, image_ids: np.ndarray) -> pd.DataFrame | None:
+    """:func:`attention_properties` of the run model's stored attributions of ``image_ids`` (in their
+    order), or None where some are missing."""
+    from core.scanner.attribution import load_attributions
+
+    model_id = str(ws.scalar("SELECT model_id FROM slice_runs WHERE run_id = ?", [run_id]))
+    try:
+        att = load_attributions(ws, model_id, image_ids=image_ids.tolist())
+    except LookupError:
+        return None
+    if len(att.image_ids) != len(image_ids):
+        return None
+    props = attention_properties(att.heatmaps)
+    order = pd.Series(np.arange(len(att.image_ids)), index=att.image_ids)
+    return props.iloc[order.loc[image_ids].to_numpy()].reset_index(drop=True)
 
 
 def _nearest_classes(ws: Workspace, image_ids: np.ndarray) -> np.ndarray | None:
@@ -302,12 +354,16 @@ def compute_slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None
     members = pd.concat([members.reset_index(drop=True), image_properties(px)], axis=1)
     members["aspect ratio"] = members.width / members.height
     members["size"] = members.width * members.height
+    attention = _attention(ws, run_id, members.image_id.to_numpy(np.int64))
+    if attention is not None:
+        members = pd.concat([members, attention], axis=1)
     members, meta_values, styles = with_metadata(ws, members)
     values = (["group"] if members["group"].notna().any() else []) + meta_values
     nearest = _nearest_classes(ws, members.image_id.to_numpy(np.int64))
     if nearest is not None:
         members["nearest"] = nearest
-    measures = ["confidence", *image_properties(px[:1]).columns, "aspect ratio", "size", *styles]
+    measures = ["confidence", *image_properties(px[:1]).columns, "aspect ratio", "size",
+                *([] if attention is None else attention.columns), *styles]
     class_names = ws.class_names()
     out = {}
     for s in slices.itertuples(index=False):
@@ -356,7 +412,7 @@ def slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None = None)
     return facts
 
 
-def naming_facts(ws: Workspace, run_id: str) -> dict[int, SliceFact]:
+def naming_facts(ws: Workspace, run_id: str) -> dict[int, list[SliceFact]]:
     """The fact each slice of ``run_id`` is named by (:func:`name_facts` over :func:`slice_facts`)."""
     slices = ws.df("SELECT slice_id, rank, dominant_label, dominant_pred FROM slices WHERE run_id = ? ORDER BY rank",
                    [run_id])
