@@ -98,7 +98,7 @@ def find_slices(ws: Workspace, model_id: str | None = None, *, config: SliceConf
               "seconds": round(time.perf_counter() - t0, 1)}
     _store_run(ws, run_id, model_id, table, df, params)
     # what sets each slice apart, kept beside its mosaics for the names the app and reports give it
-    save_slice_facts(ws, run_id, compute_slice_facts(ws, run_id, progress=progress.span(0.95, 1.0)))
+    save_slice_facts(ws, run_id, compute_slice_facts(ws, run_id, embed=True, progress=progress.span(0.9, 1.0)))
     progress.report(1.0, f"{slicer.n_slices_} slices of {len(df)} images", force=True)
     return SliceRun(run_id, model_id, table, df, params)
 

@@ -50,7 +50,7 @@ MOSTLY, STRONG_LIFT = 0.6, 2.0
 MIN_SEPARATION = 0.4
 #: Neighbours looked at per member, and the image side the properties are measured at.
 N_NEIGHBOURS, PROPERTY_SIZE = 10, 96
-FACTS_VERSION = 2
+FACTS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -280,33 +280,39 @@ def _attention(ws: Workspace, run_id: str, image_ids: np.ndarray) -> pd.DataFram
     return props.iloc[order.loc[image_ids].to_numpy()].reset_index(drop=True)
 
 
-def _nearest_classes(ws: Workspace, image_ids: np.ndarray) -> np.ndarray | None:
-    """Each image's majority class among its :data:`N_NEIGHBOURS` nearest labelled train images in the
-    first stored embedder's space that covers them all (itself left out); None without one."""
+def _nearest_classes(ws: Workspace, image_ids: np.ndarray, *, embed: bool = False,
+                     progress: Progress | None = None) -> np.ndarray | None:
+    """Each image's majority class among its :data:`N_NEIGHBOURS` nearest labelled images (any split but the
+    pool; itself left out) in the search embedder's space (core.dcd.embed.default_search_embedder); None
+    where the workspace has no embedder, or (without ``embed``) where it lacks some of the images' vectors.
+    With ``embed``, the images it lacks are embedded first (the slices job does; the app never)."""
     import faiss
 
-    from core.store.vectors import embedding_stats, list_embedders, load_embeddings
+    from core.dcd.embed import default_search_embedder, embed_missing
+    from core.store.vectors import load_embeddings
 
-    for embedder_id in list_embedders(ws):
-        ids, vecs = load_embeddings(ws, embedder_id, image_ids=image_ids.tolist())
-        if len(ids) < len(image_ids) or embedding_stats(ws, embedder_id, splits=["train"])[0] < N_NEIGHBOURS + 1:
-            continue
-        t_ids, t_vecs = load_embeddings(ws, embedder_id, splits=["train"])
-        labels = ws.df("SELECT image_id, label FROM images WHERE split = 'train' AND label IS NOT NULL")
-        label_of = dict(zip(labels.image_id.astype(int), labels.label.astype(int)))
-        keep = np.array([int(i) in label_of for i in t_ids])
-        t_ids, t_vecs = t_ids[keep], np.ascontiguousarray(t_vecs[keep], np.float32)
-        index = faiss.IndexFlatL2(t_vecs.shape[1])
-        index.add(t_vecs)
-        _, nn = index.search(np.ascontiguousarray(vecs, np.float32), N_NEIGHBOURS + 1)
-        order = {int(i): k for k, i in enumerate(ids)}
-        out = np.empty(len(image_ids), np.int64)
-        for k, image_id in enumerate(image_ids):
-            row = nn[order[int(image_id)]]
-            classes = [label_of[int(t_ids[j])] for j in row if j >= 0 and int(t_ids[j]) != int(image_id)]
-            out[k] = np.bincount(classes[:N_NEIGHBOURS]).argmax()
-        return out
-    return None
+    try:
+        embedder_id = default_search_embedder(ws)
+    except ValueError:
+        return None
+    if embed:
+        embed_missing(ws, embedder_id, image_ids.tolist(), progress=progress)
+    labelled = ws.df("SELECT image_id, label FROM images WHERE split <> 'pool' AND label IS NOT NULL")
+    ids, vecs = load_embeddings(ws, embedder_id, image_ids=labelled.image_id.tolist())
+    have = set(int(i) for i in ids)
+    if not all(int(i) in have for i in image_ids) or len(ids) <= N_NEIGHBOURS:
+        return None
+    label_of = dict(zip(labelled.image_id.astype(int), labelled.label.astype(int)))
+    vecs = np.ascontiguousarray(vecs, np.float32)
+    index = faiss.IndexFlatL2(vecs.shape[1])
+    index.add(vecs)
+    row_of = {int(i): k for k, i in enumerate(ids)}
+    _, nn = index.search(vecs[[row_of[int(i)] for i in image_ids]], N_NEIGHBOURS + 1)
+    out = np.empty(len(image_ids), np.int64)
+    for k, image_id in enumerate(image_ids):
+        classes = [label_of[int(ids[j])] for j in nn[k] if j >= 0 and int(ids[j]) != int(image_id)]
+        out[k] = np.bincount(classes[:N_NEIGHBOURS]).argmax()
+    return out
 
 
 def _date_text(days: float) -> str:
@@ -340,8 +346,10 @@ def with_metadata(ws: Workspace, members: pd.DataFrame) -> tuple[pd.DataFrame, l
     return members, values, styles
 
 
-def compute_slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None = None) -> dict[int, list[SliceFact]]:
-    """Every slice's facts in ``run_id`` (see the module doc), strongest first."""
+def compute_slice_facts(ws: Workspace, run_id: str, *, embed: bool = False,
+                        progress: Progress | None = None) -> dict[int, list[SliceFact]]:
+    """Every slice's facts in ``run_id`` (see the module doc), strongest first. ``embed``: embed the members
+    the search embedder lacks, for their nearest labelled images (the slices job does)."""
     from core.data.images import decode_all
 
     progress = as_progress(progress)
@@ -349,7 +357,7 @@ def compute_slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None
     slices = ws.df("SELECT slice_id, dominant_label, dominant_pred FROM slices WHERE run_id = ?", [run_id])
     if members.empty:
         return {}
-    px = decode_all(members.path.tolist(), PROPERTY_SIZE, progress=progress.span(0, 0.8),
+    px = decode_all(members.path.tolist(), PROPERTY_SIZE, progress=progress.span(0, 0.4),
                     cache_dir=ws.cache_dir("cache"))
     members = pd.concat([members.reset_index(drop=True), image_properties(px)], axis=1)
     members["aspect ratio"] = members.width / members.height
@@ -359,7 +367,8 @@ def compute_slice_facts(ws: Workspace, run_id: str, *, progress: Progress | None
         members = pd.concat([members, attention], axis=1)
     members, meta_values, styles = with_metadata(ws, members)
     values = (["group"] if members["group"].notna().any() else []) + meta_values
-    nearest = _nearest_classes(ws, members.image_id.to_numpy(np.int64))
+    nearest = _nearest_classes(ws, members.image_id.to_numpy(np.int64), embed=embed,
+                               progress=progress.span(0.4, 0.95))
     if nearest is not None:
         members["nearest"] = nearest
     measures = ["confidence", *image_properties(px[:1]).columns, "aspect ratio", "size",
