@@ -53,7 +53,8 @@ def breakdown_part(tale: dict) -> None:
     st.dataframe(story.style_scorecard(cells, verdicts), hide_index=True, key="compare_breakdown_table",
                  width="stretch", height=min(35 * (len(cells) + 1) + 3, 600))
     st.caption(f"Accuracy of each classifier per {column} on {split}; each change against "
-               f"{short_names(tale)[ids[0]]} with ± half its 95% interval (▲ gain, ▼ regression, ≈ within noise). "
+               f"{tale['names'].get(ids[0], ids[0])} with ± half its 95% interval (▲ gain, ▼ regression, ≈ within "
+               "noise). "
                "Numbers are cut into up to 5 bins of about as many images each, dates into months (or years).")
 
 

@@ -68,8 +68,10 @@ def accuracy_ui(model_id: str, split: str) -> None:
             st.altair_chart(charts.accuracy_bars(acc, key="value", what=column, in_order=in_order),
                             key="errors_breakdown_chart")
             st.dataframe(acc.rename(columns={"value": column}), hide_index=True, key="errors_breakdown_table",
-                         column_config={c: st.column_config.NumberColumn(format="percent")
-                                        for c in ("accuracy", "low", "high")})
+                         column_order=[column, "n", "accuracy", "low", "high"],
+                         column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                                        "low": st.column_config.NumberColumn("95% from", format="percent"),
+                                        "high": st.column_config.NumberColumn("to", format="percent")})
             st.caption(BREAKDOWN_NOTE)
     with by_class:
         acc = view(queries.accuracy_by, model_id, split, by="class")
