@@ -296,7 +296,12 @@ def _nearest_classes(ws: Workspace, image_ids: np.ndarray, *, embed: bool = Fals
     except ValueError:
         return None
     if embed:
-        embed_missing(ws, embedder_id, image_ids.tolist(), progress=progress)
+        try:
+            embed_missing(ws, embedder_id, image_ids.tolist(), progress=progress)
+        except (ValueError, LookupError, OSError) as exc:  # the slices stand without this one fact
+            print(f"note: the slices' nearest labelled images are left out: embedding them with {embedder_id} "
+                  f"failed ({exc})", flush=True)
+            return None
     labelled = ws.df("SELECT image_id, label FROM images WHERE split <> 'pool' AND label IS NOT NULL")
     ids, vecs = load_embeddings(ws, embedder_id, image_ids=labelled.image_id.tolist())
     have = set(int(i) for i in ids)
