@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from core.app.names import describe_slice, slice_names
+from core.scanner.image_measures import image_properties
 from core.scanner.slice_facts import (
     FACTS_VERSION,
     facts_for,
-    image_properties,
     measure_fact,
     name_facts,
     naming_facts,
