@@ -12,8 +12,8 @@ LAYERS = (("core.progress", "core.constants"), ("core.store",), ("core.data",), 
           ("core.dcd",), ("core.scanner",), ("core.scenarios",), ("core.app", "core.runner"))
 #: The circle still to break (docs/architecture.md): the registry imports the job modules, and the demo job
 #: launches jobs through the launcher, which reads the registry.
-KNOWN_CIRCLE = frozenset({"core.runner.cli", "core.runner.dcd_jobs", "core.runner.first_run", "core.runner.label_jobs",
-                          "core.runner.launcher", "core.runner.registry", "core.runner.report_jobs",
+KNOWN_CIRCLE = frozenset({"core.runner.cli", "core.runner.dcd_jobs", "core.runner.failure_jobs",
+                          "core.runner.first_run", "core.runner.label_jobs", "core.runner.launcher", "core.runner.registry", "core.runner.report_jobs",
                           "core.runner.scanner_jobs", "core.runner.scenario_jobs"})
 
 

@@ -22,7 +22,8 @@ def test_create_makes_every_table_and_records_the_version(tmp_path):
     tables = set(ws.df("SELECT table_name FROM information_schema.tables").table_name)
     assert {"meta", "classes", "images", "models", "embedding_sets", "predictions", "selections",
             "selection_items", "metrics", "attributions", "slice_runs", "slices", "slice_members",
-            "annotations", "slice_targets", "slice_target_members", "eval_sets", "label_issues"} <= tables
+            "annotations", "slice_targets", "slice_target_members", "eval_sets", "label_issues", "failures",
+            "failure_members"} <= tables
     assert ws.schema_version() == SCHEMA_VERSION
     assert (tmp_path / "ws" / "artifacts").is_dir()
     assert ws.jobs().list() == []
@@ -63,11 +64,14 @@ def test_open_explains_what_is_wrong(tmp_path):
 
 
 #: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise,
-#: none of the four image metadata; versions 1 and 2 had no item kinds and confidences; 1 to 3 called DCD's
-#: neighbours ``k``.
+#: none of the four image metadata, none of the five the failures of a cell or picked images; versions 1 and 2
+#: had no item kinds and confidences; 1 to 3 called DCD's neighbours ``k``.
 _METADATA = ("metadata_columns", "image_metadata")
-_LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise", *_METADATA),
-           2: ("label_noise", *_METADATA), 3: _METADATA, 4: _METADATA}
+_FAILURES = ("failures", "failure_members")
+_LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise", *_METADATA,
+               *_FAILURES),
+           2: ("label_noise", *_METADATA, *_FAILURES), 3: (*_METADATA, *_FAILURES), 4: (*_METADATA, *_FAILURES),
+           5: _FAILURES}
 
 
 @pytest.mark.parametrize("version", sorted(_LACKED))
@@ -96,7 +100,7 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
     assert opened.fetchone("SELECT kind, confidence FROM selection_items WHERE selection_id = 'old'") == ("retrieved",
                                                                                                            None)
     assert opened.scalar("SELECT neighbours FROM selections WHERE selection_id = 'old'") == 7
-    assert opened.schema_version() == SCHEMA_VERSION == 5
+    assert opened.schema_version() == SCHEMA_VERSION == 6
     assert opened.class_names() == ["cat"] and opened.scalar("SELECT path FROM images") == "a.png"
     for table in _LACKED[version]:
         assert opened.scalar(f"SELECT count(*) FROM {table}") == 0
@@ -107,7 +111,7 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
     with pytest.raises(duckdb.ConstraintException), opened.write() as con:
         con.execute("INSERT INTO metadata_columns VALUES ('when', 'time', 1)")
     assert opened.scalar("SELECT text_value FROM image_metadata WHERE image_id = 0") == "north"
-    assert Workspace.open(tmp_path / "old", read_only=True).schema_version() == 5
+    assert Workspace.open(tmp_path / "old", read_only=True).schema_version() == 6
 
 
 def _writer(root: str, n: int, read_done) -> None:

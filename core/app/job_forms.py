@@ -26,6 +26,7 @@ FORM_FIELDS: dict[str, tuple[str, ...]] = {
     "attribute": ("classifier_id", "splits"),
     "slices": ("classifier_id", "slices"),
     "annotate_demo": ("run_id",),
+    "failure": ("cell", "images", "classifier_id"),
 }
 
 

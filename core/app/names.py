@@ -34,7 +34,8 @@ _AUTO_SELECTION = [(re.compile(r"^dcd(-.+)?(-k\d+)?-b\d+$"), "DCD retrieval"), (
 JOB_VERBS = {"ingest": "Ingest images", "train": "Train a classifier", "embed": "Embed images",
              "predict": "Predict", "select": "Select a debug-train set", "retrain": "Retrain",
              "evaluate": "Evaluate", "pipeline": "Whole DCD loop", "demo": "Build a demo workspace",
-             "attribute": "Attribute (Grad-CAM)", "slices": "Find slices", "annotate_demo": "Annotate slices"}
+             "attribute": "Attribute (Grad-CAM)", "slices": "Find slices", "annotate_demo": "Annotate slices",
+             "failure": "Name a failure"}
 
 
 def _unique(names: dict[str, str]) -> dict[str, str]:
@@ -226,7 +227,8 @@ def slice_names(ws: Workspace, run_id: str | None = None) -> dict[int, str]:
 
 def eval_set_name(eval_set: str, metric: str = "accuracy", *, slices: Mapping[int, str] | None = None) -> str:
     """'Test', 'Failure (debug-heldout)', 'Test · waterbird on land', 'Test · worst group', a slice's name
-    (``slice=<id>``, from ``slices``: slice_id -> name) or 'Slice #2 (held-out part)' (``slice:<run>:<rank>``)."""
+    (``slice=<id>``, from ``slices``: slice_id -> name), 'Slice #2 (held-out part)' (``slice:<run>:<rank>``) or
+    'Failure f3 (held-out part)' (``failure:<id>``, core.dcd.failure)."""
     if eval_set in SET_NAMES:
         base = SET_NAMES[eval_set]
     elif eval_set.startswith("test/group="):
@@ -237,6 +239,8 @@ def eval_set_name(eval_set: str, metric: str = "accuracy", *, slices: Mapping[in
         base = f"Slice {base}" if base.startswith("#") else base
     elif eval_set.startswith("slice:"):
         base = f"Slice #{eval_set.rsplit(':', 1)[-1]} (held-out part)"
+    elif eval_set.startswith("failure:"):
+        base = f"Failure {eval_set.split(':', 1)[1]} (held-out part)"
     else:
         base = eval_set
     extra = METRIC_NAMES.get(metric, metric.replace("_", " "))

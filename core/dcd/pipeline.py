@@ -65,6 +65,9 @@ class PipelineConfig:
     # RUN:RANK: the failure is that slice's misclassified members (core.dcd.slice_targets), not error_sample.
     # Without an error_sample split, core.scanner.slice_loop finds the slices and targets the worst one.
     from_slice: str | None = None
+    # A failure reference (core.dcd.failure: error_sample, a slice RUN:RANK, a stored failure's id such as a
+    # confusion cell's or picked images'): the loop fixes it (core.scanner.slice_loop.run_loop).
+    failure: str | None = None
     heldout_share: float = 0.5
     # The pool's flagged label issues, as SelectionRequest.label_issues: "drop" leaves them out of DCD's
     # selection, "keep" does not, "auto" drops them for a slice and keeps them with an error_sample split.
@@ -83,6 +86,9 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_label_issues_choice(self.label_issues)  # before training, not when selecting
+        if self.from_slice and self.failure:
+            raise ValueError("name the failure once: --failure REF (a slice RUN:RANK is one) or --from-slice "
+                             "RUN:RANK, not both")
         if self.retrieval not in RETRIEVAL_CHOICES:
             raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_CHOICES)}, not {self.retrieval!r}")
         if self.rest_of_pool not in REST_OF_POOL_CHOICES:

@@ -1,6 +1,6 @@
 """Selection strategies: how a debug-train set is chosen (DCD and its baselines).
 
-The failure's own labelled images (the ``error_sample`` split, or a slice target's query part) are in every
+The failure's own labelled images (its query part: the ``error_sample`` split, a slice's, core.dcd.failure) are in every
 debug-train set but ``all_pool``: they are the best-labelled examples of the failure a user has, and the
 simplest fix is to fine-tune on them alone. Methods (:data:`STRATEGIES`, all reached through :func:`select`):
 
@@ -42,9 +42,10 @@ import pandas as pd
 from core.data.splits import split_counts
 from core.dcd.debug_train import failure_items
 from core.dcd.embed import embed_missing, search_embedder
+from core.dcd.failure import Failure, from_slice_target, get_failure
 from core.dcd.index import pool_index
 from core.dcd.selection import Selection, save_selection
-from core.dcd.slice_targets import SliceTarget, parse_slice_ref, slice_target
+from core.dcd.slice_targets import parse_slice_ref, slice_target
 from core.progress import Progress
 from core.store.workspace import Workspace
 
@@ -164,10 +165,12 @@ class SelectionRequest:
     DCD's search depth per failure image (both None: the defaults of :func:`search_size`);
     ``embedder_id``: DCD's feature space; ``seed``: ``random``'s draw and a slice target's split;
     ``index_memory_gb``: the pool index's memory budget (default: core.dcd.index_build.default_memory_gb);
-    ``from_slice``: ``RUN:RANK``, retrieve for that slice's query part instead of the ``error_sample`` split
-    (core.dcd.slice_targets; its held-out part becomes an eval set); ``label_issues``: ``"drop"`` never
+    ``failure``: a failure reference (core.dcd.failure: ``error_sample``, a slice ``RUN:RANK``, a stored
+    failure's id), retrieve for its query part (default: the ``error_sample`` split); ``from_slice``: the
+    older spelling for a slice ``RUN:RANK`` (core.dcd.slice_targets; its held-out part becomes an eval set);
+    ``label_issues``: ``"drop"`` never
     selects pool images flagged as label issues (core.dcd.label_issues, found first if none are stored)
-    unless a person kept them, ``"keep"`` does, ``"auto"`` drops them for a slice under a pair label policy
+    unless a person kept them, ``"keep"`` does, ``"auto"`` drops them for a named failure under a pair label policy
     (whose agreeing wrong labels the loop would otherwise take) and keeps them otherwise: under ``teacher``
     each weak label is judged by the teacher's posterior anyway (:data:`LABEL_ISSUE_CHOICES`);
     ``teacher_id``: the classifier fine-tuned on train plus the failure's images that labels DCD's retrieved
@@ -184,6 +187,7 @@ class SelectionRequest:
     name: str | None = None
     index_memory_gb: float | None = None
     from_slice: str | None = None
+    failure: str | None = None
     heldout_share: float = 0.5
     label_issues: str = "auto"
     teacher_id: str | None = None
@@ -193,31 +197,43 @@ class SelectionRequest:
         check_label_issues_choice(self.label_issues)
         if self.label_policy not in LABEL_POLICIES:
             raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {self.label_policy!r}")
+        if self.from_slice and self.failure:
+            raise ValueError("name the failure once: --failure REF (a slice RUN:RANK is one) or --from-slice "
+                             "RUN:RANK, not both")
 
     def drops_label_issues(self) -> bool:
-        return self.label_issues == "drop" or (self.label_issues == "auto" and self.from_slice is not None
+        named = (self.from_slice or self.failure) not in (None, "error_sample")
+        return self.label_issues == "drop" or (self.label_issues == "auto" and named
                                                and self.label_policy != "teacher")
 
-    def target(self, ws: Workspace) -> SliceTarget | None:
+    def target(self, ws: Workspace) -> Failure | None:
+        """The failure this request retrieves for (None: the ``error_sample`` split, read as before)."""
+        if self.failure:
+            found = get_failure(ws, self.failure, seed=self.seed, heldout_share=self.heldout_share)
+            return None if found.kind == "error_sample" else found
         if not self.from_slice:
             return None
-        return slice_target(ws, *parse_slice_ref(self.from_slice), seed=self.seed, heldout_share=self.heldout_share)
+        return from_slice_target(slice_target(ws, *parse_slice_ref(self.from_slice), seed=self.seed,
+                                              heldout_share=self.heldout_share))
 
-    # ``target``: the request's slice target when the caller has resolved it already (one lookup per selection)
+    # ``target``: the request's failure when the caller has resolved it already (one lookup per selection)
 
-    def n_error_images(self, ws: Workspace, target: SliceTarget | None = None) -> int:
+    def n_error_images(self, ws: Workspace, target: Failure | None = None) -> int:
         target = target or self.target(ws)
         return len(target.query_ids) if target else split_counts(ws)["error_sample"]
 
-    def size(self, ws: Workspace, target: SliceTarget | None = None) -> SearchSize:
+    def size(self, ws: Workspace, target: Failure | None = None) -> SearchSize:
         """The budget and neighbours this request resolves to on ``ws`` (:func:`search_size`)."""
         return search_size(self.n_error_images(ws, target), split_counts(ws)["pool"], budget=self.budget,
                            neighbours=self.neighbours)
 
-    def recorded(self, ws: Workspace, target: SliceTarget | None = None) -> dict:
-        """Params every selection of this request records (the slice it was made for)."""
+    def recorded(self, ws: Workspace, target: Failure | None = None) -> dict:
+        """Params every selection of this request records: the failure it was made for (a slice's also under
+        ``from_slice``, as the app's reports read it)."""
         target = target or self.target(ws)
-        return {"from_slice": target.describe()} if target else {}
+        if target is None:
+            return {}
+        return {"failure": target.describe(), **({"from_slice": target.describe()} if target.kind == "slice" else {})}
 
 
 def _flagged(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> set[int]:
@@ -230,13 +246,13 @@ def _flagged(ws: Workspace, req: SelectionRequest, progress: Progress | None) ->
     return flagged_pool_ids(ws)
 
 
-def _failure(ws: Workspace, target: SliceTarget | None) -> pd.DataFrame:
-    """The failure's images as debug-train items: the slice's query part, or the ``error_sample`` split."""
+def _failure(ws: Workspace, target: Failure | None) -> pd.DataFrame:
+    """The failure's images as debug-train items: its query part, or the ``error_sample`` split."""
     ids, labels = failure_images(ws, target.query_ids if target else None)
     return failure_items(ids, labels)
 
 
-def failure_only_fix(ws: Workspace, req: SelectionRequest, target: SliceTarget | None, *,
+def failure_only_fix(ws: Workspace, req: SelectionRequest, target: Failure | None, *,
                      progress: Progress | None = None) -> str:
     """The current classifier fine-tuned on train plus the failure's images (the ``error_sample_only``
     selection and fix, registered): the teacher DCD's retrieved images are labelled by."""
@@ -258,14 +274,15 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
 
     target = req.target(ws)
     if target is None and split_counts(ws)["error_sample"] == 0:
-        raise ValueError("the workspace has no error_sample split: name the failure as a slice instead "
-                         "(--from-slice RUN:RANK, e.g. latest:1 after `python -m jobs.slices`)")
+        raise ValueError("the workspace has no error_sample split: name the failure instead (--failure REF: a "
+                         "slice RUN:RANK, e.g. latest:1 after `python -m jobs.slices`, or one made with "
+                         "`python -m jobs.failure`)")
     embedder_id = req.embedder_id or search_embedder(ws, progress=progress)
     failure = _failure(ws, target)
     embed_missing(ws, embedder_id, failure.image_id.tolist(), progress=progress)
     size = req.size(ws, target)
     budget = size.budget
-    name = req.name or (f"dcd-slice{target.rank}-b{budget}" if target else f"dcd-b{budget}")
+    name = req.name or f"dcd-{_short(target)}b{budget}"
     exclude = _flagged(ws, req, progress)
     params = {**req.recorded(ws, target), "budget": budget, "label_policy": req.label_policy,
               "embedder_id": embedder_id, "n_excluded": len(exclude),
@@ -286,6 +303,13 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     params.update({"neighbours": size.neighbours, "neighbours_searched": depth, "n_failure": len(failure),
                    "n_retrieved": len(retrieved)})
     return save_selection(ws, name, "dcd", with_failure(failure, retrieved), params=params, index_info=info)
+
+
+def _short(target: Failure | None) -> str:
+    """A failure in a selection's default name: ``slice2-``, ``f3-``, or nothing for ``error_sample``."""
+    if target is None:
+        return ""
+    return f"slice{target.source['rank']}-" if target.kind == "slice" else f"{target.failure_id}-"
 
 
 def _random(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Selection:

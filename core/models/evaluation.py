@@ -135,5 +135,5 @@ def metrics_summary(metrics: dict[str, dict[str, float]]) -> dict[str, float | N
         "test_acc": metrics.get("test", {}).get("accuracy"),
         "error_heldout_acc": metrics.get("error_heldout", {}).get("accuracy"),
         "worst_group_acc": metrics.get("test", {}).get("worst_group_acc"),
-        **{f"{name}_acc": m.get("accuracy") for name, m in metrics.items() if name.startswith("slice:")},
+        **{f"{name}_acc": m.get("accuracy") for name, m in metrics.items() if name.startswith(("slice:", "failure:"))},
     }

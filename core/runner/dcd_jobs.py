@@ -18,6 +18,7 @@ from core.runner.options import (
     embedder_options,
     embedder_spec,
     engine_options,
+    failure_option,
     index_options,
     ray_config,
     selection_options,
@@ -181,18 +182,17 @@ def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=opts.embedder_id,
                                label_policy=opts.label_policy, seed=opts.seed, name=opts.name,
                                index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
-                               heldout_share=opts.heldout_share,
+                               failure=opts.failure, heldout_share=opts.heldout_share,
                                label_issues="drop" if opts.drop_label_issues else opts.label_issues)
     target = request.target(ws)
     if target is not None:
-        print(f"slice {target.rank} of {target.run_id}: {len(target.query_ids)} misclassified members to search "
-              f"with, {len(target.heldout_ids)} held out as eval set {target.eval_set}", flush=True)
+        print(f"{target.name}: {len(target.query_ids)} images to search with, {len(target.heldout_ids)} held out "
+              f"as eval set {target.eval_set}", flush=True)
     if opts.method in ("dcd", "random"):
         print(request.size(ws, target).note, flush=True)
     sel = select(ws, opts.method, request, progress=progress)
     out = {"selection_id": sel.selection_id, "name": sel.name, "method": sel.method, "n": len(sel.items)}
-    if target is not None:
-        out["from_slice"] = target.describe()
+    out.update(request.recorded(ws, target))
     if sel.index_info:
         out["index"] = {"type": sel.index_info.index_type, "recall_at_k": sel.index_info.recall_at_k}
     return out
@@ -215,8 +215,10 @@ def _select_options() -> tuple[Option, ...]:
         Option("from_slice", help="RUN:RANK: retrieve for that slice's misclassified members instead of the "
                                   "error_sample split (rank 1 = the worst; RUN may be latest); part of them is "
                                   "held out as the eval set slice:RUN:RANK"),
+        failure_option(),
         Option("heldout_share", "float", 0.5, advanced=True,
-               help="with --from-slice: share of the slice's misclassified members held out (seeded by --seed)"),
+               help="with --from-slice (or a slice as --failure): share of the slice's misclassified members held "
+                    "out (seeded by --seed)"),
         Option("drop_label_issues", "flag", False, advanced=True, help="the old spelling of --label-issues drop"),
         *index_options(),
     )
@@ -350,7 +352,8 @@ def pipeline_options() -> tuple[Option, ...]:
                            "images and what retrieval adds"),
                Option("from_slice", group="selection",
                       help="RUN:RANK: fix that slice's failure instead of the error_sample split's (without an "
-                           "error_sample split the worst slice of a new slice run is the target)"))
+                           "error_sample split the worst slice of a new slice run is the target)"),
+               failure_option(group="selection"))
             + index_options() + engine_options())
 
 
@@ -363,6 +366,7 @@ def pipeline_config(opts: argparse.Namespace):
                           label_policy=opts.label_policy, train=train_overrides(opts),
                           finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
                           index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
+                          failure=getattr(opts, "failure", None),
                           label_issues=getattr(opts, "label_issues", None) or "auto",
                           retrieval=getattr(opts, "retrieval", None) or "checked",
                           rest_of_pool=getattr(opts, "rest_of_pool", None) or PipelineConfig.rest_of_pool,

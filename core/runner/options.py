@@ -214,6 +214,14 @@ def selection_options() -> tuple[Option, ...]:
     )
 
 
+def failure_option(*, group: str = "") -> Option:
+    """``--failure REF``: the failure to fix (the select and pipeline jobs)."""
+    return Option("failure", group=group,
+                  help="the failure to fix: error_sample, a slice RUN:RANK (e.g. latest:1), or the id of a failure "
+                       "made with `python -m jobs.failure` (a confusion cell, picked images); DCD retrieves for its "
+                       "query part, and its held-out part is the eval set each fix is measured on")
+
+
 # -- from parsed values to core's config objects ------------------------------------------------------
 
 def train_overrides(opts: argparse.Namespace) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def register_job(spec: JobSpec) -> JobSpec:
 
 def _load() -> None:
     """Import the modules that declare the jobs (once; they register on import)."""
-    from core.runner import dcd_jobs, label_jobs, report_jobs, scanner_jobs, scenario_jobs  # noqa: F401
+    from core.runner import dcd_jobs, failure_jobs, label_jobs, report_jobs, scanner_jobs, scenario_jobs  # noqa: F401
 
 
 def job_kinds() -> list[str]:

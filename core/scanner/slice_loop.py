@@ -1,6 +1,8 @@
-"""The closed loop for a workspace without an ``error_sample`` split: find the failure, then fix it with DCD.
+"""The closed loop for a named failure, or without an ``error_sample`` split: find the failure, fix it with DCD.
 
-Users rarely have a curated sample of their model's failure. Here AttributionScanner finds it:
+Users rarely have a curated sample of their model's failure. Given one (``config.failure``: a confusion
+cell, picked images, a slice; core.dcd.failure), its query part is DCD's ``E_sample`` and its held-out part
+the eval set each method is measured on (steps 3 to 5 below). Otherwise AttributionScanner finds it:
 
 1. the classifier under debug is trained (or given) and evaluated, as in core.dcd.pipeline;
 2. its attributions on the labeled splits are computed and sliced (core.scanner.runs); the target is the
@@ -17,6 +19,8 @@ Users rarely have a curated sample of their model's failure. Here AttributionSca
    held-out part (the eval set ``slice:<run_id>:<rank>``, never trained on).
 
 :func:`run_loop` picks this loop or the ``error_sample`` one (core.dcd.pipeline.run_pipeline).
+The report holds the failure under ``failure`` (a slice's also under ``slice``) and each method's accuracy
+on its held-out part as ``failure_heldout_acc`` (a slice's also as ``slice_heldout_acc``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import time
 
 from core.data.splits import split_counts
+from core.dcd.failure import ERROR_SAMPLE, get_failure
 from core.dcd.pipeline import (
     PipelineConfig,
     Timings,
@@ -40,7 +45,6 @@ from core.dcd.slice_targets import (
     failure_counts,
     parse_slice_ref,
     resolve_slice,
-    slice_target,
 )
 from core.progress import Progress, as_progress
 from core.scanner.attribution import attribute, has_attributions
@@ -52,10 +56,12 @@ MIN_TARGET_ERRORS = 6
 
 
 def run_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
-    """The DCD loop for the ``error_sample`` split, or, without one (or with ``config.from_slice``), for a
-    slice found by AttributionScanner (:func:`run_slice_loop`). With ``config.ray`` one Ray session serves
-    the whole loop (core.engines.ray_data.ray_runtime: the running one, else one started for it)."""
-    loop = run_pipeline if config.from_slice is None and split_counts(ws)["error_sample"] > 0 else run_slice_loop
+    """The DCD loop for the ``error_sample`` split, or for the failure ``config.failure`` (or the slice
+    ``config.from_slice``), or, without an ``error_sample`` split, for a slice found by AttributionScanner
+    (:func:`run_slice_loop`). With ``config.ray`` one Ray session serves the whole loop
+    (core.engines.ray_data.ray_runtime: the running one, else one started for it)."""
+    named = config.from_slice is not None or config.failure not in (None, ERROR_SAMPLE)
+    loop = run_pipeline if not named and split_counts(ws)["error_sample"] > 0 else run_slice_loop
     if config.ray is None:
         return loop(ws, config, progress=progress)
     from core.engines.ray_data import ray_runtime
@@ -104,20 +110,22 @@ def find_target(ws: Workspace, config: PipelineConfig, base_id: str, timings: Ti
 
 
 def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
-    """Run the loop for a slice (see the module doc) and return the report, with the slice under ``slice``
-    and each method's accuracy on its held-out part as ``slice_heldout_acc``."""
+    """Run the loop for a named failure or a slice (see the module doc) and return the report, with the
+    failure under ``failure`` and each method's accuracy on its held-out part as ``failure_heldout_acc``
+    (a slice's also under ``slice`` and ``slice_heldout_acc``)."""
     progress = as_progress(progress)
     t0, timings = time.perf_counter(), Timings()
     counts = check_counts(ws, config, error_split=False)
+    if config.failure:  # before training: a reference that names nothing fails at once
+        get_failure(ws, config.failure, seed=config.seed, heldout_share=config.heldout_share)
     base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.2))
-    ref = find_target(ws, config, base_id, timings, progress=progress.span(0.2, 0.3))
-    run_id, rank = parse_slice_ref(ref)
-    target = slice_target(ws, run_id, rank, seed=config.seed, heldout_share=config.heldout_share)
-    print(f"target: slice {rank} of {run_id}, {len(target.query_ids)} misclassified members to search with, "
-          f"{len(target.heldout_ids)} held out", flush=True)
+    ref = config.failure or find_target(ws, config, base_id, timings, progress=progress.span(0.2, 0.3))
+    target = get_failure(ws, ref, seed=config.seed, heldout_share=config.heldout_share)
+    print(f"target: {target.name}, {len(target.query_ids)} images to search with, {len(target.heldout_ids)} "
+          f"held out", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
     request = config.selection_request(n_failure=len(target.query_ids), n_pool=counts["pool"],
-                                       embedder_id=emb["embedder_id"], from_slice=ref,
+                                       embedder_id=emb["embedder_id"], failure=ref,
                                        heldout_share=config.heldout_share)
     mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
     # the baseline was evaluated before the held-out part existed: its metrics now include it
@@ -125,9 +133,15 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
 
     results = {"baseline": {**baseline, **metrics_summary(compute_metrics(ws, base_id))}}
     selections = fix_each(ws, config, base_id, request, results, timings, progress=progress.span(mid, 1.0))
+    is_slice = target.kind == "slice"
     for r in results.values():
-        r["slice_heldout_acc"] = r.get(f"{target.eval_set}_acc")
+        r["failure_heldout_acc"] = r.get(f"{target.eval_set}_acc")
+        if is_slice:
+            r["slice_heldout_acc"] = r["failure_heldout_acc"]
     report = loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
-                         results=results, counts=counts, timings=timings, t0=t0, failure_key="slice_heldout_acc")
-    report["slice"] = target.describe()
+                         results=results, counts=counts, timings=timings, t0=t0,
+                         failure_key="slice_heldout_acc" if is_slice else "failure_heldout_acc")
+    report["failure"] = target.describe()
+    if is_slice:
+        report["slice"] = target.describe()
     return report

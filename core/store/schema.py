@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from core.constants import ANNOTATION_KINDS, METADATA_KINDS, SELECTION_STATUSES, SPLITS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns (and
 #: DCD's neighbours per failure image, once called ``k``, by their name). Version 5 added image metadata
-#: (``metadata_columns``, ``image_metadata``): tables only.
-MIGRATES_FROM = (1, 2, 3, 4)
+#: (``metadata_columns``, ``image_metadata``), version 6 failures of a confusion cell or picked images
+#: (``failures``, ``failure_members``): tables only.
+MIGRATES_FROM = (1, 2, 3, 4, 5)
 #: (the version that made the change, the statement): run on a workspace of an older version only.
 MIGRATIONS = (
     (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'"),
@@ -219,6 +220,27 @@ CREATE TABLE IF NOT EXISTS slice_target_members (
     image_id BIGINT NOT NULL,
     part VARCHAR NOT NULL CHECK (part IN ('query', 'heldout')),
     PRIMARY KEY (target_id, image_id)
+);
+
+-- A failure of a confusion cell or of picked images (core.dcd.failure): its images split, seeded, into the
+-- query part and the held-out part (eval set failure:<failure_id>), as a slice target's are. source: where it
+-- came from (JSON); source_key: its hash, one failure per source.
+CREATE TABLE IF NOT EXISTS failures (
+    failure_id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL CHECK (kind IN ('cell', 'picked')),
+    name VARCHAR NOT NULL,
+    source JSON NOT NULL,
+    source_key VARCHAR NOT NULL UNIQUE,
+    seed INTEGER NOT NULL,
+    heldout_share DOUBLE NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS failure_members (
+    failure_id VARCHAR NOT NULL,
+    image_id BIGINT NOT NULL,
+    part VARCHAR NOT NULL CHECK (part IN ('query', 'heldout')),
+    PRIMARY KEY (failure_id, image_id)
 );
 
 -- Named eval sets beyond the splits (a slice target's held-out part, a mitigation's held-out members):

@@ -1,0 +1,59 @@
+"""The failure job: name a failure to fix, a confusion cell of a classifier or images a person picked.
+
+``python -m jobs.failure --workspace W --cell TRUE:PRED [--splits test] [--classifier-id M]`` or
+``--images 1,2,3`` [``--name NAME``] stores the failure (core.dcd.failure) and prints its id, to give the
+select and pipeline jobs as ``--failure ID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from core.progress import Progress
+from core.runner.options import Option
+from core.runner.registry import JobSpec, register_job
+from core.store.workspace import Workspace
+
+
+def _failure(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from core.dcd.failure import failure_from_cell, failure_from_images
+
+    if opts.cell is not None:
+        true, sep, pred = str(opts.cell).partition(":")
+        if not sep or not true.strip() or not pred.strip():
+            raise ValueError(f"a confusion cell is TRUE:PRED (the label, then what the classifier takes it for; "
+                             f"class names or indices), e.g. waterbird:landbird; got {opts.cell!r}")
+        failure = failure_from_cell(ws, opts.classifier_id, true.strip(), pred.strip(), splits=opts.splits,
+                                    seed=opts.seed, heldout_share=opts.heldout_share, name=opts.name)
+    else:
+        try:
+            ids = [int(i) for i in opts.images]
+        except ValueError:
+            raise ValueError(f"--images takes image ids (integers), got {' '.join(opts.images)}") from None
+        failure = failure_from_images(ws, ids, name=opts.name, seed=opts.seed, heldout_share=opts.heldout_share)
+    progress.report(1.0, force=True)
+    return {**failure.describe(), "query_ids": list(failure.query_ids), "heldout_ids": list(failure.heldout_ids)}
+
+
+def _options() -> tuple[Option, ...]:
+    from core.dcd.failure import CELL_SPLITS
+
+    return (
+        Option("cell", help="a confusion cell TRUE:PRED: the images labelled TRUE that the classifier predicts as "
+                            "PRED (class names or indices), e.g. waterbird:landbird"),
+        Option("images", "list", help="image ids a person picked (labelled, not pool)"),
+        Option("splits", "list", ["test"], choices=CELL_SPLITS,
+               help="with --cell: the splits the cell is read on (never train, which the classifier fit, nor the "
+                    "pool, which DCD draws from)"),
+        Option("classifier_id", picker="classifier",
+               help="with --cell: the classifier whose predictions make the cell (default: the current one)"),
+        Option("name", help="a human name (default: from the cell, or how many images were picked)"),
+        Option("seed", "int", 0, advanced=True, help="seed of the query/held-out split"),
+        Option("heldout_share", "float", 0.5, advanced=True, help="share of the images held out"),
+    )
+
+
+register_job(JobSpec("failure", "Name a failure to fix: a confusion cell of a classifier, or images you picked; "
+                                "its images are split into a query part and a held-out part.",
+                     _options(), _failure, one_of=(("cell", "images"),)))

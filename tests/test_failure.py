@@ -1,0 +1,144 @@
+"""Failures of any kind (core.dcd.failure): a confusion cell and picked images split into query and held-out
+parts, stored and read back, and the loop (select -> retrain -> evaluate, the pipeline job) run for them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.dcd.failure import (
+    FailureRefError,
+    failure_from_cell,
+    failure_from_images,
+    get_failure,
+    list_failures,
+)
+from core.store.workspace import Workspace
+
+
+def _baseline(report: dict) -> str:
+    return report["methods"]["baseline"]["model_id"]
+
+
+def _cell(ws: Workspace, model_id: str, split: str = "test") -> tuple[int, int, set[int]]:
+    """The off-diagonal confusion cell of ``model_id`` on ``split`` with the most images: (label, pred, ids)."""
+    df = ws.df("SELECT i.image_id, i.label, p.pred FROM images i JOIN predictions p USING (image_id) "
+               "WHERE p.model_id = ? AND i.split = ? AND i.label != p.pred", [model_id, split])
+    label, pred = df.groupby(["label", "pred"]).size().idxmax()
+    members = set(df.image_id[(df.label == label) & (df.pred == pred)].astype(int))
+    assert len(members) >= 2, "the tiny classifier should confuse at least two test images one way"
+    return int(label), int(pred), members
+
+
+def test_a_confusion_cell_is_split_stored_and_read_back(ws_copy):
+    ws, report = ws_copy
+    model_id = _baseline(report)
+    label, pred, members = _cell(ws, model_id)
+    names = ws.class_names()
+    f = failure_from_cell(ws, model_id, names[label], names[pred])
+    assert f.kind == "cell" and f.name == f"{names[label]} taken for {names[pred]} on test (by {model_id})"
+    assert set(f.query_ids) | set(f.heldout_ids) == members and set(f.query_ids).isdisjoint(f.heldout_ids)
+    assert f.query_ids and f.heldout_ids
+    held = ws.df("SELECT image_id FROM eval_sets WHERE eval_set = ?", [f.eval_set])
+    assert f.eval_set == f"failure:{f.failure_id}" and set(held.image_id) == set(f.heldout_ids)
+    assert get_failure(ws, f.failure_id) == f
+    # the same cell again (classes by index this time) is the same failure; another seed for it is refused
+    assert failure_from_cell(ws, model_id, label, pred) == f
+    with pytest.raises(ValueError, match="already has a query/held-out split"):
+        failure_from_cell(ws, model_id, label, pred, seed=1)
+    assert f.failure_id in [x.failure_id for x in list_failures(ws)]
+    assert list_failures(ws)[-1].kind == "error_sample"  # the split, after the stored ones
+    # on error_heldout too it is another failure, with the images of both splits
+    both = failure_from_cell(ws, model_id, label, pred, splits=("test", "error_heldout"))
+    assert both.failure_id != f.failure_id and members <= set(both.query_ids) | set(both.heldout_ids)
+
+
+def test_a_confusion_cell_is_read_on_evaluation_splits_only(ws_copy):
+    ws, report = ws_copy
+    model_id = _baseline(report)
+    for split in ("train", "pool"):
+        with pytest.raises(ValueError, match="is read on test or error_heldout"):
+            failure_from_cell(ws, model_id, 0, 1, splits=(split,))
+    with pytest.raises(ValueError, match="two different classes"):
+        failure_from_cell(ws, model_id, 0, 0)
+    with pytest.raises(ValueError, match="no class 'wolf'; the classes are"):
+        failure_from_cell(ws, model_id, "wolf", 1)
+
+
+def test_picked_images_labelled_and_not_pool(ws_copy):
+    ws, _ = ws_copy
+    test_ids = ws.df("SELECT image_id FROM images WHERE split = 'test' ORDER BY image_id LIMIT 5").image_id.tolist()
+    pool_id = int(ws.scalar("SELECT min(image_id) FROM images WHERE split = 'pool'"))
+    f = failure_from_images(ws, test_ids[:4])
+    assert f.kind == "picked" and f.name == "4 picked images"
+    assert sorted(f.query_ids + f.heldout_ids) == sorted(test_ids[:4]) and len(f.heldout_ids) == 2
+    assert failure_from_images(ws, test_ids[:4][::-1]) == f  # the same images, in any order
+    with pytest.raises(ValueError, match="pool images"):
+        failure_from_images(ws, [test_ids[0], pool_id])
+    with ws.write() as con:
+        con.execute("UPDATE images SET label = NULL WHERE image_id = ?", [test_ids[4]])
+    with pytest.raises(ValueError, match="have no label"):
+        failure_from_images(ws, [test_ids[0], test_ids[4]])
+    with pytest.raises(ValueError, match="at least 2"):
+        failure_from_images(ws, [test_ids[0]])
+    with pytest.raises(ValueError, match="no image 999999"):
+        failure_from_images(ws, [test_ids[0], 999999])
+    with pytest.raises(FailureRefError, match="no failure 'nope'"):
+        get_failure(ws, "nope")
+
+
+def test_select_retrain_and_evaluate_for_a_cell(ws_copy):
+    from core.dcd.fine_tune import retrain, training_set
+    from core.dcd.strategies import SelectionRequest, select
+    from core.models.evaluation import compute_metrics, evaluate
+
+    ws, report = ws_copy
+    base = _baseline(report)
+    label, pred, _ = _cell(ws, base)
+    f = failure_from_cell(ws, base, label, pred)
+    sel = select(ws, "dcd", SelectionRequest(failure=f.failure_id, budget=10, label_policy="weak"))
+    assert set(sel.items.image_id[sel.items.kind == "failure"]) == set(f.query_ids)
+    assert (sel.items.kind == "retrieved").sum() > 0
+    assert json.loads(ws.scalar("SELECT params FROM selections WHERE selection_id = ?",
+                                [sel.selection_id]))["failure"]["failure_id"] == f.failure_id
+    assert set(training_set(ws, sel.selection_id).image_id).isdisjoint(f.heldout_ids)
+    model_id = retrain(ws, base_model_id=base, selection_id=sel.selection_id, method="dcd", epochs=1)
+    metrics = evaluate(ws, model_id)
+    assert metrics[f.eval_set]["accuracy"] is not None
+    assert ws.scalar("SELECT n FROM metrics WHERE model_id = ? AND eval_set = ?", [model_id, f.eval_set]) == len(
+        f.heldout_ids)
+    assert compute_metrics(ws, base)[f.eval_set]["accuracy"] == 0.0  # all misclassified by it, by construction
+    with pytest.raises(ValueError, match="name the failure once"):
+        SelectionRequest(failure=f.failure_id, from_slice="latest:1")
+
+
+def test_the_failure_select_and_pipeline_jobs(ws_copy, tmp_path):
+    from jobs import failure, pipeline, select
+
+    ws, report = ws_copy
+    base = _baseline(report)
+    label, pred, members = _cell(ws, base)
+    names = ws.class_names()
+    out = tmp_path / "failure.json"
+    assert failure.main(["--workspace", str(ws.root), "--cell", f"{names[label]}:{names[pred]}",
+                         "--classifier-id", base, "--json", str(out)]) == 0
+    made = json.loads(out.read_text())
+    assert set(made["query_ids"]) | set(made["heldout_ids"]) == members
+    ref = made["failure_id"]
+    out = tmp_path / "select.json"
+    assert select.main(["--workspace", str(ws.root), "--method", "error_sample_only", "--failure", ref,
+                        "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == made["n_query"]
+    out = tmp_path / "pipeline.json"
+    assert pipeline.main(["--workspace", str(ws.root), "--json", str(out), "--classifier-id", base,
+                          "--failure", ref, "--embedder", "classifier", "--retrieval", "always",
+                          "--rest-of-pool", "off", "--finetune-epochs", "1", "--batch-size", "32",
+                          "--methods", "dcd", "error_sample_only"]) == 0
+    loop = json.loads(out.read_text())
+    assert loop["failure"]["failure_id"] == ref and "slice" not in loop
+    assert set(loop["methods"]) == {"baseline", "dcd", "error_sample_only"}
+    assert loop["methods"]["baseline"]["failure_heldout_acc"] == 0.0
+    for method in ("dcd", "error_sample_only"):
+        assert 0.0 <= loop["methods"][method]["failure_heldout_acc"] <= 1.0
+    assert loop["methods"]["error_sample_only"]["n_added"] == made["n_query"]
