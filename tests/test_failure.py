@@ -111,6 +111,9 @@ def test_select_retrain_and_evaluate_for_a_cell(ws_copy):
     assert compute_metrics(ws, base)[f.eval_set]["accuracy"] == 0.0  # all misclassified by it, by construction
     with pytest.raises(ValueError, match="name the failure once"):
         SelectionRequest(failure=f.failure_id, from_slice="latest:1")
+    # label issues: dropped for a named failure under a pair label policy, as for a slice, kept for error_sample
+    assert SelectionRequest(failure=f.failure_id, label_policy="agree").drops_label_issues()
+    assert not SelectionRequest(failure="error_sample", label_policy="agree").drops_label_issues()
 
 
 def test_the_failure_select_and_pipeline_jobs(ws_copy, tmp_path):
@@ -142,3 +145,9 @@ def test_the_failure_select_and_pipeline_jobs(ws_copy, tmp_path):
     for method in ("dcd", "error_sample_only"):
         assert 0.0 <= loop["methods"][method]["failure_heldout_acc"] <= 1.0
     assert loop["methods"]["error_sample_only"]["n_added"] == made["n_query"]
+    # the app's note on what retrieval added compares the two fixes on the failure's held-out part
+    from core.app.retrieval_note import retrieval_notes
+
+    dcd, alone = (loop["methods"][m] for m in ("dcd", "error_sample_only"))
+    note = retrieval_notes(ws, [dcd["model_id"], alone["model_id"]])[dcd["model_id"]]
+    assert f"on the failure {dcd['failure_heldout_acc']:.1%} against {alone['failure_heldout_acc']:.1%}" in note

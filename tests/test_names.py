@@ -59,6 +59,7 @@ def test_eval_sets_and_jobs_read_as_words():
     assert names.eval_set_name("slice=7", slices={7: "#1 · waterbird taken for landbird"}) == \
         "Slice #1 · waterbird taken for landbird"
     assert names.eval_set_name("slice:run9:2") == "Slice #2 (held-out part)"
+    assert names.eval_set_name("failure:f3") == "Failure f3 (held-out part)"
     keys = names.eval_set_names([("test", "accuracy"), ("test", "worst_group_acc")])
     assert keys == {"test": "Test", "test:worst_group_acc": "Test · worst group"}
     models, sels = {"b-1": "Baseline"}, {"s-1": "my birds"}

@@ -27,12 +27,14 @@ def _params(ws: Workspace, selection_id: object) -> dict:
 
 
 def _failure_key(params: dict) -> str:
-    """Which failure a selection was made for: a slice target's id, or the error_sample split."""
-    return (params.get("from_slice") or {}).get("target_id") or "error_sample"
+    """Which failure a selection was made for (core.dcd.failure): its id (a slice target's, recorded under
+    ``from_slice`` before failures had kinds), or the error_sample split."""
+    return ((params.get("failure") or {}).get("failure_id") or (params.get("from_slice") or {}).get("target_id")
+            or "error_sample")
 
 
 def _failure_set(params: dict) -> str:
-    return (params.get("from_slice") or {}).get("eval_set") or "error_heldout"
+    return (params.get("failure") or params.get("from_slice") or {}).get("eval_set") or "error_heldout"
 
 
 def _models(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
