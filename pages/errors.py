@@ -1,5 +1,5 @@
 """Errors: where the classifier is wrong (confusion matrix, accuracy per group, metadata value and class,
-confident mistakes), and where the labels are (label issues of the train and pool images, with a person's
+confident mistakes; a confusion cell named as a failure and fixed, core.dcd.failure), and where the labels are (label issues of the train and pool images, with a person's
 decisions)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from core.app import breakdowns, charts, queries
 from core.store.workspace import Workspace
 from pages._label_issues import label_issues_ui
 from pages._session import view, workspace
-from pages._widgets import BREAKDOWN_NOTE, breakdown_ui, gallery, pct
+from pages._widgets import BREAKDOWN_NOTE, breakdown_ui, gallery, launch_button, pct
 
 
 def model_and_set_ui() -> tuple[str, str] | None:
@@ -80,6 +80,33 @@ def accuracy_ui(model_id: str, split: str) -> None:
                      column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
 
 
+def fix_cell_ui(ws: Workspace, model_id: str, split: str, label: int, pred: int, n: int) -> None:
+    """Name the chosen cell as a failure (the failure job), then fix it (the pipeline with ``--failure``)."""
+    from core.dcd.failure import CELL_SPLITS, cell_failure
+
+    st.subheader("Fix this failure")
+    if split not in CELL_SPLITS:
+        st.caption(f"A failure is named on {' or '.join(CELL_SPLITS)}: the classifier trained on train, and DCD "
+                   f"draws from the pool.")
+        return
+    if n < 2:
+        st.info("This cell has fewer than 2 images: nothing to search with and measure on.")
+        return
+    found = view(cell_failure, model_id, label, pred, splits=[split])
+    if found is None:
+        st.caption(f"Splits its {n} images: half to search the pool with, half held out (never trained on) to "
+                   f"measure the fix on. Then the fix can start here.")
+        launch_button(ws, "Name this cell as a failure", "failure",
+                      ["--cell", f"{label}:{pred}", "--splits", split, "--classifier-id", model_id],
+                      key=f"errors_name_{model_id}_{split}_{label}_{pred}")
+        return
+    st.caption(f"Failure {found.failure_id} ({found.name}): {len(found.query_ids)} images to search the pool with, "
+               f"{len(found.heldout_ids)} held out as the eval set `{found.eval_set}` on Before / after.")
+    launch_button(ws, "Collect, retrain and compare with random", "pipeline",
+                  ["--failure", found.failure_id, "--classifier-id", model_id, "--methods", "dcd", "random"],
+                  key=f"errors_fix_{found.failure_id}")
+
+
 def mistakes_ui(ws: Workspace) -> None:
     """The classifier's mistakes on an evaluation set."""
     chosen = model_and_set_ui()
@@ -105,6 +132,9 @@ def mistakes_ui(ws: Workspace) -> None:
         imgs = view(queries.cell_images, model_id, split, label, pred, limit=24)
         gallery(ws, imgs, lambda r: f"#{r.image_id} · conf {r.confidence:.2f}" +
                 (f" · {r.group_name}" if r.group_name else ""), columns=8)
+        if label != pred:
+            n_cell = int(conf.loc[(conf.label == label) & (conf.pred == pred), "n"].sum())
+            fix_cell_ui(ws, model_id, split, label, pred, n_cell)
     st.subheader("Most confident mistakes")
     limit = st.slider("How many", 6, 60, 18, step=6, key="errors_limit")
     mistakes = view(queries.confident_mistakes, model_id, split, limit=limit)

@@ -136,6 +136,29 @@ def test_errors_page_confusion_cells_groups_and_mistakes(app, ws_copy):
     assert len(thumbs) >= len(expected)  # galleries show cached thumbnails
 
 
+def test_errors_page_names_a_confusion_cell_as_a_failure_then_offers_its_fix(app, ws_copy):
+    from core.dcd.failure import failure_from_cell
+
+    ws, report = ws_copy
+    model = report["methods"]["baseline"]["model_id"]
+    at = app("pages/errors.py")
+    at.selectbox(key="errors_split").set_value("test").run()
+    conf = views.confusion(ws, model, "test")
+    wrong = conf[(conf.label != conf.pred) & (conf.n >= 2)]
+    label, pred = (int(v) for v in wrong.sort_values("n").iloc[-1][["label", "pred"]])
+    at.selectbox(key="errors_cell").set_value((label, pred)).run()
+    _no_exception(at)
+    labels = [b.label for b in at.button]
+    assert "Name this cell as a failure" in labels and "Collect, retrain and compare with random" not in labels
+    made = failure_from_cell(ws, model, label, pred)  # what the button's job does
+    at.run()
+    _no_exception(at)
+    assert "Collect, retrain and compare with random" in [b.label for b in at.button]
+    assert any(f"Failure {made.failure_id} " in c.value and made.eval_set in c.value for c in at.caption)
+    at.selectbox(key="errors_split").set_value("train").run()  # not an evaluation split: no failure offered
+    assert "Name this cell as a failure" not in [b.label for b in at.button]
+
+
 METADATA = ("site", "exposure", "taken")  # the tiny dataset's planted metadata (conftest.tiny_metadata)
 
 

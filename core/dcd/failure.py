@@ -110,6 +110,10 @@ def class_index(ws: Workspace, value: str | int) -> int:
                      f"{len(names) - 1})")
 
 
+def _source_key(source: dict) -> str:
+    return hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()
+
+
 def _stored(ws: Workspace, where: str, params: list) -> Failure | None:
     row = ws.df(f"SELECT * FROM failures WHERE {where}", params)
     if row.empty:
@@ -126,7 +130,7 @@ def _stored(ws: Workspace, where: str, params: list) -> Failure | None:
 def _store(ws: Workspace, kind: str, name: str, source: dict, image_ids: np.ndarray, *, seed: int,
            heldout_share: float) -> Failure:
     """The failure of ``source`` (made and stored with its eval set the first time, reused after)."""
-    key = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()
+    key = _source_key(source)
     found = _stored(ws, "source_key = ?", [key])
     if found is not None:
         if (found.seed, round(found.heldout_share or 0, 6)) != (seed, round(heldout_share, 6)):
@@ -186,8 +190,16 @@ def failure_from_cell(ws: Workspace, model_id: str | None, true_class: str | int
                 [model_id, list(splits), true, pred]).image_id.to_numpy(np.int64)
     names = ws.class_names()
     name = name or f"{names[true]} taken for {names[pred]} on {' + '.join(splits)} (by {model_id})"
-    source = {"model_id": model_id, "true_class": true, "pred_class": pred, "splits": sorted(splits)}
+    source = {"model_id": model_id, "true_class": true, "pred_class": pred, "splits": sorted(set(splits))}
     return _store(ws, "cell", name, source, ids, seed=seed, heldout_share=heldout_share)
+
+
+def cell_failure(ws: Workspace, model_id: str, true_class: int, pred_class: int, *,
+                 splits: Sequence[str] = ("test",)) -> Failure | None:
+    """The stored failure of a confusion cell (classes by index), or None: what the Errors page offers to fix."""
+    source = {"model_id": model_id, "true_class": int(true_class), "pred_class": int(pred_class),
+              "splits": sorted(set(splits))}
+    return _stored(ws, "source_key = ?", [_source_key(source)])
 
 
 def failure_from_images(ws: Workspace, image_ids: Sequence[int], *, name: str | None = None, seed: int = 0,
