@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from core.dcd.slice_targets import (
     DEFAULT_HELDOUT_SHARE,
@@ -45,6 +44,7 @@ from core.dcd.slice_targets import (
     parse_slice_ref,
     slice_target,
     split_members,
+    write_parts,
 )
 from core.store.workspace import Workspace
 
@@ -146,20 +146,12 @@ def _store(ws: Workspace, kind: str, name: str, source: dict, image_ids: np.ndar
     while _stored(ws, "failure_id = ?", [f"f{n}"]) is not None:
         n += 1
     failure_id = f"f{n}"
-    members = pd.DataFrame({"failure_id": failure_id, "image_id": np.concatenate([query, heldout]),
-                            "part": ["query"] * len(query) + ["heldout"] * len(heldout)})
-    evals = pd.DataFrame({"eval_set": EVAL_SET_PREFIX + failure_id, "image_id": heldout,
-                          "description": f"held-out part of failure {failure_id}: {name}"})
     with ws.write() as con:
         con.execute("INSERT INTO failures (failure_id, kind, name, source, source_key, seed, heldout_share) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", [failure_id, kind, name, json.dumps(source), key, seed,
                                                      heldout_share])
-        con.register("staging_members", members)
-        con.execute("INSERT INTO failure_members SELECT failure_id, image_id, part FROM staging_members")
-        con.unregister("staging_members")
-        con.register("staging_evals", evals)
-        con.execute("INSERT INTO eval_sets SELECT eval_set, image_id, description FROM staging_evals")
-        con.unregister("staging_evals")
+        write_parts(con, "failure_members", failure_id, query, heldout, EVAL_SET_PREFIX + failure_id,
+                    f"held-out part of failure {failure_id}: {name}")
     return _stored(ws, "failure_id = ?", [failure_id])  # type: ignore[return-value]
 
 

@@ -168,17 +168,24 @@ def slice_target(ws: Workspace, run_id: str, rank: int, *, seed: int = 0,
                          f"pool; DCD needs at least 2 (one to search with, one to measure on). Pick a slice with "
                          f"more errors (a lower rank)")
     query, heldout = split_members(failures, heldout_share=heldout_share, seed=seed)
-    members = pd.DataFrame({"target_id": target_id, "image_id": np.concatenate([query, heldout]),
-                            "part": ["query"] * len(query) + ["heldout"] * len(heldout)})
-    evals = pd.DataFrame({"eval_set": EVAL_SET_PREFIX + target_id, "image_id": heldout,
-                          "description": f"held-out misclassified members of slice {rank} of {run_id}"})
     with ws.write() as con:
         con.execute("INSERT INTO slice_targets (target_id, run_id, slice_id, rank, seed, heldout_share) "
                     "VALUES (?, ?, ?, ?, ?, ?)", [target_id, run_id, slice_id, int(rank), seed, heldout_share])
-        con.register("staging_members", members)
-        con.execute("INSERT INTO slice_target_members SELECT target_id, image_id, part FROM staging_members")
-        con.unregister("staging_members")
-        con.register("staging_evals", evals)
-        con.execute("INSERT INTO eval_sets SELECT eval_set, image_id, description FROM staging_evals")
-        con.unregister("staging_evals")
+        write_parts(con, "slice_target_members", target_id, query, heldout, EVAL_SET_PREFIX + target_id,
+                    f"held-out misclassified members of slice {rank} of {run_id}")
     return get_target(ws, target_id)  # type: ignore[return-value]
+
+
+def write_parts(con, members_table: str, key: str, query: np.ndarray, heldout: np.ndarray, eval_set: str,
+                description: str) -> None:
+    """Store a failure's query and held-out parts as rows (key, image_id, part) of ``members_table``, and
+    its held-out part as the eval set ``eval_set``, inside the caller's write transaction ``con``."""
+    members = pd.DataFrame({"key": key, "image_id": np.concatenate([query, heldout]),
+                            "part": ["query"] * len(query) + ["heldout"] * len(heldout)})
+    evals = pd.DataFrame({"eval_set": eval_set, "image_id": heldout, "description": description})
+    con.register("staging_members", members)
+    con.execute(f"INSERT INTO {members_table} SELECT key, image_id, part FROM staging_members")
+    con.unregister("staging_members")
+    con.register("staging_evals", evals)
+    con.execute("INSERT INTO eval_sets SELECT eval_set, image_id, description FROM staging_evals")
+    con.unregister("staging_evals")
