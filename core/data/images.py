@@ -40,7 +40,7 @@ INPUT_THREADS = 2  # decode threads of iter_model_inputs (a forward pass runs be
 INPUT_NICE = 0  # steps below the forward pass's priority (a lower one starved decode under load here)
 
 __all__ = ["MAX_IMAGE_PIXELS", "ImageTooLargeError", "to_rgb", "resize_rgb", "load_rgb", "iter_decoded",
-           "iter_model_inputs", "decode_all", "as_model_input", "to_tensor", "augment", "thumbnail", "pixels"]
+           "iter_model_inputs", "decode_all", "as_model_input", "to_tensor", "augment", "flip_and_shift", "fixed_view", "thumbnail", "pixels"]
 
 
 def resize_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -234,18 +234,46 @@ def to_tensor(pixels: np.ndarray | torch.Tensor, cfg: DataConfig) -> torch.Tenso
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Light training augmentation on a normalised batch: random flip and random shifted crop."""
-    n, _, h, w = x.shape
+    n, _, h, _ = x.shape
     flip = torch.rand(n, generator=generator) < 0.5
+    span = 2 * _shift_pad(h) + 1
+    dx = torch.randint(0, span, (n,), generator=generator)
+    dy = torch.randint(0, span, (n,), generator=generator)
+    return flip_and_shift(x, flip, dx, dy)
+
+
+def _shift_pad(h: int) -> int:
+    return max(1, h // 8)
+
+
+def flip_and_shift(x: torch.Tensor, flip: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` mirrored where ``flip``, then cropped from its reflect-padded self at ``(dy, dx)``
+    (pad = h / 8; ``dx = dy = pad`` keeps it in place)."""
+    n, _, h, w = x.shape
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
-    pad = max(1, h // 8)
+    pad = _shift_pad(h)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n x h
     cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n x w
     idx_n = torch.arange(n).view(n, 1, 1)
     out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def fixed_view(x: torch.Tensor, image_ids: Sequence[int], view: int) -> torch.Tensor:
+    """View ``view`` of each image: the same augmentation of an image every time it is asked for, so that a
+    model's frozen part can be run on it once (core.models.trunk). View 0 is the image as it is, 1 its mirror
+    image, and each later view a shift (mirrored in odd views) drawn from the image's id and the view's
+    number: the flips and shifts :func:`augment` draws at random."""
+    n, _, h, _ = x.shape
+    pad = _shift_pad(h)
+    flip = torch.full((n,), view % 2 == 1)
+    if view < 2:
+        shift = torch.full((n, 2), pad)
+    else:
+        shift = torch.from_numpy(np.array([np.random.default_rng([int(i), view]).integers(0, 2 * pad + 1, 2)
+                                          for i in image_ids]))
+    return flip_and_shift(x, flip, shift[:, 0], shift[:, 1])
 
 
 def thumbnail(path: str | Path, cache_dir: Path, image_id: int, size: int = 128) -> Path:

@@ -121,14 +121,14 @@ def retrieve_resembling(ws: Workspace, embedder_id: str, failure_ids: Sequence[i
 
 
 def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfig, candidate_ids: Sequence[int],
-                       *, whole_pool: bool = False, seed: int = 0, progress: Progress | None = None) -> pd.DataFrame:
+                       *, whole_pool: bool = False, seed: int = 0, trainable_stages: int | None = None,
+                       progress: Progress | None = None) -> pd.DataFrame:
     """image_id, label (the most probable true class), confidence (its posterior) of each candidate (with
     ``whole_pool``, of every weakly labelled pool image): the teacher's probabilities as the prior of its true
     class, its weak label as a noisy copy of it, the noise of the pool's weak labels estimated on the
     candidates and a sample of the pool (or all of it) (core.dcd.label_noise)."""
-    from core.data.images import pixels
     from core.dcd.label_noise import estimate_noise
-    from core.models.inference import choose_precision, predict_probs
+    from core.models.trunk import classifier_probs
 
     progress = as_progress(progress)
     pool = ws.df("SELECT image_id, path, weak_label FROM images WHERE split = 'pool' AND weak_label IS NOT NULL "
@@ -142,9 +142,8 @@ def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfi
     if rows.empty:
         return pd.DataFrame({"image_id": pd.Series(dtype="int64"), "label": pd.Series(dtype="int64"),
                              "confidence": pd.Series(dtype="float64")})
-    px = pixels(ws, rows.path.tolist(), data_config.image_size, progress=progress.span(0, 0.3))
-    check = choose_precision(teacher, px[:128], data_config, embedding=False)
-    probs = predict_probs(teacher, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 1.0))
+    probs = classifier_probs(ws, teacher, data_config, rows.image_id.tolist(), rows.path.tolist(),
+                             trainable_stages=trainable_stages, progress=progress)
     noise = estimate_noise(rows.weak_label.to_numpy(np.int64), probs, fitted_on="trusted")
     out = pd.DataFrame({"image_id": rows.image_id.to_numpy(np.int64), "label": noise.posterior.argmax(1),
                         "confidence": noise.posterior.max(1)})
@@ -154,7 +153,7 @@ def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfi
 def build_debug_train(ws: Workspace, *, embedder_id: str, failure_ids: Sequence[int], failure_labels: Sequence[int],
                       teacher: nn.Module, data_config: DataConfig, budget: int, exclude: set[int] | None = None,
                       rest_of_pool: bool = False, seed: int = 0, index_memory_gb: float | None = None,
-                      progress: Progress | None = None) -> DebugTrain:
+                      teacher_trainable_stages: int | None = None, progress: Progress | None = None) -> DebugTrain:
     """The failure's images plus the pool images that resemble them and that the teacher (fine-tuned on train
     plus the failure's images) labels with confidence; with ``rest_of_pool``, also the rest of the pool it
     labels with confidence (kind ``rest``). See the module doc."""
@@ -163,7 +162,8 @@ def build_debug_train(ws: Workspace, *, embedder_id: str, failure_ids: Sequence[
                                                   seed=seed, index_memory_gb=index_memory_gb,
                                                   progress=progress.span(0, 0.5))
     labelled = label_with_teacher(ws, teacher, data_config, found.image_id.tolist(), whole_pool=rest_of_pool,
-                                  seed=seed, progress=progress.span(0.5, 1.0))
+                                  seed=seed, trainable_stages=teacher_trainable_stages,
+                                  progress=progress.span(0.5, 1.0))
     found = found.merge(labelled, on="image_id", how="inner")
     kept = found[found.confidence >= MIN_LABEL_CONFIDENCE]
     columns = ["image_id", "label", "kind", "distance", "source_image_id", "confidence"]

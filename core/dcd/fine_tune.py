@@ -28,7 +28,7 @@ from core.dcd.selection import selection_items
 from core.models.catalog import ModelRecord, get_model, load_classifier, new_model_id, register_model
 from core.models.sampling import share_weights
 from core.models.schedules import FINETUNE_EPOCH_CAP, TrainConfig, schedule_of
-from core.models.training import LossFn, fit, save_verified
+from core.models.training import LossFn, fit, frozen_trunk, save_verified
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
@@ -76,6 +76,11 @@ class FineTuned:
     base: ModelRecord
     config: dict[str, Any]  # the record's config: selection, data config, schedules, sizes
 
+    @property
+    def trainable_stages(self) -> int | None:
+        """The stages its schedule trains (None: all), so the others' stored outputs can stand in for pixels."""
+        return self.config["finetune"].get("trainable_stages")
+
     def record(self, model_id: str, method: str, checkpoint: Path,
                extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
         """The fields of :func:`core.models.catalog.insert_model_row` for this classifier."""
@@ -105,8 +110,13 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
     model, data_config = load_classifier(ws, base_model_id)
     model = copy.deepcopy(model)
     df = training_set(ws, selection_id, items=items, drop_ids=drop_ids, relabel=relabel)
-    px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
     cfg = config.finetune(epochs)
+    # The frozen stages' stored outputs stand in for the pixels, except for a loss of its own (CoRM), which
+    # needs the whole model on pixels.
+    trunk = None if loss_fn_factory else frozen_trunk(ws, model, data_config, cfg, df.image_id.tolist(),
+                                                      df.path.tolist(), progress=progress.span(0, 0.1))
+    px = None if trunk is not None else pixels(ws, df.path.tolist(), data_config.image_size,
+                                                progress=progress.span(0, 0.1))
     loss_fn = loss_fn_factory(df, px) if loss_fn_factory else None
     n_train = int((df.source == "train").sum())
     if upweight_ids:
@@ -115,7 +125,7 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
         weights = share_weights(df.source.eq("selection").to_numpy(), cfg.added_share,
                                 df.label.to_numpy() if cfg.added_mix == "class" else None)
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
-        samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights,
+        samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights, trunk=trunk,
         progress=progress.span(0.1, 1.0))
     return FineTuned(model, data_config, base,
                      {"selection_id": selection_id, "data_config": data_config.to_dict(),

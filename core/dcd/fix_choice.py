@@ -31,11 +31,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from core.data.images import pixels
 from core.dcd.debug_train import build_debug_train, failure_items
 from core.dcd.fine_tune import FineTuned, fine_tune
-from core.models.inference import predict_probs
 from core.models.schedules import TrainConfig
+from core.models.trunk import classifier_probs
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
@@ -73,7 +72,8 @@ def p_right(ws: Workspace, tuned: FineTuned, image_ids: Sequence[int], labels: S
     """A fine-tuned model's probability of the right class on each of ``image_ids``."""
     paths = ws.df("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                   [[int(i) for i in image_ids]]).set_index("image_id").path.loc[list(image_ids)]
-    probs = predict_probs(tuned.model, pixels(ws, paths.tolist(), tuned.data_config.image_size), tuned.data_config)
+    probs = classifier_probs(ws, tuned.model, tuned.data_config, list(image_ids), paths.tolist(),
+                             trainable_stages=tuned.trainable_stages)
     labels = np.asarray(labels, np.int64)
     right = probs[np.arange(len(labels)), labels]
     return np.where(probs.argmax(1) == labels, right, -right)  # the sign says whether the argmax is right
@@ -107,7 +107,7 @@ def choose_retrieval(ws: Workspace, *, base_id: str, failure_ids: Sequence[int],
         made = build_debug_train(ws, embedder_id=embedder_id, failure_ids=ids[fit], failure_labels=labels[fit],
                                  teacher=teacher.model, data_config=teacher.data_config, budget=budget,
                                  exclude=exclude, rest_of_pool=rest_of_pool, seed=seed,
-                                 index_memory_gb=index_memory_gb,
+                                 index_memory_gb=index_memory_gb, teacher_trainable_stages=teacher.trainable_stages,
                                  progress=progress.span(lo + 0.4 * (hi - lo), lo + 0.5 * (hi - lo)))
         retrieved.append(made.n_retrieved)
         alone[val] = p_right(ws, teacher, ids[val], labels[val])

@@ -271,6 +271,7 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
     from core.dcd.debug_train import build_debug_train
     from core.dcd.retrieval import fill_budget, query_vectors
     from core.models.catalog import load_classifier
+    from core.models.schedules import schedule_of
 
     target = req.target(ws)
     if target is None and split_counts(ws)["error_sample"] == 0:
@@ -293,7 +294,9 @@ def _dcd(ws: Workspace, req: SelectionRequest, progress: Progress | None) -> Sel
         made = build_debug_train(ws, embedder_id=embedder_id, failure_ids=failure.image_id.tolist(),
                                  failure_labels=failure.label.tolist(), teacher=teacher, data_config=data_config,
                                  budget=budget, exclude=exclude, rest_of_pool=req.rest_of_pool, seed=req.seed,
-                                 index_memory_gb=req.index_memory_gb, progress=progress)
+                                 index_memory_gb=req.index_memory_gb,
+                                 teacher_trainable_stages=schedule_of(ws, teacher_id).trainable_stages,
+                                 progress=progress)
         params.update({"teacher_id": teacher_id, "rest_of_pool": req.rest_of_pool, **made.info})
         return save_selection(ws, name, "dcd", made.items, params=params, index_info=made.index_info)
     index, info = pool_index(ws, embedder_id, memory_gb=req.index_memory_gb, progress=progress)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedule
     schedule_of,
 )
 from core.models.softmax_head import fit_head
+from core.models.trunk import CachedTrunk, cached_trunk, freeze_early_stages  # noqa: F401  (freeze_early_stages used through here too)
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
@@ -50,33 +51,15 @@ from core.store.workspace import Workspace
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def freeze_early_stages(model: nn.Module, trainable_stages: int | None) -> list[nn.Module]:
-    """Freeze all but the last ``trainable_stages`` stages and the head (timm's ``group_matcher``); returns
-    the frozen modules, which must stay in eval mode while training. A model without stage groups (or
-    ``None``) is left whole."""
-    if trainable_stages is None or not hasattr(model, "group_matcher"):
-        return []
-    from timm.models import group_parameters
-
-    groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
-    head = getattr(model, "get_classifier", lambda: None)()
-    head_names = {f"{n}" for n, p in model.named_parameters() if head is not None and
-                  any(p is q for q in head.parameters())}
-    stages = [g for g in groups if not set(g) <= head_names]
-    frozen_names = {n for g in stages[:max(0, len(stages) - trainable_stages)] for n in g}
-    for name, param in model.named_parameters():
-        param.requires_grad_(name not in frozen_names)
-    return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))
-            and not any(p.requires_grad for p in m.parameters(recurse=False))]
-
-
 PROBE_WEIGHT_DECAY = 1e-2
 
 
-def fit_linear_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig, *,
-                    weight_decay: float = PROBE_WEIGHT_DECAY, progress: Progress | None = None) -> bool:
+def fit_linear_head(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_config: DataConfig, *,
+                    weight_decay: float = PROBE_WEIGHT_DECAY, trunk: CachedTrunk | None = None,
+                    progress: Progress | None = None) -> bool:
     """Fit the model's linear head on its frozen penultimate features of ``images`` (multinomial logistic
-    regression, L-BFGS, L2 ``weight_decay``); False (nothing done) if the head is not one linear layer."""
+    regression, L-BFGS, L2 ``weight_decay``), or of ``trunk``'s stored images as they are (view 0); False
+    (nothing done) if the head is not one linear layer."""
     from core.models.inference import choose_precision, embed
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -84,8 +67,13 @@ def fit_linear_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, da
         return False
     _set_threads()
     model.eval()
-    check = choose_precision(model, images[:128], data_config, embedding=True)  # bf16 where it matches fp32
-    feats = torch.from_numpy(embed(model, images, data_config, bf16=check.bf16, progress=progress)).float()
+    if trunk is not None:
+        with torch.no_grad():
+            feats = torch.cat([trunk.split.rest_features(torch.from_numpy(trunk.features[i:i + 256, 0]).float())
+                               for i in range(0, len(trunk.features), 256)])
+    else:
+        check = choose_precision(model, images[:128], data_config, embedding=True)  # bf16 where it matches fp32
+        feats = torch.from_numpy(embed(model, images, data_config, bf16=check.bf16, progress=progress)).float()
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     probe = fit_head(nn.Linear(feats.shape[1], head.out_features), feats, y, weight_decay=weight_decay, max_iter=200)
     with torch.no_grad():
@@ -96,34 +84,54 @@ def fit_linear_head(model: nn.Module, images: np.ndarray, labels: np.ndarray, da
     return True
 
 
+def frozen_trunk(ws: Workspace, model: nn.Module, data_config: DataConfig, config: TrainConfig,
+                 image_ids: Sequence[int], paths: Sequence[str], *,
+                 progress: Progress | None = None) -> CachedTrunk | None:
+    """The stored outputs of the stages ``config`` keeps frozen, for the training images (core.models.trunk),
+    or None: train on pixels (the whole network trains, the cache is off, or the model cannot be cut)."""
+    if config.trainable_stages is None:
+        return None
+    freeze_early_stages(model, config.trainable_stages)
+    return cached_trunk(ws, model, data_config, image_ids, paths, progress=progress)
+
+
 def _set_threads() -> None:
     """Every core for training, unless the user set ``OMP_NUM_THREADS`` (e.g. on a shared machine)."""
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: DataConfig,
+def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_config: DataConfig,
         config: TrainConfig, *, loss_fn: LossFn | None = None, samples_per_epoch: int | None = None,
-        sample_weights: np.ndarray | None = None, progress: Progress | None = None) -> nn.Module:
+        sample_weights: np.ndarray | None = None, trunk: CachedTrunk | None = None,
+        progress: Progress | None = None) -> nn.Module:
     """Train ``model`` in place on uint8 ``images`` (N x H x W x 3) with integer ``labels``.
+
+    With ``trunk`` (:func:`frozen_trunk`: the frozen stages' stored outputs for the same rows), ``images``
+    is not needed: each step runs only the trainable rest on a random stored view of each image.
 
     ``samples_per_epoch`` caps how many images an epoch visits (a fresh random subset each epoch), so that
     a huge added set (e.g. the whole pool) costs no more than a fixed compute budget. ``sample_weights``
     (one non-negative weight per image) draws each epoch's images with replacement in proportion to them.
     """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if len(images) == 0:
+    if trunk is not None and loss_fn is not None:
+        raise ValueError("a loss function of its own needs the whole model on pixels: give no trunk")
+    if trunk is None and images is None:
+        raise ValueError("fit needs the training images' pixels or their frozen trunk's features")
+    n_images = len(trunk.features) if trunk is not None else len(images)
+    if n_images != len(labels):
+        raise ValueError(f"{n_images} images but {len(labels)} labels")
+    if n_images == 0:
         raise ValueError("no training images")
     _set_threads()
     progress = as_progress(progress)
     gen = torch.Generator().manual_seed(config.seed)
     y_all = torch.tensor(np.asarray(labels, dtype=np.int64))
-    per_epoch = min(len(images), samples_per_epoch or len(images))
+    per_epoch = min(n_images, samples_per_epoch or n_images)
     weights = None
     if sample_weights is not None:
         weights = torch.as_tensor(np.asarray(sample_weights, dtype=np.float64))
-        if weights.shape != (len(images),) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        if weights.shape != (n_images,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError("sample_weights needs one non-negative weight per image, not all zero")
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -144,17 +152,21 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, data_config: D
         module.eval()
     step = 0
     for epoch in range(config.epochs):
-        order = (torch.randperm(len(images), generator=gen)[:per_epoch] if weights is None
+        order = (torch.randperm(n_images, generator=gen)[:per_epoch] if weights is None
                  else torch.multinomial(weights, per_epoch, replacement=True, generator=gen))
         running = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x = to_tensor(images[idx.numpy()], data_config)
-            if config.augment:
-                x = augment(x, gen)
-            loss = loss_fn(model, x, y_all[idx], idx)
+            if trunk is not None:
+                logits = trunk.split.rest(trunk.batch(idx, gen, config.augment))
+                loss = F.cross_entropy(logits, y_all[idx], label_smoothing=config.label_smoothing)
+            else:
+                x = to_tensor(images[idx.numpy()], data_config)
+                if config.augment:
+                    x = augment(x, gen)
+                loss = loss_fn(model, x, y_all[idx], idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -236,10 +248,14 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
         require_split(train, "train", "to train the classifier")
         if train["label"].isna().any():
             raise ValueError("some train images have no label")
-        px = pixels(ws, train.path.tolist(), data_config.image_size, progress=progress.span(0, 0.1))
+        trunk = frozen_trunk(ws, model, data_config, config, train.image_id.tolist(), train.path.tolist(),
+                             progress=progress.span(0, 0.2))
+        px = None if trunk is not None else pixels(ws, train.path.tolist(), data_config.image_size,
+                                                    progress=progress.span(0, 0.1))
         if config.probe_first and resolved.pretrained:
-            fit_linear_head(model, px, train.label.to_numpy(), data_config, progress=progress.span(0.1, 0.2))
-        fit(model, px, train.label.to_numpy(), data_config, config, progress=progress.span(0.2, 1.0))
+            fit_linear_head(model, px, train.label.to_numpy(), data_config, trunk=trunk,
+                            progress=progress.span(0.1, 0.2))
+        fit(model, px, train.label.to_numpy(), data_config, config, trunk=trunk, progress=progress.span(0.2, 1.0))
     ckpt = save_verified(model, ws, model_id, arch=arch, num_classes=num_classes, data_config=data_config)
     register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
                    checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),
