@@ -1,0 +1,158 @@
+"""The frozen trunk computed once (core.models.trunk): the cut model gives the model's outputs, each image and
+view is computed once and read back, training on it trains only the rest, and predictions agree with pixels."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.images import fixed_view, pixels, to_tensor
+from core.data.splits import images_df
+from core.models import trunk as trunk_module
+from core.models.factory import create_model, default_data_config
+from core.models.pretrained import DEFAULT_BACKBONE
+from core.models.schedules import PRETRAINED_SCHEDULE
+from core.models.training import fit, frozen_trunk
+from core.models.trunk import TrunkCache, cached_trunk, freeze_early_stages, split_trunk
+from core.store.workspace import Workspace
+
+SIZE = 32
+
+
+@pytest.fixture()
+def tiny_ws(tmp_path, tiny_manifest) -> Workspace:
+    from jobs import ingest
+
+    assert ingest.main(["--workspace", str(tmp_path / "ws"), "--manifest", str(tiny_manifest)]) == 0
+    return Workspace.open(tmp_path / "ws")
+
+
+def _backbone(trainable_stages: int | None = 2):
+    torch.manual_seed(0)
+    model = create_model(DEFAULT_BACKBONE, num_classes=2)
+    freeze_early_stages(model, trainable_stages)
+    return model, default_data_config(model, SIZE)
+
+
+def test_the_cut_model_is_the_frozen_prefix_and_gives_the_models_outputs() -> None:
+    model, cfg = _backbone()
+    split = split_trunk(model, cfg)
+    assert split is not None
+    assert all(not p.requires_grad for p in split.trunk.parameters())
+    assert any(p.requires_grad for p in split.rest.parameters())
+    rest_params = {id(p) for p in split.rest.parameters()}
+    assert id(model.blocks[5][0].conv_pw.weight) in rest_params  # the trained stages are the model's own
+    model.eval()
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(split.logits(split.trunk(x)), model(x), atol=1e-4, rtol=1e-4)
+    # The key follows the trunk's weights and the resolution
+    other, _ = _backbone()
+    assert split_trunk(other, cfg).key == split.key
+    assert split_trunk(other, default_data_config(other, 64)).key != split.key
+    with torch.no_grad():
+        other.blocks[0][0].conv_dw.weight.mul_(1.01)
+    assert split_trunk(other, cfg).key != split.key
+
+
+@pytest.mark.parametrize("arch, stages", [(DEFAULT_BACKBONE, None), ("cifar_resnet20", 1), ("vit_tiny_patch16_224", 2)])
+def test_models_with_no_frozen_chain_are_not_cut(arch, stages) -> None:
+    model = create_model(arch, num_classes=2)
+    freeze_early_stages(model, stages)
+    assert split_trunk(model, default_data_config(model, 32 if "vit" not in arch else 224)) is None
+
+
+def test_each_image_and_view_is_computed_once_and_read_back_in_order(tiny_ws) -> None:
+    model, cfg = _backbone()
+    split = split_trunk(model, cfg)
+    seen = []
+    split.trunk.register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    train = images_df(tiny_ws, ["train"]).head(12)
+    ids, paths = train.image_id.tolist(), train.path.tolist()
+    cache = TrunkCache(tiny_ws, split, cfg)
+    first = cache.features(ids[:8], paths[:8], 2)
+    assert first.shape[:2] == (8, 2) and first.dtype == np.float16
+    assert sum(seen) == 8 * 2
+    # Ask again in another order with 4 new images: only the new ones are computed
+    seen.clear()
+    again = TrunkCache(tiny_ws, split, cfg).features(ids[::-1], paths[::-1], 2)
+    assert sum(seen) == 4 * 2
+    np.testing.assert_array_equal(again[::-1][:8], first)
+    # View 0 is the image as it is, view 1 its mirror image
+    x = to_tensor(pixels(tiny_ws, paths, SIZE), cfg)
+    with torch.no_grad():
+        plain, mirrored = split.trunk(x).numpy(), split.trunk(x.flip(3)).numpy()
+    np.testing.assert_allclose(again[::-1][:, 0].astype(np.float32), plain, atol=2e-2, rtol=1e-2)
+    np.testing.assert_allclose(again[::-1][:, 1].astype(np.float32), mirrored, atol=2e-2, rtol=1e-2)
+    # A shifted view is the same each time it is asked for, and differs between images' seeds
+    assert torch.equal(fixed_view(x, ids, 2), fixed_view(x, ids, 2))
+    assert not torch.equal(fixed_view(x, ids, 2), fixed_view(x, [i + 1 for i in ids], 2))
+    assert len(list(cache.folder.glob("*.ids.npy"))) == 2  # one chunk per computation, append-only
+
+
+def test_training_on_the_cache_trains_only_the_rest_and_learns(tiny_ws) -> None:
+    config = replace(PRETRAINED_SCHEDULE, epochs=3, batch_size=32)
+    train = images_df(tiny_ws, ["train"])
+    test = images_df(tiny_ws, ["test"])
+    accuracy = {}
+    for cached in (True, False):
+        model, cfg = _backbone()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trunk = frozen_trunk(tiny_ws, model, cfg, config, train.image_id.tolist(), train.path.tolist()) \
+            if cached else None
+        assert (trunk is not None) == cached
+        px = None if cached else pixels(tiny_ws, train.path.tolist(), SIZE)
+        fit(model, px, train.label.to_numpy(), cfg, config, trunk=trunk)
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert changed and all(n.startswith(("blocks.5", "blocks.6", "conv_head", "bn2", "classifier")) for n in changed)
+        model.eval()
+        with torch.no_grad():
+            pred = model(to_tensor(pixels(tiny_ws, test.path.tolist(), SIZE), cfg)).argmax(1).numpy()
+        accuracy[cached] = float((pred == test.label.to_numpy()).mean())
+    assert accuracy[True] >= 0.9 and accuracy[True] >= accuracy[False] - 0.05, accuracy  # pixels gave 0.825 here
+
+
+def test_a_loss_of_its_own_needs_pixels(tiny_ws) -> None:
+    model, cfg = _backbone()
+    train = images_df(tiny_ws, ["train"]).head(8)
+    trunk = frozen_trunk(tiny_ws, model, cfg, PRETRAINED_SCHEDULE, train.image_id.tolist(), train.path.tolist())
+    with pytest.raises(ValueError, match="whole model on pixels"):
+        fit(model, None, train.label.to_numpy(), cfg, PRETRAINED_SCHEDULE, trunk=trunk,
+            loss_fn=lambda m, x, y, i: m(x).sum())
+
+
+def test_the_cache_turned_off_or_over_its_memory_budget_trains_on_pixels(tiny_ws, monkeypatch, capsys) -> None:
+    model, cfg = _backbone()
+    train = images_df(tiny_ws, ["train"])
+    ids, paths = train.image_id.tolist(), train.path.tolist()
+    monkeypatch.setenv(trunk_module.CACHE_ENV, "0")
+    assert cached_trunk(tiny_ws, model, cfg, ids, paths) is None
+    monkeypatch.setenv(trunk_module.CACHE_ENV, "1")
+    monkeypatch.setenv(trunk_module.MEMORY_ENV, "1000")
+    assert cached_trunk(tiny_ws, model, cfg, ids, paths) is None
+    assert "over the" in capsys.readouterr().out
+    assert not (tiny_ws.artifacts / "trunk").exists()
+    monkeypatch.setenv(trunk_module.MEMORY_ENV, "lots")
+    with pytest.raises(ValueError, match="number of bytes"):
+        cached_trunk(tiny_ws, model, cfg, ids, paths)
+
+
+def test_predictions_from_the_stored_trunk_agree_with_pixels(tiny_ws, monkeypatch) -> None:
+    from core.models.evaluation import predict
+    from core.models.training import train_classifier
+
+    model_id = train_classifier(tiny_ws, arch=DEFAULT_BACKBONE, image_size=SIZE,
+                                config=replace(PRETRAINED_SCHEDULE, epochs=1, batch_size=32))
+    assert list((tiny_ws.artifacts / "trunk").glob("*/*.feats.npy"))  # training stored the trunk's views
+    cached = predict(tiny_ws, model_id, splits=["test"]).set_index("image_id")
+    probs_cached = tiny_ws.df("SELECT image_id, probs FROM predictions WHERE model_id = ? ORDER BY image_id",
+                              [model_id])
+    monkeypatch.setenv(trunk_module.CACHE_ENV, "0")
+    on_pixels = predict(tiny_ws, model_id, splits=["test"], allow_bf16=False).set_index("image_id")  # fp32 as the cache
+    probs_pixels = tiny_ws.df("SELECT image_id, probs FROM predictions WHERE model_id = ? ORDER BY image_id",
+                              [model_id])
+    np.testing.assert_allclose(np.stack(probs_cached.probs), np.stack(probs_pixels.probs), atol=0.01)
+    assert (cached.pred == on_pixels.loc[cached.index].pred).mean() >= 0.97
