@@ -33,6 +33,7 @@ from core.models.catalog import (
     load_classifier,
     require_classifier,
 )
+from core.models.device import on_device
 from core.models.factory import create_model, default_data_config
 from core.models.features import EMBEDDING_LAYERS, embedding_dim, embedding_function
 from core.models.inference import choose_precision, run_model
@@ -211,8 +212,9 @@ def embed_split_images(ws: Workspace, spec: EmbedderSpec, *, splits: Sequence[st
     engine: dict = {"engine": "local"}
     try:
         if stream is not None:
-            parts = _embed_local(paths, ids, embed_fn, cfg, staging, batch_size=batch_size, bf16=check.bf16,
-                                 progress=progress, head=head, stream=stream)
+            with on_device(model):
+                parts = _embed_local(paths, ids, embed_fn, cfg, staging, batch_size=batch_size, bf16=check.bf16,
+                                     progress=progress, head=head, stream=stream)
         else:
             frame = pd.DataFrame({"image_id": ids, "path": paths})
             task = EmbedTask(model, cfg, layers=spec.layers, bf16=check.bf16)

@@ -1,4 +1,4 @@
-"""Batched CPU inference: logits/probabilities and penultimate-layer embeddings.
+"""Batched inference (on the process's device, core.models.device): logits/probabilities and penultimate-layer embeddings.
 
 bf16 autocast runs 2-3x faster on CPUs with AVX-512 BF16 / AMX. It is used only where results hold:
 :func:`choose_precision` runs a sample in both precisions and keeps bf16 only if predictions agree and
@@ -17,6 +17,7 @@ from torch import nn
 
 from core.data.images import as_model_input
 from core.data.model_input import DataConfig
+from core.models.device import current_device, on_device, on_gpu, to_device
 from core.models.features import embedding_function, features
 from core.progress import Progress, as_progress
 
@@ -35,9 +36,16 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def has_bf16() -> bool:
+    """Whether the current device runs bf16 natively (a GPU that supports it, or a CPU with AVX-512 BF16 / AMX)."""
+    return torch.cuda.is_bf16_supported() if on_gpu() else cpu_has_bf16()
+
+
 def _forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bf16: bool) -> torch.Tensor:
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return fn(x).float()
+    """``fn`` on a CPU batch, run on the current device (core.models.device), its output back on the CPU."""
+    device = current_device()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return fn(to_device(x)).float().cpu()
 
 
 def run_model(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[np.ndarray | torch.Tensor],
@@ -65,8 +73,9 @@ def predict_probs(model: nn.Module, pixels: np.ndarray, cfg: DataConfig, *, batc
                   bf16: bool = False, progress: Progress | None = None) -> np.ndarray:
     """Class probabilities, N x K."""
     model.eval()
-    logits = run_model(model, _chunks(pixels, batch_size), len(pixels), cfg, bf16=bf16, progress=progress,
-                       desc="predict")
+    with on_device(model):
+        logits = run_model(model, _chunks(pixels, batch_size), len(pixels), cfg, bf16=bf16, progress=progress,
+                           desc="predict")
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
@@ -112,16 +121,17 @@ def choose_precision(model: nn.Module, sample: np.ndarray | torch.Tensor, cfg: D
     """
     if not allow_bf16:
         return PrecisionCheck(False, "bf16 disabled")
-    if not cpu_has_bf16():
-        return PrecisionCheck(False, "this CPU has no native bf16")
+    if not has_bf16():
+        return PrecisionCheck(False, "this GPU has no bf16" if on_gpu() else "this CPU has no native bf16")
     if len(sample) < 16:
         return PrecisionCheck(False, "too few images to check bf16 against fp32")
     model.eval()
     fn = (embed_fn or (lambda x: features(model, x))) if embedding else model
     # In batches: one 128-image fp32 batch of a ResNet holds ~1 GB of activations at 224 px.
     chunks = _chunks(sample, CHECK_BATCH)
-    ref = np.concatenate([_forward(fn, as_model_input(c, cfg), False).numpy() for c in chunks])
-    low = np.concatenate([_forward(fn, as_model_input(c, cfg), True).numpy() for c in chunks])
+    with on_device(model):
+        ref = np.concatenate([_forward(fn, as_model_input(c, cfg), False).numpy() for c in chunks])
+        low = np.concatenate([_forward(fn, as_model_input(c, cfg), True).numpy() for c in chunks])
     if embedding:
         overlap = knn_overlap(ref, low)
         ok = overlap >= MIN_KNN_OVERLAP

@@ -28,6 +28,7 @@ from core.data.splits import images_df, require_split
 from core.models.catalog import new_model_id, register_model
 from core.models.checkpoints import is_classifier_checkpoint, read_weights, save_checkpoint, weights_include_head
 from core.models.config import ModelError
+from core.models.device import current_device, to_device
 from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
 from core.models.features import feature_dim
 from core.models.pretrained import resolve
@@ -147,6 +148,9 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
         return F.cross_entropy(m(x), y, label_smoothing=config.label_smoothing)
 
     loss_fn = loss_fn or default_loss
+    device = current_device()
+    model.to(device)
+    y_all = y_all.to(device)
     model.train()
     for module in frozen:  # frozen stages keep their (pretrained) BatchNorm statistics
         module.eval()
@@ -160,13 +164,13 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             if trunk is not None:
-                logits = trunk.split.rest(trunk.batch(idx, gen, config.augment))
-                loss = F.cross_entropy(logits, y_all[idx], label_smoothing=config.label_smoothing)
+                logits = trunk.split.rest(to_device(trunk.batch(idx, gen, config.augment)))
+                loss = F.cross_entropy(logits, y_all[idx.to(device)], label_smoothing=config.label_smoothing)
             else:
                 x = to_tensor(images[idx.numpy()], data_config)
                 if config.augment:
                     x = augment(x, gen)
-                loss = loss_fn(model, x, y_all[idx], idx)
+                loss = loss_fn(model, to_device(x), y_all[idx.to(device)], idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,6 +180,7 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
             progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
         print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
     model.eval()
+    model.cpu()  # models are kept on the CPU between runs (core.models.device)
     for param in model.parameters():
         param.requires_grad_(True)
     return model

@@ -29,6 +29,7 @@ from torch import nn
 
 from core.data.images import fixed_view, pixels, to_tensor
 from core.data.model_input import DataConfig
+from core.models.device import on_device, to_device
 from core.progress import Progress, as_progress
 from core.store.files import atomic_path
 from core.store.workspace import Workspace
@@ -223,12 +224,12 @@ class TrunkCache:
         done = 0
         total = len(image_ids) * views
         self.split.trunk.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), on_device(self.split.trunk):
             for start in range(0, len(image_ids), BATCH):
                 x = to_tensor(px[start:start + BATCH], data_config)
                 batch_ids = image_ids[start:start + BATCH]
                 for view in range(views):
-                    f = self.split.trunk(fixed_view(x, batch_ids, view)).to(torch.float16).numpy()
+                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu().numpy()
                     if out is None:
                         out = np.empty((len(image_ids), views, *f.shape[1:]), np.float16)
                     out[start:start + len(f), view] = f
@@ -309,9 +310,9 @@ def trunk_probs(ws: Workspace, model: nn.Module, data_config: DataConfig, traina
     feats = TrunkCache(ws, split, data_config).features(image_ids, paths, 1, progress=progress.span(0, 0.8))
     model.eval()
     outs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), on_device(model):
         for start in range(0, len(feats), 256):
-            outs.append(split.logits(feats[start:start + 256, 0]))
+            outs.append(split.rest(to_device(torch.from_numpy(feats[start:start + 256, 0]).float())).cpu())
     return torch.softmax(torch.cat(outs), dim=1).numpy()
 
 

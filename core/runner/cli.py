@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.models.checkpoints import allow_pickle
+from core.models.device import DEVICES, DeviceError, describe_device, use_device
 from core.progress import Progress, StageLine
 from core.runner.options import Option, split_values
 from core.runner.registry import JobSpec, get_job
@@ -64,6 +65,8 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the job's result as JSON here")
     p.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the app's launcher
     p.add_argument("--debug", action="store_true", help="also print the traceback of an error")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where models run: a CUDA GPU when there is one (auto), the CPU, or CUDA or nothing (cuda)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="let weight files that need pickle load (pickle can run code: only for files you trust; "
                         "never available from the app)")
@@ -134,6 +137,11 @@ def main(name: str, argv: Sequence[str] | None = None, *,
     opts = parse_args(spec, argv_list)
     if not opts.workspace:
         print(f"error: {name} needs --workspace DIR (or the DCD_WORKSPACE environment variable)", file=sys.stderr)
+        return 2
+    try:
+        use_device(opts.device)
+    except DeviceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     before = _folder_entries(Path(opts.workspace)) if spec.creates_workspace else None
     try:
@@ -247,7 +255,7 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
     try:
         _wait_for_turn(store, job_id, spec.name)
         set_write_guard(guard)
-        result = spec.run(ws, opts, progress) or {}
+        result = {**(spec.run(ws, opts, progress) or {}), "device": describe_device()}  # where its models ran
         guard()
         if report is not None:
             report(result)

@@ -43,8 +43,9 @@ from core.data.model_input import DataConfig
 from core.data.splits import images_df
 from core.engines.ray_data import RayConfig, map_images_to_arrays
 from core.models.catalog import load_classifier, require_classifier
+from core.models.device import on_device
 from core.models.factory import last_conv_block
-from core.models.inference import cpu_has_bf16, predict_probs
+from core.models.inference import has_bf16, predict_probs
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace, replace_model_rows
 
@@ -216,22 +217,24 @@ def attribute_batch(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *,
     """Maps (N x s x s, in [0, 1]) and attribution-weighted vectors (N x C) of one normalised batch."""
     layer = layer if layer is not None else last_conv_block(model)
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = next(model.parameters()).device  # the process's device, or a Ray actor's own
+    x, targets = x.to(device), targets.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         if config.method == "gradcam":
             cam, acts = _gradcam(model, layer, x, targets)
         else:
             cam, acts = _integrated_gradients(model, layer, x, targets, config.ig_steps)
     vec = weighted_vectors(cam, acts)
     maps = _normalise_maps(_resize_map(cam, config.heatmap_size))[:, 0]
-    return maps.numpy().astype(np.float32), vec.numpy().astype(np.float32)
+    return maps.detach().float().cpu().numpy(), vec.detach().float().cpu().numpy()
 
 
 def _check_bf16(model: nn.Module, layer: nn.Module, sample: torch.Tensor, targets: torch.Tensor,
                 config: AttributionConfig) -> tuple[bool, str]:
     if not config.allow_bf16:
         return False, "bf16 disabled"
-    if not cpu_has_bf16():
-        return False, "this CPU has no native bf16"
+    if not has_bf16():
+        return False, "this device has no native bf16"
     if len(sample) < 8:
         return False, "too few images to check bf16 against fp32"
     ref, _ = attribute_batch(model, sample, targets, config=config, layer=layer, bf16=False)
@@ -255,15 +258,13 @@ def compute_attributions(model: nn.Module, images: np.ndarray, data_config: Data
     model.eval()
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     n_check = min(32, len(images))
-    bf16, reason = _check_bf16(model, layer, to_tensor(images[:n_check], data_config), t[:n_check], config)
-    maps, vecs = [], []
-    starts = range(0, len(images), config.batch_size)
-    for s in as_progress(progress).iter(starts, total=len(starts), desc=f"{config.method}", unit="batch"):
-        x = to_tensor(images[s:s + config.batch_size], data_config)
-        m, v = attribute_batch(model, x, t[s:s + config.batch_size], config=config, layer=layer, bf16=bf16)
-        maps.append(m)
-        vecs.append(v)
-    return AttributionResult(np.concatenate(maps), np.concatenate(vecs), bf16, reason)
+    with on_device(model):
+        bf16, reason = _check_bf16(model, layer, to_tensor(images[:n_check], data_config), t[:n_check], config)
+        starts = range(0, len(images), config.batch_size)
+        parts = [attribute_batch(model, to_tensor(images[s:s + config.batch_size], data_config),
+                                 t[s:s + config.batch_size], config=config, layer=layer, bf16=bf16)
+                 for s in as_progress(progress).iter(starts, total=len(starts), desc=f"{config.method}", unit="batch")]
+    return AttributionResult(np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts]), bf16, reason)
 
 
 # -- the workspace job --------------------------------------------------------------------------------
@@ -284,13 +285,12 @@ def _targets(df: pd.DataFrame, pred: np.ndarray, config: AttributionConfig) -> n
 
 
 def _predicted_where_missing(model: nn.Module, x: torch.Tensor, targets: np.ndarray) -> np.ndarray:
-    """``targets`` with each -1 replaced by the model's prediction for that row of the normalised batch
-    ``x`` (an fp32 forward, as :func:`~core.models.inference.predict_probs` makes)."""
+    """``targets`` with each -1 replaced by the model's (fp32) prediction for that row of the batch ``x``."""
     targets = np.asarray(targets, np.int64)
     if not (targets < 0).any():
         return targets
-    with torch.inference_mode():
-        return np.where(targets < 0, model(x).argmax(1).cpu().numpy(), targets)
+    with torch.inference_mode():  # on the model's device (a Ray actor's GPU)
+        return np.where(targets < 0, model(x.to(next(model.parameters()).device)).argmax(1).cpu().numpy(), targets)
 
 
 @dataclass

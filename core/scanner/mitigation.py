@@ -101,7 +101,7 @@ def corm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.T
     if lam == 0 or not bool(has.any()):
         return F.cross_entropy(model(x), y)
     xm = x[has]
-    eps = torch.randn(xm.shape, generator=generator, dtype=xm.dtype)
+    eps = torch.randn(xm.shape, generator=generator, dtype=xm.dtype).to(xm.device)
     m = masks[has]
     logits = model(torch.cat([x, (1 - m) * xm + m * sigma * eps]))
     n = len(x)
@@ -122,11 +122,12 @@ def make_corm_loss(mask_grids: np.ndarray, image_size: int, config: CormConfig, 
     gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        m = masks[idx] if masks is not None else torch.zeros_like(x[:, :1])
+        device = x.device  # the process's device (core.models.device); masks and draws stay on the CPU
+        m = masks[idx] if masks is not None else torch.zeros_like(x[:, :1].cpu())
         if augment_images:  # fit's own augmentation is off: move image and mask together
-            both = augment(torch.cat([x, m], 1), gen)
-            x, m = both[:, :-1], both[:, -1:].round()
-        return corm_loss(model, x, y, m, lam=config.lam, sigma=config.sigma, generator=gen)
+            both = augment(torch.cat([x.cpu(), m], 1), gen)
+            x, m = both[:, :-1].to(device), both[:, -1:].round()
+        return corm_loss(model, x, y, m.to(device), lam=config.lam, sigma=config.sigma, generator=gen)
 
     return loss_fn
 
