@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.constants import EVAL_SPLITS, SPLITS
+from core.constants import EVAL_SPLITS, SPLITS, UPLOADED
 from core.store.workspace import Workspace
 
 HEADLINE_SETS = ("test", "error_heldout")
@@ -36,13 +36,15 @@ def split_class_counts(ws: Workspace) -> pd.DataFrame:
 
 
 def split_class_table(ws: Workspace) -> pd.DataFrame:
-    """Split x class counts with a total column, splits in workflow order (every split shown)."""
+    """Split x class counts with a total column, splits in workflow order (every split shown; ``uploaded``
+    only when a person has uploaded images)."""
     long = split_class_counts(ws)
     classes = ws.class_names()
     wide = (long.pivot_table(index="split", columns="class_name", values="n", aggfunc="sum", fill_value=0)
             if not long.empty else pd.DataFrame())
     cols = [c for c in classes if c in wide.columns] + [c for c in wide.columns if c not in classes]
-    wide = wide.reindex(index=list(SPLITS), columns=cols, fill_value=0).fillna(0).astype(int)
+    shown = [s for s in SPLITS if s != UPLOADED or s in wide.index]
+    wide = wide.reindex(index=shown, columns=cols, fill_value=0).fillna(0).astype(int)
     wide["total"] = wide.sum(axis=1)
     wide.index.name = "split"
     return wide.reset_index()
