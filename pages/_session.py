@@ -28,8 +28,6 @@ from core.store.workspace import (
 )
 
 WS_KEY = "workspace_path"
-UPLOAD_MAX_BYTES = 20 * 1024 * 1024  # an uploaded query image: at most 20 MB
-UPLOAD_MAX_PIXELS = 40_000_000  # and 40 megapixels (a bomb is refused before it is decoded)
 DIED_KEY = "jobs_died"  # {workspace root: ids of jobs the sidebar found dead}
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -262,6 +260,7 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, n
     import numpy as np
 
     from core.data.images import load_rgb
+    from core.data.uploads import UPLOAD_MAX_PIXELS
     from core.models.catalog import split_embedder_id
     from core.models.inference import embed
 

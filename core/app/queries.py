@@ -344,6 +344,19 @@ def source_vectors(ws: Workspace, embedder_id: str, image_ids: Sequence[int]) ->
     return load_embeddings(ws, embedder_id, image_ids=_ids(image_ids))
 
 
+def embedded_ids(ws: Workspace, embedder_id: str, image_ids: Sequence[int]) -> list[int]:
+    """Those of ``image_ids`` that have a vector in an embedder's space (what a preview can search with; the
+    select job embeds the others first), in order."""
+    from core.store.vectors import embedding_table
+
+    found = embedding_table(ws, embedder_id)
+    if found is None:
+        return []
+    have = set(ws.df(f"SELECT image_id FROM {found[0]} WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                     [_ids(image_ids)]).image_id.astype(int))
+    return [int(i) for i in image_ids if int(i) in have]
+
+
 def with_their_failure_images(ws: Workspace, items: pd.DataFrame) -> pd.DataFrame:
     """Reviewed candidates as a debug-train set: the labelled images they were retrieved for (the failure's
     own, kind ``failure``) first, then the candidates (kind ``retrieved``). Uploaded query images (negative
