@@ -130,7 +130,7 @@ def mistakes_ui(ws: Workspace) -> None:
         st.subheader(f"Images: true {names[label]}, predicted {names[pred]}")
         imgs = view(queries.cell_images, model_id, split, label, pred, limit=24)
         gallery(ws, imgs, lambda r: f"#{r.image_id} · conf {r.confidence:.2f}" +
-                (f" · {r.group_name}" if r.group_name else ""), columns=8,
+                (f" · {r.group_name}" if r.group_name else ""), columns=6 if picking else 8,
                 below=pick_box(PICKS, "errors_pick_cell_") if picking else None)
         if label != pred:
             n_cell = int(conf.loc[(conf.label == label) & (conf.pred == pred), "n"].sum())

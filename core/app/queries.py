@@ -355,28 +355,3 @@ def embedded_ids(ws: Workspace, embedder_id: str, image_ids: Sequence[int]) -> l
     have = set(ws.df(f"SELECT image_id FROM {found[0]} WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                      [_ids(image_ids)]).image_id.astype(int))
     return [int(i) for i in image_ids if int(i) in have]
-
-
-def with_their_failure_images(ws: Workspace, items: pd.DataFrame) -> pd.DataFrame:
-    """Reviewed candidates as a debug-train set: the labelled images they were retrieved for (the failure's
-    own, kind ``failure``) first, then the candidates (kind ``retrieved``). Uploaded query images (negative
-    source ids) are not in the workspace and are left out."""
-    from core.dcd.debug_train import failure_items
-    from core.dcd.strategies import with_failure
-
-    sources = _ids(int(s) for s in items.source_image_id.dropna().unique() if int(s) >= 0)
-    labelled = ws.df("SELECT image_id, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[])) "
-                     "AND label IS NOT NULL ORDER BY image_id", [sources]) if sources else pd.DataFrame()
-    failure = failure_items(labelled.image_id, labelled.label) if len(labelled) else None
-    return with_failure(failure, items)
-
-
-def candidate_items(candidates: pd.DataFrame, decisions: dict[int, dict[str, Any]]) -> pd.DataFrame:
-    """Candidates with a person's decisions applied ({image_id: {"status", "label"}}), ready for
-    :func:`core.dcd.selection.save_selection`."""
-    items = candidates.copy()
-    for col in ("status", "label"):
-        items[col] = [decisions.get(int(i), {}).get(col, v) for i, v in zip(items.image_id, items[col])]
-    items["status"] = items["status"].fillna("proposed")
-    return items
-
