@@ -59,6 +59,7 @@ _API = {
     "run_pipeline": "core.dcd.pipeline",
     "failure_from_cell": "core.dcd.failure",
     "failure_from_images": "core.dcd.failure",
+    "failure_from_upload": "core.dcd.failure",
     "get_failure": "core.dcd.failure",
     "list_failures": "core.dcd.failure",
     "run_loop": "core.scanner.slice_loop",

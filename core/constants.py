@@ -5,9 +5,11 @@ from __future__ import annotations
 
 #: ``train`` and ``test`` as usual; ``error_sample`` is ``E_sample`` (the few images of the failure DCD
 #: retrieves for); ``error_heldout`` is where success on the failure is measured; ``pool`` is the large
-#: weakly labeled set F that debug-train images come from.
-SPLITS = ("train", "test", "error_sample", "error_heldout", "pool")
+#: weakly labeled set F that debug-train images come from; ``uploaded`` holds images a person uploaded in
+#: the app as a failure's query part, labelled (core.dcd.failure.failure_from_upload: never train, test or pool).
+SPLITS = ("train", "test", "error_sample", "error_heldout", "pool", "uploaded")
 POOL = "pool"
+UPLOADED = "uploaded"
 
 #: The evaluation sets, in the order reports show them.
 EVAL_SPLITS = ("test", "error_heldout", "error_sample", "train")

@@ -28,8 +28,6 @@ from core.store.workspace import (
 )
 
 WS_KEY = "workspace_path"
-UPLOAD_MAX_BYTES = 20 * 1024 * 1024  # an uploaded query image: at most 20 MB
-UPLOAD_MAX_PIXELS = 40_000_000  # and 40 megapixels (a bomb is refused before it is decoded)
 DIED_KEY = "jobs_died"  # {workspace root: ids of jobs the sidebar found dead}
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -244,14 +242,15 @@ def _candidates(root: str, version: str, embedder_id: str, source_ids: tuple[int
     index, _ = pool_index(ws, embedder_id)
     ids, vecs = queries.source_vectors(ws, embedder_id, list(source_ids))
     if len(ids) == 0:
-        raise ValueError(f"none of the chosen images has a vector for {embedder_id!r}: run the embed job on the "
-                         f"error_sample split")
+        raise ValueError(f"none of the chosen images has a vector for {embedder_id!r}: the select job embeds "
+                         f"them first, or run the embed job on their split")
     return queries.candidates_filling_budget(ws, index, ids, vecs, neighbours=neighbours, budget=budget, label_policy=label_policy)
 
 
 def find_candidates(ws: Workspace, embedder_id: str, source_ids: Sequence[int], *, neighbours: int, budget: int,
                     label_policy: str) -> pd.DataFrame:
-    """Debug-train candidates for error-sample images, from the persisted pool index (cached)."""
+    """Debug-train candidates for a failure's query images (a preview: nothing is saved), from the persisted
+    pool index (cached)."""
     return _candidates(str(ws.root), ws.data_version(), embedder_id, tuple(int(i) for i in source_ids), int(neighbours),
                        int(budget), label_policy)
 
@@ -262,6 +261,7 @@ def _upload_candidates(root: str, version: str, embedder_id: str, data: bytes, n
     import numpy as np
 
     from core.data.images import load_rgb
+    from core.data.uploads import UPLOAD_MAX_PIXELS
     from core.models.catalog import split_embedder_id
     from core.models.inference import embed
 

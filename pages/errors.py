@@ -1,5 +1,6 @@
 """Errors: where the classifier is wrong (confusion matrix, accuracy per group, metadata value and class,
-confident mistakes; a confusion cell named as a failure and fixed, core.dcd.failure), and where the labels are (label issues of the train and pool images, with a person's
+confident mistakes; a confusion cell, or images picked in the galleries, named as a failure and fixed,
+core.dcd.failure), and where the labels are (label issues of the train and pool images, with a person's
 decisions)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import streamlit as st
 from core.app import breakdowns, charts, queries
 from core.store.workspace import Workspace
 from pages._label_issues import label_issues_ui
+from pages._picking import fix_failure_ui, name_picked_ui, pick_box, picking_ui
 from pages._session import view, workspace
 from pages._widgets import BREAKDOWN_NOTE, breakdown_ui, gallery, launch_button, pct
 
@@ -100,11 +102,7 @@ def fix_cell_ui(ws: Workspace, model_id: str, split: str, label: int, pred: int,
                       ["--cell", f"{label}:{pred}", "--splits", split, "--classifier-id", model_id],
                       key=f"errors_name_{model_id}_{split}_{label}_{pred}")
         return
-    st.caption(f"Failure {found.failure_id} ({found.name}): {len(found.query_ids)} images to search the pool with, "
-               f"{len(found.heldout_ids)} held out as the eval set `{found.eval_set}` on Before / after.")
-    launch_button(ws, "Collect, retrain and compare with random", "pipeline",
-                  ["--failure", found.failure_id, "--classifier-id", model_id, "--methods", "dcd", "random"],
-                  key=f"errors_fix_{found.failure_id}")
+    fix_failure_ui(ws, found, model_id=model_id, key="errors")
 
 
 def mistakes_ui(ws: Workspace) -> None:
@@ -125,13 +123,15 @@ def mistakes_ui(ws: Workspace) -> None:
         cell = confusion_ui(conf)
     with right:
         accuracy_ui(model_id, split)
+    picking = picking_ui(ws, PICKS)
     if cell is not None:
         names = dict(zip(conf.label, conf.label_name))
         label, pred = cell
         st.subheader(f"Images: true {names[label]}, predicted {names[pred]}")
         imgs = view(queries.cell_images, model_id, split, label, pred, limit=24)
         gallery(ws, imgs, lambda r: f"#{r.image_id} · conf {r.confidence:.2f}" +
-                (f" · {r.group_name}" if r.group_name else ""), columns=8)
+                (f" · {r.group_name}" if r.group_name else ""), columns=6 if picking else 8,
+                below=pick_box(PICKS, "errors_pick_cell_") if picking else None)
         if label != pred:
             n_cell = int(conf.loc[(conf.label == label) & (conf.pred == pred), "n"].sum())
             fix_cell_ui(ws, model_id, split, label, pred, n_cell)
@@ -140,11 +140,17 @@ def mistakes_ui(ws: Workspace) -> None:
     mistakes = view(queries.confident_mistakes, model_id, split, limit=limit)
     if mistakes.empty:
         st.success(f"No mistakes on {split}.")
-        return
-    gallery(ws, mistakes, lambda r: f"label {r.label_name} · pred {r.pred_name} ({r.confidence:.2f})", columns=6)
-    with st.expander("As a table"):
-        st.dataframe(mistakes.drop(columns=["path"]), hide_index=True, key="errors_mistakes")
+    else:
+        gallery(ws, mistakes, lambda r: f"label {r.label_name} · pred {r.pred_name} ({r.confidence:.2f})",
+                columns=6, below=pick_box(PICKS, "errors_pick_mistake_") if picking else None)
+        with st.expander("As a table"):
+            st.dataframe(mistakes.drop(columns=["path"]), hide_index=True, key="errors_mistakes")
+    if picking:
+        st.subheader("Picked images")
+        name_picked_ui(ws, PICKS, model_id=model_id)
 
+
+PICKS = "errors_picks"  # the images picked in this page's galleries (pages/_picking.py)
 
 ws = workspace()
 st.title("Errors")

@@ -1,8 +1,10 @@
-"""Retrieval (DCD): nearest pool neighbours of error-sample images, reviewed and saved as a debug-train set.
+"""Retrieval (DCD): a failure's nearest pool neighbours, previewed; the selection made by the select job
+(core.dcd.strategies.select), then reviewed.
 
-The query part (pages/_retrieval_parts.py: embedder, search options, the images to search for) returns the
-candidates; the review part below shows them in the review grid of pages/_widgets.py twice: the unsaved
-candidates (decisions kept in the session) and a saved selection (decisions written to the workspace).
+The query part (pages/_retrieval_parts.py: embedder, the failure or uploaded images, search options)
+previews the candidates and launches the jobs that write: the select job for a failure, the pipeline that
+fixes it, the failure job for uploaded images. A saved selection is reviewed below in the review grid of
+pages/_widgets.py (a person's decisions written to the workspace).
 """
 
 from __future__ import annotations
@@ -12,12 +14,22 @@ import streamlit as st
 
 from core.app import names, queries
 from core.app.job_summary import RETRIEVAL_JOBS, jobs_running
-from core.dcd.index import IndexInfo
-from core.dcd.selection import relabel, save_selection, set_status
+from core.dcd.selection import relabel, set_status
 from core.store.workspace import Workspace
-from pages._retrieval_parts import Search, embedder_ui, query_ui, search_ui, source_text
+from pages._retrieval_parts import (
+    Search,
+    embedder_ui,
+    failure_actions,
+    failure_preview,
+    failure_ui,
+    query_kind_ui,
+    search_ui,
+    source_text,
+    sources_ui,
+    upload_ui,
+)
 from pages._session import refresh, view, workspace
-from pages._widgets import GridKeys, jobs_in_progress, launch_button, review_grid, tally_text
+from pages._widgets import GridKeys, gallery, jobs_in_progress, launch_button, paginate, review_grid, thumb
 
 
 def candidate_caption(r: pd.Series) -> str:
@@ -30,6 +42,12 @@ def candidate_caption(r: pd.Series) -> str:
     return " · ".join(parts) or f"#{r.image_id}"
 
 
+def preview_caption(r: pd.Series) -> str:
+    """A previewed candidate: its pool label and distance, and the label it would be trained with."""
+    trains = f" · trains as {r.label_name}" if isinstance(r.label_name, str) else " · left out (no label)"
+    return candidate_caption(r) + trains
+
+
 def error_images(items: pd.DataFrame) -> pd.DataFrame | None:
     """The images the candidates were found for, in search order (image_id, path, label_name, pred_name,
     correct), or None when there are none to group under (an upload, a random selection)."""
@@ -39,59 +57,35 @@ def error_images(items: pd.DataFrame) -> pd.DataFrame | None:
     return view(queries.source_images, ids, view(queries.current_classifier_id))
 
 
-def candidate_decisions(searched_for: tuple) -> dict[int, dict]:
-    """The person's decisions on the unsaved candidates, {image_id: {"status", "label"}}: the one place they
-    are kept, emptied when the search changes."""
-    review = st.session_state.get("retr_review")
-    if review is None or review["searched_for"] != searched_for:
-        review = st.session_state["retr_review"] = {"searched_for": searched_for, "decisions": {}}
-    return review["decisions"]
+def preview_candidates(ws: Workspace, candidates: pd.DataFrame) -> None:
+    """The candidates a search found, each under the query image it was found for (none is saved: the select
+    job makes the selection)."""
+    st.subheader(f"{len(candidates)} candidates")
+    st.caption("A preview of the nearest pool images and the label each would be trained with; nothing is saved "
+               "until the select job makes the selection.")
+    sources = error_images(candidates)
+    if sources is None:
+        gallery(ws, paginate(candidates, key="retr_preview_page", per_page=30), preview_caption, width=96)
+        return
+    for _, src in paginate(sources, key="retr_preview_page", per_page=3).iterrows():
+        group = candidates[candidates.source_image_id == src.image_id]
+        with st.container(border=True):
+            left, right = st.columns([1, 5])
+            with left:
+                t = thumb(ws, src.image_id, src.path)
+                if t:
+                    st.image(t, width=120)
+                st.caption(f"{source_text(src)} · {len(group)} found")
+            with right:
+                gallery(ws, group.head(10), preview_caption, width=96)
+                if len(group) > 10:
+                    st.caption(f"and {len(group) - 10} more for this image")
 
 
 def retrain_label(selection_id: str) -> str:
     current = view(queries.current_classifier_id)
     model = view(names.model_names).get(current, current) or "the current classifier"
     return f"Retrain {model} with {view(names.selection_names).get(selection_id, selection_id)}"
-
-
-def review_candidates(ws: Workspace, candidates: pd.DataFrame, decisions: dict[int, dict], search: Search,
-                      info: IndexInfo, classes: list[str]) -> None:
-    """The unsaved candidates, each under its error image, then saving them as a selection and retraining."""
-    def decide(image_ids: list[int], *, status: str | None = None, label: int | None = None) -> None:
-        for iid in image_ids:
-            d = decisions.setdefault(iid, {})
-            if status is not None:
-                d["status"] = status
-            if label is not None:
-                d["label"] = label
-
-    st.subheader(f"{len(candidates)} candidates")
-    items = queries.candidate_items(candidates, decisions)
-    keys = GridKeys("retr_keep_rest", "retr_drop_rest", "retr_reset", "retr_bulk_label", "retr_relabel_all",
-                    "retr_page", status="cand_status_", label="cand_label_", group="cand_group_")
-    review_grid(ws, items, classes, keys=keys, decide=decide, reset=decisions.clear, caption=candidate_caption,
-                sources=error_images(items), source_caption=source_text)
-    s1, s2 = st.columns([3, 1], vertical_alignment="bottom")
-    auto = f"dcd-n{search.neighbours}-b{search.budget}"
-    name = s1.text_input("Selection name", key="retr_name", placeholder="e.g. birds on the wrong background",
-                         help="How the selection and the model retrained on it are called")
-    if s2.button("Save as debug-train selection", type="primary", key="retr_save", width="stretch"):
-        if items.label.isna().any():
-            st.error(f"{int(items.label.isna().sum())} candidate(s) have no label: relabel them first.")
-        else:
-            params = {"neighbours": search.neighbours, "budget": search.budget, "label_policy": search.label_policy,
-                      "embedder_id": search.embedder_id, "reviewed": True,
-                      "sources": [int(s) for s in candidates.source_image_id.unique()]}
-            sel = save_selection(ws, name.strip() or auto, "dcd", queries.with_their_failure_images(ws, items),
-                                 params=params, index_info=info)
-            refresh()
-            st.session_state["retr_saved"] = sel.selection_id
-            st.session_state["retr_saved_sel"] = sel.selection_id  # the Saved tab opens on it
-            shown = view(names.selection_names).get(sel.selection_id, sel.name)
-            st.success(f"Saved **{shown}**: {tally_text(items)}.")
-    if st.session_state.get("retr_saved"):
-        launch_button(ws, retrain_label(st.session_state["retr_saved"]), "retrain",
-                      ["--selection-id", st.session_state["retr_saved"]], key="retr_launch_retrain")
 
 
 def selection_label(row: pd.Series, shown: str) -> str:
@@ -107,7 +101,7 @@ def review_saved(ws: Workspace, classes: list[str]) -> None:
     """A saved selection (newest first) under its error images; each decision is written to the workspace."""
     sels = view(queries.selections)
     if sels.empty:
-        st.info("No selections yet: find candidates and save them, or run the select job.")
+        st.info("No selections yet: make one for a failure under Find candidates (the select job).")
         return
     by_id, shown = sels.set_index("selection_id"), view(names.selection_names)
     if st.session_state.get("retr_saved_sel") not in by_id.index:
@@ -134,27 +128,42 @@ def review_saved(ws: Workspace, classes: list[str]) -> None:
 
 # -- the page -------------------------------------------------------------------------------------
 
+def find_ui(ws: Workspace, embedder_id: str, classes: list[str]) -> None:
+    """The query, the search options, the preview, and the jobs that act on them."""
+    kind = query_kind_ui()
+    if kind == "failure":
+        failure = failure_ui(ws)
+        if failure is None:
+            return
+        search: Search = search_ui(embedder_id, len(failure.query_ids), failure.failure_id)
+        try:
+            candidates = failure_preview(ws, search, sources_ui(ws, failure))
+        except ValueError as exc:
+            st.error(str(exc))
+            candidates = None
+        failure_actions(ws, failure, search)
+    else:
+        search = search_ui(embedder_id, max(1, len(st.session_state.get("retr_upload") or [])), "upload")
+        found = upload_ui(ws, search, classes)
+        candidates = None if found is None else found[0]
+    if candidates is not None:
+        preview_candidates(ws, candidates)
+
+
 ws = workspace()
 st.title("Retrieval (DCD)")
-st.caption("For each error-sample image, its nearest neighbours in the weakly labelled pool, searched in an "
-           "embedder's feature space. Review them and save the result as a debug-train selection.")
+st.caption("A failure's images (its query part: DCD's E_sample) and their nearest neighbours in the weakly "
+           "labelled pool, searched in an embedder's feature space. The select job makes the selection; review "
+           "it under Saved selections, then retrain.")
 if jobs_running(ws, RETRIEVAL_JOBS):  # new embeddings, label issues or selections are coming
     jobs_in_progress(ws, RETRIEVAL_JOBS, "New candidates are being found")
 classes = ws.class_names()
-if ws.read_only:  # a viewer looks at the saved selections; searching and saving are for the full app
+if ws.read_only:  # a viewer looks at the saved selections; searching and launching are for the full app
     review_saved(ws, classes)
     st.stop()
 embedder_id, info = embedder_ui(ws)
 tab_find, tab_saved = st.tabs(["Find candidates", "Saved selections"])
 with tab_find:
-    search = search_ui(embedder_id)
-    try:
-        found = query_ui(ws, search, classes)
-    except ValueError as exc:
-        st.error(str(exc))
-        found = None
-    if found is not None:
-        candidates, searched_for = found
-        review_candidates(ws, candidates, candidate_decisions(searched_for), search, info, classes)
+    find_ui(ws, embedder_id, classes)
 with tab_saved:
     review_saved(ws, classes)

@@ -19,9 +19,12 @@ from core.dcd.slice_targets import failure_counts
 from core.scanner import annotations as ann
 from core.scanner import runs as sl
 from core.scanner.slice_facts import naming_facts, slice_facts
+from pages._picking import name_picked_ui, pick_box, picking_ui
 from pages._session import refresh, slice_mosaic_png, view, workspace
 from pages._slice_actions import slice_actions
 from pages._widgets import gallery, jobs_in_progress, launch_button, pct
+
+PICKS = "slices_picks"  # members picked as a failure (pages/_picking.py)
 
 ws = workspace()
 st.title("Slices")
@@ -144,8 +147,12 @@ slice_actions(ws, run_id, int(s.rank), model_id=str(runs.loc[runs.run_id == run_
 with st.expander(f"Members ({len(members):,}): errors first", expanded=False):
     show = members.assign(_err=~members.correct.fillna(True).astype(bool)) \
         .sort_values(["_err", "distance"], ascending=[False, True]).head(48)
+    picking = picking_ui(ws, PICKS)
     gallery(ws, show, lambda r: f"{r.split} · {name_of.get(int(r.label), '?') if pd.notna(r.label) else '–'}"
-                                f" → {name_of.get(int(r.pred), '?') if pd.notna(r.pred) else '–'}")
+                                f" → {name_of.get(int(r.pred), '?') if pd.notna(r.pred) else '–'}",
+            below=pick_box(PICKS, "slices_pick_") if picking else None)
+    if picking:
+        name_picked_ui(ws, PICKS, model_id=str(runs.loc[runs.run_id == run_id, "model_id"].iloc[0]))
     by_split = members.groupby("split").agg(images=("image_id", "size"), accuracy=("correct", "mean"))
     st.dataframe(by_split, width="stretch")
 

@@ -206,84 +206,175 @@ def test_compare_page_shows_each_fix_per_value_of_each_metadata_column(app, ws_c
             assert r["DCD"].startswith(pct(now.correct.mean()) + " ") and " ±" in r["DCD"], r["DCD"]
 
 
-def _tally(at: AppTest) -> str:
-    return next(md.value for md in at.markdown if " reviewed (" in md.value)
+def _launched(ws, kind: str):
+    """The job the page has just launched, of ``kind``."""
+    job = ws.jobs().list(limit=1)[0]
+    assert job.kind == kind, (job.kind, job.args)
+    return job
 
 
-def test_retrieval_review_and_save_a_selection(app, ws_copy):
+def _wrong_cell(ws, model: str) -> tuple[int, int]:
+    conf = views.confusion(ws, model, "test")
+    wrong = conf[(conf.label != conf.pred) & (conf.n >= 2)]
+    return tuple(int(v) for v in wrong.sort_values("n").iloc[-1][["label", "pred"]])
+
+
+def test_retrieval_offers_every_failure_and_makes_its_selection_with_the_select_job(app, ws_copy):
+    from core.app.names import failure_names
+    from core.dcd.failure import failure_from_cell, failure_from_images, list_failures
+    from core.dcd.strategies import SelectionRequest, select
+
     ws, report = ws_copy
+    base = report["methods"]["baseline"]["model_id"]
+    cell = failure_from_cell(ws, base, *_wrong_cell(ws, base))  # what the failure job stores
+    test_ids = ws.df("SELECT image_id FROM images WHERE split = 'test' ORDER BY image_id LIMIT 4").image_id.tolist()
+    picked = failure_from_images(ws, test_ids, name="four test images")
     at = app("pages/retrieval.py")
+    # every failure, by its human name and parts, the newest first
+    refs, named = [f.failure_id for f in list_failures(ws)], failure_names(ws)
+    assert set(refs) == {cell.failure_id, picked.failure_id, "error_sample"} and refs[-1] == "error_sample"
+    assert at.selectbox(key="retr_failure").options == [named[r] for r in refs]
+    assert named[picked.failure_id] == "four test images · 2 to search with, 2 held out"
+    assert named["error_sample"].endswith(f"· {PLAN['error_sample']} to search with, {PLAN['error_heldout']} held out")
+    assert at.selectbox(key="retr_failure").value == refs[0]
+    assert not [b for b in at.button if b.key == "retr_save"]  # the page saves no selection of its own
+    assert not [p.name for p in (REPO / "pages").glob("*.py") if "save_selection" in p.read_text()]
+
+    at.selectbox(key="retr_failure").set_value("error_sample").run()
+    _no_exception(at)
     assert at.selectbox(key="retr_embedder").value == report["embedder"]["embedder_id"]
     neighbours, budget = at.number_input(key="retr_neighbours").value, at.number_input(key="retr_budget").value
     assert (neighbours, budget) == (report["selection"]["neighbours"], report["selection"]["budget"])
-    assert at.radio(key="retr_scope").value == "all"  # as the select job: every error-sample image, no chips
+    assert at.radio(key="retr_scope").value == "all"  # as the select job: the whole query part, no chips
     assert not [w for w in at.multiselect if w.key == "retr_sources"]
-    n = int(at.subheader[0].value.split()[0])
-    # the page searches as the select job does under the page's pair policy ('agree': no teacher), and shows
-    # the retrieved candidates (the failure's own images join them when the selection is trained on)
-    from core.dcd.strategies import SelectionRequest, select
-
+    n = int(next(h.value for h in at.subheader if h.value.endswith(" candidates")).split()[0])
+    # the preview searches as the select job does under the page's pair policy ('agree': no teacher)
     agree = select(ws, "dcd", SelectionRequest(budget=budget, neighbours=neighbours, label_policy="agree",
                                                embedder_id=report["embedder"]["embedder_id"]))
-    saved_dcd = views.selection_review(ws, agree.selection_id)
-    saved_dcd = saved_dcd[saved_dcd.image_id.isin(agree.items.image_id[agree.items.kind == "retrieved"])]
-    assert n == len(saved_dcd)  # the same candidates as the select job found
-    assert f"**{n} not reviewed: trained on as proposed unless dropped** · {n} images to train with" in _tally(at)
+    retrieved = set(agree.items.image_id[agree.items.kind == "retrieved"])
+    assert n == len(retrieved)
 
-    # candidates are grouped under the error image they were found for
-    shown = [int(w.key.rsplit("_", 1)[1]) for w in at.get("button_group") if w.key.startswith("cand_status_")]
-    groups = [int(b.key.rsplit("_", 1)[1]) for b in at.button if b.key and b.key.startswith("cand_group_keep_")]
-    source_of = dict(zip(saved_dcd.image_id, saved_dcd.source_image_id))
-    assert 1 <= len(groups) <= 3 and {source_of[i] for i in shown} == set(groups)
-    at.button(key=f"cand_group_drop_{groups[0]}").click().run()  # drop one error image's candidates
-    n_group = sum(1 for v in source_of.values() if v == groups[0])
-    assert f"{n_group} reviewed (0 kept, {n_group} dropped)" in _tally(at)
-    at.button(key="retr_reset").click().run()
-
-    at.button(key="retr_keep_rest").click().run()
-    first, second = shown[0], shown[1]
-    at.button_group(key=f"cand_status_{first}").set_value("rejected").run()
-    at.selectbox(key=f"cand_label_{second}").set_value(1).run()
-    assert f"{n} reviewed ({n - 1} kept, 1 dropped) · {n - 1} images to train with" in _tally(at)
-    at.text_input(key="retr_name").set_value("reviewed-by-test").run()
-    at.button(key="retr_save").click().run()
+    # "Make this selection" launches the select job for the failure, with the page's options and name
+    at.text_input(key="retr_name").set_value("made-by-test").run()
+    at.button(key="retr_select_error_sample").click().run()
     _no_exception(at)
-    assert at.success and at.success[0].value.startswith("Saved **reviewed-by-test**")
-    sel = ws.df("SELECT selection_id FROM selections WHERE name = 'reviewed-by-test'").selection_id.tolist()
-    assert len(sel) == 1
-    items = views.selection_review(ws, sel[0]).set_index("image_id")
-    kinds = ws.df("SELECT image_id, kind FROM selection_items WHERE selection_id = ?", [sel[0]]).set_index("image_id")
-    failure = kinds.index[kinds.kind == "failure"]  # the error images they were found for, with their labels
-    assert set(failure) == set(saved_dcd.source_image_id.unique()) and (items.loc[failure, "split"] == "error_sample").all()
-    items = items.drop(failure)
-    assert len(items) == n
-    assert items.status.value_counts().to_dict() == {"accepted": n - 1, "rejected": 1}
-    assert items.loc[first, "status"] == "rejected" and items.loc[second, "label"] == 1
-    assert any(b.label == "Retrain Baseline with reviewed-by-test" for b in at.button)
+    job = _launched(ws, "select")
+    assert job.args == ["--failure", "error_sample", "--method", "dcd", "--embedder-id",
+                        report["embedder"]["embedder_id"], "--neighbours", str(neighbours), "--budget", str(budget),
+                        "--label-policy", "agree", "--name", "made-by-test"]
+    done = launcher.wait(ws, job.job_id, timeout=120)
+    assert done.state == "succeeded", done.error
+    made = ws.df("SELECT selection_id FROM selections WHERE name = 'made-by-test'").selection_id.tolist()
+    assert len(made) == 1
+    items = views.selection_review(ws, made[0])
+    assert set(items.image_id[items.kind == "retrieved"]) == retrieved  # what the preview showed
+    assert set(items.image_id[items.kind == "failure"]) == set(ws.df(
+        "SELECT image_id FROM images WHERE split = 'error_sample'").image_id)
 
-    # the Saved tab opens on the selection just saved; bulk decisions there are written to the workspace
-    assert at.selectbox(key="retr_saved_sel").value == sel[0]
-    at.button(key="retr_saved_reset").click().run()
+    # the Saved tab opens on the newest selection; bulk decisions there are written to the workspace
+    at = app("pages/retrieval.py")
+    assert at.selectbox(key="retr_saved_sel").value == made[0]
+    assert any(b.label == "Retrain Baseline with made-by-test" for b in at.button)
     at.button(key="retr_saved_drop_rest").click().run()
     _no_exception(at)
-    assert set(views.selection_review(ws, sel[0]).status) == {"rejected"}
+    assert set(views.selection_review(ws, made[0]).status) == {"rejected"}
+
+    # a stored cell: the select job and the fix are launched with --failure
+    at.selectbox(key="retr_failure").set_value(cell.failure_id).run()
+    _no_exception(at)
+    assert any(f"eval set {cell.eval_set}" in c.value for c in at.caption)
+    fix = next(b for b in at.button if b.key == f"retr_fix_{cell.failure_id}")
+    assert fix.label == "Collect, retrain and compare with random"
+    at.button(key=f"retr_select_{cell.failure_id}").click().run()
+    job = _launched(ws, "select")
+    assert job.args[:2] == ["--failure", cell.failure_id]
+    launcher.cancel(ws, job.job_id)
+    launcher.wait(ws, job.job_id, timeout=60)
 
 
-def test_retrieval_with_an_uploaded_image(app, ws_copy):
+def _png_of(path: str) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_retrieval_names_uploaded_images_as_a_failure(app, ws_copy):
+    from core.app.names import failure_names
+
     ws, _ = ws_copy
     at = app("pages/retrieval.py")
     at.radio(key="retr_source").set_value("upload").run()
     at.number_input(key="retr_neighbours").set_value(7).run()
     at.radio(key="retr_policy").set_value("source").run()
     at.selectbox(key="retr_upload_label").set_value(1).run()
-    path = ws.df("SELECT path FROM images WHERE split = 'error_sample' LIMIT 1").path[0]
-    buf = io.BytesIO()
-    Image.open(path).save(buf, format="PNG")
-    at.file_uploader(key="retr_upload").upload("query.png", buf.getvalue(), "image/png").run()
+    paths = ws.df("SELECT path FROM images WHERE split = 'error_sample' ORDER BY image_id LIMIT 2").path
+    files = [("query 1.png", _png_of(paths[0]), "image/png"), ("notes.png", b"not an image", "image/png"),
+             ("query 2.png", _png_of(paths[1]), "image/png")]
+    at.file_uploader(key="retr_upload").set_value(files).run()
     _no_exception(at)
+    # the bad file says why, by name; the others are kept and one is previewed
+    assert len(at.error) == 1 and at.error[0].value.startswith("Not used: notes.png is not an image that can be read")
     assert at.subheader[0].value == "7 candidates"
-    labels = [at.selectbox(key=w.key).value for w in at.selectbox if w.key and w.key.startswith("cand_label_")]
-    assert labels and set(labels) == {1}  # 'error image's label' = the label given to the upload
+    trained = {c.split("trains as ")[1].split(" · ")[0] for i in at.image for c in i.captions if "trains as " in c}
+    assert trained == {ws.class_names()[1]}  # 'error image's label' = the label given to the uploads
+    at.text_input(key="retr_upload_name").set_value("photos from the field").run()
+    at.button(key="retr_upload_failure").click().run()
+    _no_exception(at)
+    job = _launched(ws, "failure")
+    folder = Path(job.args[1])
+    assert job.args == ["--upload-dir", str(folder), "--label", ws.class_names()[1], "--name",
+                        "photos from the field"]
+    assert folder.parent == ws.artifacts / "uploads" and len(list(folder.iterdir())) == 2
+    done = launcher.wait(ws, job.job_id, timeout=120)
+    assert done.state == "succeeded", done.error
+    at = app("pages/retrieval.py")
+    failure = done.result["failure_id"]
+    assert at.selectbox(key="retr_failure").value == failure  # the newest failure
+    assert failure_names(ws)[failure] == ("photos from the field (no held-out part: measured on test only) · 2 to "
+                                          "search with")
+    assert any("measured on test only" in c.value for c in at.caption)
+
+
+def test_errors_page_names_picked_images_as_a_failure_then_offers_its_fix(app, ws_copy):
+    from core.dcd.failure import picked_failure
+
+    ws, report = ws_copy
+    model = report["methods"]["baseline"]["model_id"]
+    at = app("pages/errors.py")
+    at.selectbox(key="errors_split").set_value("test").run()
+    at.selectbox(key="errors_cell").set_value(_wrong_cell(ws, model)).run()
+    assert not [c for c in at.checkbox if (c.key or "").startswith("errors_pick_")]  # off until asked for
+    at.toggle(key="errors_picks_on").set_value(True).run()
+    cell_boxes = [c.key for c in at.checkbox if c.key.startswith("errors_pick_cell_")]
+    mistake_boxes = [c.key for c in at.checkbox if c.key.startswith("errors_pick_mistake_")]
+    assert cell_boxes and mistake_boxes
+    at.checkbox(key=cell_boxes[0]).check().run()
+    assert any("Pick at least 2 images" in i.value for i in at.info)
+    other = next(k for k in mistake_boxes if k.rsplit("_", 1)[1] != cell_boxes[0].rsplit("_", 1)[1])
+    at.checkbox(key=other).check().run()  # from the other gallery: the picks are one set
+    ids = sorted(int(k.rsplit("_", 1)[1]) for k in (cell_boxes[0], other))
+    assert any(m.value.startswith("**2 image(s) picked**") for m in at.markdown)
+    at.text_input(key="errors_picks_name").set_value("picked by test").run()
+    at.button(key="errors_picks_launch").click().run()
+    _no_exception(at)
+    job = _launched(ws, "failure")
+    assert job.args == ["--images", *map(str, ids), "--name", "picked by test"]
+    done = launcher.wait(ws, job.job_id, timeout=120)
+    assert done.state == "succeeded", done.error
+    at.run()
+    _no_exception(at)
+    made = picked_failure(ws, ids)
+    assert made is not None and made.name == "picked by test" and made.kind == "picked"
+    assert any(c.value.startswith(f"Failure {made.failure_id} (picked by test): 1 images") for c in at.caption)
+    fix = next(b for b in at.button if b.key == f"errors_picks_fix_{made.failure_id}")
+    assert fix.label == "Collect, retrain and compare with random"
+    # an image without a label cannot be picked: the page says why, and offers no job
+    with ws.write() as con:
+        con.execute("UPDATE images SET label = NULL WHERE image_id = ?", [ids[0]])
+    at.run()
+    _no_exception(at)
+    assert any(f"image(s) {ids[0]} have no label" in e.value for e in at.error)
+    assert not [b for b in at.button if (b.key or "").startswith("errors_picks_fix_")]
 
 
 def test_jobs_page_launches_lists_and_reconciles(app, ws_copy):

@@ -1,8 +1,9 @@
 """End to end in a real browser: `streamlit run app.py` driven by headless Chromium (Playwright).
 
 Opens every page, then walks the curator's loop as a person would: Overview (the story, with the demo's
-regression) → Slices (no annotation without a choice, then one made) → Retrieval (review the candidates,
-save them under a typed name) → Jobs (retrain on that selection with the simple form, wait for it) →
+regression) → Slices (no annotation without a choice, then one made) → Retrieval (preview the error sample's
+candidates, make the selection under a typed name with the select job, keep it all) → Jobs (retrain on that
+selection with the simple form, wait for it) →
 Before / after (the new model by name, the regression as plain as the gain). Screenshots of every page and
 every step go to test-output/screenshots/ (`make screenshots` copies two of them into docs/ for the README).
 """
@@ -78,20 +79,28 @@ def test_the_curators_walk_through_every_page(sliced_app_server):
             assert ws.df("SELECT kind, annotator FROM annotations").values.tolist() == [["spurious", "walkthrough"]]
             page.screenshot(path=str(SHOTS / "walkthrough-2-slices.png"), full_page=True)
 
-            # 3. Retrieval: candidates under their error images; review them, save under a typed name.
+            # 3. Retrieval: the error sample's candidates previewed; the select job makes the selection under a
+            # typed name; kept, all of it, under Saved selections.
             page.goto(f"{url}/retrieval")
             wait_idle(page, "Retrieval (DCD)")
             expect(page.get_by_text(re.compile(r"^\d+ candidates$")).first).to_be_visible()
-            expect(page.get_by_text(re.compile(r"not reviewed: trained on as proposed")).first).to_be_visible()
-            page.get_by_role("button", name="Keep the rest").click()
-            wait_idle(page)
-            expect(page.get_by_text(re.compile(r"^\d+ reviewed \(\d+ kept, 0 dropped\)")).first).to_be_visible()
             page.get_by_role("textbox", name="Selection name").fill(SELECTION)
-            page.get_by_role("button", name="Save as debug-train selection").click()
-            expect(page.get_by_text(f"Saved {SELECTION}").first).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Make this selection").click()
+            expect(page.get_by_text("Started: make this selection").first).to_be_visible(timeout=30_000)
+            job = ws.jobs().list(limit=1)[0]
+            assert job.kind == "select" and job.args[:2] == ["--failure", "error_sample"]
+            wait_until(lambda: not ws.jobs().get(job.job_id).is_active, 240, f"select job {job.job_id} to finish",
+                       interval=1)
+            assert ws.jobs().get(job.job_id).state == "succeeded", ws.jobs().get(job.job_id).error
             saved = ws.df("SELECT selection_id, name FROM selections WHERE name = ?", [SELECTION])
             assert len(saved) == 1
+            page.goto(f"{url}/retrieval")
+            wait_idle(page, "Retrieval (DCD)")
             page.get_by_role("tab", name="Saved selections").click()
+            not_reviewed = re.compile(rf"^{SELECTION} · \d+ images \(\d+ of the failure's own, 0 kept, 0 dropped")
+            expect(page.get_by_role("combobox", name="Selection")).to_have_value(not_reviewed, timeout=30_000)
+            page.get_by_role("button", name="Keep the rest").click()
+            wait_idle(page)
             all_kept = re.compile(rf"^{SELECTION} · \d+ images \(\d+ of the failure's own, \d+ kept, 0 dropped, 0 not reviewed\)")
             expect(page.get_by_role("combobox", name="Selection")).to_have_value(all_kept, timeout=30_000)
             expect(page.get_by_role("button", name=f"Retrain Baseline with {SELECTION}")).to_be_visible()
@@ -172,3 +181,50 @@ def test_the_overview_shows_the_fix_arriving_without_a_reload(ws_copy, tmp_path)
                 browser.close()
     finally:
         worker.kill()
+
+
+def test_errors_names_a_cell_as_a_failure_and_fixes_it(app_server):
+    """On the Errors page, in a browser: the chosen confusion cell of test named as a failure (the failure job),
+    then "Collect, retrain and compare with random" starts the loop for it (the pipeline with --failure)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.store.workspace import Workspace
+
+    url, ws_dir = app_server
+    ws = Workspace.open(ws_dir)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(f"{url}/errors")
+            wait_idle(page, "Errors")
+            def evaluation_set(name: str) -> None:
+                page.get_by_test_id("stSelectbox").filter(has_text="Evaluation set").first.click()
+                page.get_by_role("option", name=name, exact=True).click()
+                wait_idle(page)
+
+            evaluation_set("test")
+            page.get_by_role("button", name="Name this cell as a failure").click()
+            expect(page.get_by_text("Started: name this cell as a failure").first).to_be_visible(timeout=30_000)
+            job = ws.jobs().list(limit=1)[0]
+            assert job.kind == "failure" and job.args[0] == "--cell"
+            wait_until(lambda: not ws.jobs().get(job.job_id).is_active, 120, f"failure job {job.job_id}", interval=1)
+            job = ws.jobs().get(job.job_id)
+            assert job.state == "succeeded", job.error
+            failure_id = job.result["failure_id"]
+            page.get_by_text("Pick images to name as a failure").click()  # a rerun: the page reads the workspace
+            wait_idle(page)
+            expect(page.get_by_text(f"Failure {failure_id} (").first).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Collect, retrain and compare with random").click()
+            expect(page.get_by_text("Started: collect, retrain").first).to_be_visible(timeout=30_000)
+            fix = ws.jobs().list(limit=1)[0]
+            assert fix.kind == "pipeline" and fix.args[:2] == ["--failure", failure_id]
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "errors-fix-a-failure.png"), full_page=True)
+        finally:
+            browser.close()
+            from core.runner import launcher
+
+            for j in ws.jobs().list(active_only=True):  # the loop itself is the pipeline's tests' business
+                launcher.cancel(ws, j.job_id)
+                launcher.wait(ws, j.job_id, timeout=60)

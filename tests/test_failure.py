@@ -151,3 +151,95 @@ def test_the_failure_select_and_pipeline_jobs(ws_copy, tmp_path):
     dcd, alone = (loop["methods"][m] for m in ("dcd", "error_sample_only"))
     note = retrieval_notes(ws, [dcd["model_id"], alone["model_id"]])[dcd["model_id"]]
     assert f"on the failure {dcd['failure_heldout_acc']:.1%} against {alone['failure_heldout_acc']:.1%}" in note
+
+
+def _png(size: tuple[int, int] = (24, 24), mode: str = "RGB", seed: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    if mode == "1":  # a huge image that compresses to almost nothing: many pixels, few bytes
+        im = Image.new("1", size)
+    else:
+        im = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_uploaded_images_are_a_failure_with_no_heldout_part(ws_copy, monkeypatch):
+    from core.data import uploads
+    from core.dcd.failure import NO_HELDOUT, failure_from_upload
+
+    ws, _ = ws_copy
+    good = [(f"bird {i}.png", _png(seed=i)) for i in range(3)]
+    monkeypatch.setattr(uploads, "UPLOAD_MAX_BYTES", 50_000)
+    bad = [("notes.png", b"these are notes, not an image"), ("big.png", _png((300, 300))),
+           ("huge.png", _png((8000, 6000), mode="1")), ("empty.jpg", b"")]
+    saved = uploads.save_uploads(ws, good[:2] + bad + good[2:])
+    # each bad file says why, by name; the good ones are saved all the same, under the workspace's artifacts
+    assert saved.saved == tuple(n for n, _ in good)
+    assert set(saved.refused) == {"notes.png", "big.png", "huge.png", "empty.jpg"}
+    assert saved.refused["notes.png"].startswith("notes.png is not an image that can be read")
+    assert "MB; upload images of at most 0 MB" in saved.refused["big.png"]
+    assert "more than 40 megapixels" in saved.refused["huge.png"] and "empty" in saved.refused["empty.jpg"]
+    assert saved.folder.parent == ws.artifacts / "uploads" and len(list(saved.folder.iterdir())) == 3
+    # a file that is not an image in the folder itself (a folder given on the command line): named, not fatal
+    (saved.folder / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    n_images = ws.scalar("SELECT count(*) FROM images")
+
+    f, refused = failure_from_upload(ws, saved.folder, "disc")
+    assert list(refused) == ["zz-broken.jpg"] and "unreadable_image" in refused["zz-broken.jpg"]
+    assert f.kind == "uploaded" and f.name == f"3 uploaded image(s) of disc ({NO_HELDOUT})"
+    assert len(f.query_ids) == 3 and f.heldout_ids == ()  # every image searched with, none held out
+    rows = ws.df("SELECT split, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[]))", [list(f.query_ids)])
+    assert set(rows.split) == {"uploaded"} and set(rows.label) == {ws.class_names().index("disc")}
+    assert ws.scalar("SELECT count(*) FROM images") == n_images + 3
+    assert ws.scalar("SELECT count(*) FROM eval_sets WHERE eval_set = ?", [f.eval_set]) == 0
+    assert f.describe()["eval_set"] is None and f.measured_on == f"test only ({NO_HELDOUT})"
+    assert get_failure(ws, f.failure_id) == f and f.failure_id in [x.failure_id for x in list_failures(ws)]
+    # the job run again (the same folder) is the same failure, nothing ingested twice
+    assert failure_from_upload(ws, saved.folder, "disc") == (f, refused)
+    assert ws.scalar("SELECT count(*) FROM images") == n_images + 3
+    # an upload of bad files only, and a label that is no class, are refused with the reason
+    only_bad = uploads.save_uploads(ws, [("a.png", _png(seed=9))])
+    (only_bad.folder / "001-b.png").write_bytes(b"no")
+    (only_bad.folder / "000-a.png").write_bytes(b"not a png any more")
+    with pytest.raises(ValueError, match="no file of the upload could be used: .*000-a.png"):
+        failure_from_upload(ws, only_bad.folder, "disc")
+    with pytest.raises(ValueError, match="no class 'wolf'"):
+        failure_from_upload(ws, saved.folder, "wolf")
+
+
+def test_the_loop_for_uploaded_images_is_measured_on_test_only(ws_copy, tmp_path):
+    from core.data.uploads import save_uploads
+    from jobs import failure, pipeline
+
+    ws, report = ws_copy
+    base = _baseline(report)
+    paths = ws.df("SELECT path FROM images WHERE split = 'error_sample' AND label = 1 LIMIT 3").path
+    saved = save_uploads(ws, [(f"query {i}.png", open(p, "rb").read()) for i, p in enumerate(paths)])
+    out = tmp_path / "failure.json"
+    assert failure.main(["--workspace", str(ws.root), "--upload-dir", str(saved.folder), "--label", "1",
+                         "--name", "my photos", "--json", str(out)]) == 0
+    made = json.loads(out.read_text())
+    assert made["kind"] == "uploaded" and made["n_query"] == 3 and made["n_heldout"] == 0
+    assert made["name"].startswith("my photos (no held-out part")
+    out = tmp_path / "pipeline.json"
+    assert pipeline.main(["--workspace", str(ws.root), "--json", str(out), "--classifier-id", base,
+                          "--failure", made["failure_id"], "--embedder", "classifier", "--retrieval", "always",
+                          "--rest-of-pool", "off", "--finetune-epochs", "1", "--batch-size", "32",
+                          "--methods", "dcd", "random"]) == 0
+    loop = json.loads(out.read_text())
+    assert loop["failure"]["failure_id"] == made["failure_id"] and "test only" in loop["measured_on"]
+    assert set(loop["methods"]) == {"baseline", "dcd", "random", "error_sample_only"}
+    for r in loop["methods"].values():
+        assert r["failure_heldout_acc"] is None and 0.0 <= r["test_acc"] <= 1.0
+    dcd = loop["methods"]["dcd"]
+    assert dcd["n_failure"] == 3  # the uploaded images are DCD's E_sample
+    assert loop["retrieval"]["test_acc_over_failure_only"] == pytest.approx(
+        dcd["test_acc"] - loop["methods"]["error_sample_only"]["test_acc"], abs=1e-4)
+    # an upload needs the class its images should have
+    assert failure.main(["--workspace", str(ws.root), "--upload-dir", str(saved.folder)]) == 1

@@ -66,6 +66,43 @@ def test_select_slice_see_mosaic_annotate_and_list(sliced_copy, monkeypatch):
     _clear_caches()
 
 
+def test_slice_members_picked_and_named_as_a_failure(sliced_copy, monkeypatch):
+    """Members ticked under the slice's gallery become a failure (the failure job), fixed from the run's model."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.dcd.failure import picked_failure
+    from core.runner import launcher
+    from core.scanner.runs import latest_run
+
+    _clear_caches()
+    ws = sliced_copy[0]
+    monkeypatch.setenv("DCD_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/slices.py").run()
+    at.toggle(key="slices_picks_on").set_value(True).run()
+    boxes = [c.key for c in at.checkbox if (c.key or "").startswith("slices_pick_")]
+    assert len(boxes) >= 2
+    for box in boxes[:2]:
+        at.checkbox(key=box).check().run()
+    assert not at.exception
+    ids = sorted(int(b.rsplit("_", 1)[1]) for b in boxes[:2])
+    next(b for b in at.button if b.label == "Name these 2 images as a failure").click().run()
+    job = ws.jobs().list(limit=1)[0]
+    assert (job.kind, job.args) == ("failure", ["--images", *map(str, ids)])
+    assert launcher.wait(ws, job.job_id, timeout=120).state == "succeeded"
+    at.run()
+    made = picked_failure(ws, ids)
+    model = ws.scalar("SELECT model_id FROM slice_runs WHERE run_id = ?", [latest_run(ws)])
+    fix = next(b for b in at.button if b.key == f"slices_picks_fix_{made.failure_id}")
+    fix.click().run()
+    job = ws.jobs().list(limit=1)[0]
+    assert (job.kind, job.args) == ("pipeline", ["--failure", made.failure_id, "--classifier-id", model, "--methods",
+                                                 "dcd", "random"])
+    launcher.cancel(ws, job.job_id)
+    launcher.wait(ws, job.job_id, timeout=60)
+    _clear_caches()
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`")

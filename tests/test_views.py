@@ -125,8 +125,6 @@ def test_candidates_from_the_persisted_index_match_the_saved_dcd_selection(ws, r
     up = views.build_candidates(ws, pairs_from_search(np.array([-1]), dist[:1], nn[:1]), budget=5,
                                 label_policy="source", source_label=1)
     assert len(up) == 5 and (up.label == 1).all()
-    decided = views.candidate_items(cands, {int(cands.image_id[0]): {"status": "rejected", "label": 0}})
-    assert decided.status.tolist()[:2] == ["rejected", "proposed"] and decided.label.iloc[0] == 0
 
 
 def test_the_comparison_story_and_its_export(ws, report):

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from core.store.jobs import JobStore
-from core.store.schema import SCHEMA_VERSION
+from core.store.schema import FAILURES_DDL, IMAGES_DDL, SCHEMA_VERSION
 from core.store.workspace import (
     NotAWorkspaceError,
     SchemaVersionError,
@@ -65,13 +65,22 @@ def test_open_explains_what_is_wrong(tmp_path):
 
 #: What each older version lacked: version 1 had no slice targets and no label issues, version 2 no label noise,
 #: none of the four image metadata, none of the five the failures of a cell or picked images; versions 1 and 2
-#: had no item kinds and confidences; 1 to 3 called DCD's neighbours ``k``.
+#: had no item kinds and confidences; 1 to 3 called DCD's neighbours ``k``; none allowed the uploaded split
+#: and failure kind of version 7 (a CHECK constraint each, :func:`_before_v7`).
 _METADATA = ("metadata_columns", "image_metadata")
 _FAILURES = ("failures", "failure_members")
 _LACKED = {1: ("slice_target_members", "slice_targets", "eval_sets", "label_issues", "label_noise", *_METADATA,
                *_FAILURES),
            2: ("label_noise", *_METADATA, *_FAILURES), 3: (*_METADATA, *_FAILURES), 4: (*_METADATA, *_FAILURES),
-           5: _FAILURES}
+           5: _FAILURES, 6: ()}
+
+
+def _before_v7(con, table: str, ddl: str, old: str, new: str) -> None:
+    """``table`` as versions 1 to 6 made it: its CHECK constraint without ``new`` (the uploaded split or
+    failure kind), which DuckDB cannot drop in place."""
+    con.execute(f"DROP TABLE {table}")
+    assert new in ddl
+    con.execute(ddl.replace(new, old))
 
 
 @pytest.mark.parametrize("version", sorted(_LACKED))
@@ -79,6 +88,8 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
     ws = Workspace.create(tmp_path / "old")
     with ws.write() as con:  # what a workspace of that version looked like
         con.execute("INSERT INTO classes VALUES (0, 'cat')")
+        _before_v7(con, "images", IMAGES_DDL, "'pool')", "'pool', 'uploaded')")
+        _before_v7(con, "failures", FAILURES_DDL, "'picked')", "'picked', 'uploaded')")
         for table in _LACKED[version]:
             con.execute(f"DROP TABLE {table}")
         if version < 3:
@@ -100,7 +111,7 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
     assert opened.fetchone("SELECT kind, confidence FROM selection_items WHERE selection_id = 'old'") == ("retrieved",
                                                                                                            None)
     assert opened.scalar("SELECT neighbours FROM selections WHERE selection_id = 'old'") == 7
-    assert opened.schema_version() == SCHEMA_VERSION == 6
+    assert opened.schema_version() == SCHEMA_VERSION == 7
     assert opened.class_names() == ["cat"] and opened.scalar("SELECT path FROM images") == "a.png"
     for table in _LACKED[version]:
         assert opened.scalar(f"SELECT count(*) FROM {table}") == 0
@@ -111,7 +122,18 @@ def test_an_older_workspace_is_upgraded_in_place_and_keeps_its_rows(tmp_path, ve
     with pytest.raises(duckdb.ConstraintException), opened.write() as con:
         con.execute("INSERT INTO metadata_columns VALUES ('when', 'time', 1)")
     assert opened.scalar("SELECT text_value FROM image_metadata WHERE image_id = 0") == "north"
-    assert Workspace.open(tmp_path / "old", read_only=True).schema_version() == 6
+    # and the uploaded split and failure kind of version 7, the old rows kept with their ids
+    with opened.write() as con:
+        con.execute("INSERT INTO images (image_id, path, split, label) VALUES (1, 'up.png', 'uploaded', 0)")
+        con.execute("INSERT INTO failures (failure_id, kind, name, source, source_key, seed, heldout_share) "
+                    "VALUES ('f1', 'uploaded', 'u', '{}', 'k', 0, 0.0)")
+    assert opened.df("SELECT image_id, path, split FROM images ORDER BY image_id").values.tolist() == [
+        [0, "a.png", "train"], [1, "up.png", "uploaded"]]
+    with pytest.raises(duckdb.ConstraintException), opened.write() as con:
+        con.execute("INSERT INTO images (image_id, path, split, label) VALUES (2, 'b.png', 'holdout', 0)")
+    with pytest.raises(duckdb.ConstraintException), opened.write() as con:
+        con.execute("INSERT INTO images (image_id, path, split, label) VALUES (0, 'c.png', 'train', 0)")
+    assert Workspace.open(tmp_path / "old", read_only=True).schema_version() == 7
 
 
 def _writer(root: str, n: int, read_done) -> None:

@@ -48,9 +48,10 @@ def time_left(job) -> float | None:
     return elapsed * (1.0 - done) / done
 
 
-#: Jobs whose end changes what a page shows (beside the fixes): new slices, new candidates to review.
+#: Jobs whose end changes what a page shows (beside the fixes): new slices, new candidates to review (and a
+#: new failure to search for).
 SLICE_JOBS = ("slices", "attribute", "pipeline", "demo")
-RETRIEVAL_JOBS = ("select", "embed", "label_issues", "pipeline", "demo")
+RETRIEVAL_JOBS = ("select", "embed", "label_issues", "pipeline", "demo", "failure")
 
 
 def jobs_running(ws: Workspace, kinds: tuple[str, ...]) -> list:

@@ -223,6 +223,35 @@ def slice_names(ws: Workspace, run_id: str | None = None) -> dict[int, str]:
     return name_slices(slices, ws.class_names(), naming_facts(ws, run_id))
 
 
+# -- failures -------------------------------------------------------------------------------------------------
+
+def failure_names(ws: Workspace) -> dict[str, str]:
+    """Every failure of the workspace (core.dcd.failure.list_failures, in its order: the newest first, the
+    ``error_sample`` split last) by name, with its parts: 'Slice #1 · waterbird taken for landbird ... · 6 to
+    search with, 6 held out', '3 uploaded image(s) of disc (no held-out part: measured on test only) · 3 to
+    search with'. Keyed by the failure's reference (``--failure``)."""
+    from core.dcd.failure import list_failures
+
+    runs: dict[str, dict[int, str]] = {}
+    out: dict[str, str] = {}
+    for f in list_failures(ws):
+        if f.kind == "slice":
+            run_id = str(f.source["run_id"])
+            named = runs.setdefault(run_id, slice_names(ws, run_id)).get(int(f.source["slice_id"]))
+            base = f"Slice {named} of run {run_id}" if named else f.name
+        elif f.kind == "error_sample":
+            base = "The error sample (the error_sample split; held out: error_heldout)"
+        else:
+            base = f.name
+        parts = f"{len(f.query_ids)} to search with"
+        if f.heldout_ids:
+            parts += f", {len(f.heldout_ids)} held out"
+        elif "held-out" not in base:
+            parts += ", no held-out part"
+        out[f.failure_id] = f"{base} · {parts}"
+    return out
+
+
 # -- eval sets ------------------------------------------------------------------------------------------------
 
 def eval_set_name(eval_set: str, metric: str = "accuracy", *, slices: Mapping[int, str] | None = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.constants import EVAL_SPLITS, SPLITS
+from core.constants import EVAL_SPLITS, SPLITS, UPLOADED
 from core.store.workspace import Workspace
 
 HEADLINE_SETS = ("test", "error_heldout")
@@ -36,13 +36,15 @@ def split_class_counts(ws: Workspace) -> pd.DataFrame:
 
 
 def split_class_table(ws: Workspace) -> pd.DataFrame:
-    """Split x class counts with a total column, splits in workflow order (every split shown)."""
+    """Split x class counts with a total column, splits in workflow order (every split shown; ``uploaded``
+    only when a person has uploaded images)."""
     long = split_class_counts(ws)
     classes = ws.class_names()
     wide = (long.pivot_table(index="split", columns="class_name", values="n", aggfunc="sum", fill_value=0)
             if not long.empty else pd.DataFrame())
     cols = [c for c in classes if c in wide.columns] + [c for c in wide.columns if c not in classes]
-    wide = wide.reindex(index=list(SPLITS), columns=cols, fill_value=0).fillna(0).astype(int)
+    shown = [s for s in SPLITS if s != UPLOADED or s in wide.index]
+    wide = wide.reindex(index=shown, columns=cols, fill_value=0).fillna(0).astype(int)
     wide["total"] = wide.sum(axis=1)
     wide.index.name = "split"
     return wide.reset_index()
@@ -342,26 +344,14 @@ def source_vectors(ws: Workspace, embedder_id: str, image_ids: Sequence[int]) ->
     return load_embeddings(ws, embedder_id, image_ids=_ids(image_ids))
 
 
-def with_their_failure_images(ws: Workspace, items: pd.DataFrame) -> pd.DataFrame:
-    """Reviewed candidates as a debug-train set: the labelled images they were retrieved for (the failure's
-    own, kind ``failure``) first, then the candidates (kind ``retrieved``). Uploaded query images (negative
-    source ids) are not in the workspace and are left out."""
-    from core.dcd.debug_train import failure_items
-    from core.dcd.strategies import with_failure
+def embedded_ids(ws: Workspace, embedder_id: str, image_ids: Sequence[int]) -> list[int]:
+    """Those of ``image_ids`` that have a vector in an embedder's space (what a preview can search with; the
+    select job embeds the others first), in order."""
+    from core.store.vectors import embedding_table
 
-    sources = _ids(int(s) for s in items.source_image_id.dropna().unique() if int(s) >= 0)
-    labelled = ws.df("SELECT image_id, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[])) "
-                     "AND label IS NOT NULL ORDER BY image_id", [sources]) if sources else pd.DataFrame()
-    failure = failure_items(labelled.image_id, labelled.label) if len(labelled) else None
-    return with_failure(failure, items)
-
-
-def candidate_items(candidates: pd.DataFrame, decisions: dict[int, dict[str, Any]]) -> pd.DataFrame:
-    """Candidates with a person's decisions applied ({image_id: {"status", "label"}}), ready for
-    :func:`core.dcd.selection.save_selection`."""
-    items = candidates.copy()
-    for col in ("status", "label"):
-        items[col] = [decisions.get(int(i), {}).get(col, v) for i, v in zip(items.image_id, items[col])]
-    items["status"] = items["status"].fillna("proposed")
-    return items
-
+    found = embedding_table(ws, embedder_id)
+    if found is None:
+        return []
+    have = set(ws.df(f"SELECT image_id FROM {found[0]} WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                     [_ids(image_ids)]).image_id.astype(int))
+    return [int(i) for i in image_ids if int(i) in have]

@@ -10,11 +10,14 @@ set never searched with nor trained on, where each fix is measured. Four kinds, 
 - ``cell``: a confusion cell of a classifier on evaluation splits (``test``, ``error_heldout``; never
   ``train``, which it fit, nor the pool, which DCD draws from): the images labelled ``true`` it predicts as
   ``pred``, e.g. waterbirds taken for landbirds on test;
-- ``picked``: images a person picked (labelled, not pool).
+- ``picked``: images a person picked (labelled, not pool);
+- ``uploaded``: image files a person uploaded with the label they should have (core.data.uploads), ingested
+  as the ``uploaded`` split: all of them in the query part, **no held-out part** (a few photos of a failure
+  seen elsewhere are too few to split), so its fixes are measured on test only, and its name says so.
 
-The last two are stored in ``failures`` and ``failure_members`` (schema 6), split exactly as a slice's
-failures are (:func:`core.dcd.slice_targets.split_members`), the held-out part the eval set
-``failure:<id>``. New tables rather than the slice target tables generalized: a slice target is keyed by
+The last three are stored in ``failures`` and ``failure_members`` (schema 6; ``uploaded`` since 7), a cell's
+and picked images split exactly as a slice's failures are (:func:`core.dcd.slice_targets.split_members`),
+the held-out part the eval set ``failure:<id>``. New tables rather than the slice target tables generalized: a slice target is keyed by
 its run and slice (a unique constraint DuckDB cannot drop in place), and old workspaces upgrade by adding
 tables, no row rewritten. A failure is made once per source (a cell of a classifier on its splits, a set of
 picked images) and reused, so DCD and its baselines are measured on the same images; asking for the same
@@ -34,8 +37,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from core.dcd.slice_targets import (
     DEFAULT_HELDOUT_SHARE,
@@ -46,13 +51,16 @@ from core.dcd.slice_targets import (
     split_members,
     write_parts,
 )
+from core.progress import Progress
 from core.store.workspace import Workspace
 
-KINDS = ("error_sample", "slice", "cell", "picked")
+KINDS = ("error_sample", "slice", "cell", "picked", "uploaded")
 EVAL_SET_PREFIX = "failure:"
 #: The splits a confusion cell may be read on: the classifier never trained on them, and they are not the pool.
 CELL_SPLITS = ("test", "error_heldout")
 ERROR_SAMPLE = "error_sample"
+#: What an uploaded failure's name says: it has no held-out part.
+NO_HELDOUT = "no held-out part: measured on test only"
 
 
 class FailureRefError(ValueError):
@@ -61,9 +69,10 @@ class FailureRefError(ValueError):
 
 @dataclass(frozen=True)
 class Failure:
-    failure_id: str  # "error_sample", "<run_id>:<rank>" for a slice, "f<n>" for a stored cell or picked images
+    failure_id: str  # "error_sample", "<run_id>:<rank>" for a slice, "f<n>" for a stored cell, picked or uploaded
     kind: str  # one of KINDS
     name: str  # human: "waterbird taken for landbird on test (by <model>)", "12 picked images"
+    # the held-out part is empty for uploaded images (no eval set: measured on test only)
     query_ids: tuple[int, ...]
     heldout_ids: tuple[int, ...]
     eval_set: str  # the held-out part's eval set in metrics: error_heldout, slice:RUN:RANK, failure:<id>
@@ -75,8 +84,13 @@ class Failure:
         """What a selection made for this failure records under ``params["failure"]`` (a slice's also under
         ``params["from_slice"]``, as before failures had kinds)."""
         return {"failure_id": self.failure_id, "kind": self.kind, "name": self.name, "n_query": len(self.query_ids),
-                "n_heldout": len(self.heldout_ids), "eval_set": self.eval_set, "seed": self.seed,
-                "heldout_share": self.heldout_share, **self.source}
+                "n_heldout": len(self.heldout_ids), "eval_set": self.eval_set if self.heldout_ids else None,
+                "measured_on": self.measured_on, "seed": self.seed, "heldout_share": self.heldout_share, **self.source}
+
+    @property
+    def measured_on(self) -> str:
+        """Where its fixes are measured: "its held-out part (eval set failure:f1)", or test only."""
+        return f"its held-out part (eval set {self.eval_set})" if self.heldout_ids else f"test only ({NO_HELDOUT})"
 
 
 def from_slice_target(target: SliceTarget) -> Failure:
@@ -129,7 +143,8 @@ def _stored(ws: Workspace, where: str, params: list) -> Failure | None:
 
 def _store(ws: Workspace, kind: str, name: str, source: dict, image_ids: np.ndarray, *, seed: int,
            heldout_share: float) -> Failure:
-    """The failure of ``source`` (made and stored with its eval set the first time, reused after)."""
+    """The failure of ``source`` (made and stored with its eval set the first time, reused after); a
+    ``heldout_share`` of 0: every image in the query part (uploaded images)."""
     key = _source_key(source)
     found = _stored(ws, "source_key = ?", [key])
     if found is not None:
@@ -138,10 +153,15 @@ def _store(ws: Workspace, kind: str, name: str, source: dict, image_ids: np.ndar
                              f"{found.seed}, held-out share {found.heldout_share:g}) that earlier models were "
                              f"measured on; use those settings, or --failure {found.failure_id}")
         return found
-    if len(image_ids) < 2:
+    if heldout_share == 0:
+        if not len(image_ids):
+            raise ValueError(f"{name}: no image to search with")
+        query, heldout = np.sort(np.asarray(image_ids, np.int64)), np.zeros(0, np.int64)
+    elif len(image_ids) < 2:
         raise ValueError(f"{name}: {len(image_ids)} image(s); a failure needs at least 2 (one to search with, "
                          f"one to measure on)")
-    query, heldout = split_members(image_ids, heldout_share=heldout_share, seed=seed)
+    else:
+        query, heldout = split_members(image_ids, heldout_share=heldout_share, seed=seed)
     n = int(ws.scalar("SELECT count(*) FROM failures") or 0) + 1
     while _stored(ws, "failure_id = ?", [f"f{n}"]) is not None:
         n += 1
@@ -194,26 +214,78 @@ def cell_failure(ws: Workspace, model_id: str, true_class: int, pred_class: int,
     return _stored(ws, "source_key = ?", [_source_key(source)])
 
 
+def picking_problem(ws: Workspace, image_ids: Sequence[int]) -> str | None:
+    """Why these images cannot be picked as a failure (not in the workspace, pool images, unlabelled), or
+    None: what :func:`failure_from_images` refuses, for a page to say before it launches the job."""
+    ids = sorted({int(i) for i in image_ids})
+    df = ws.df("SELECT image_id, split, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+    missing = sorted(set(ids) - set(df.image_id.astype(int)))
+    if missing:
+        return f"no image {', '.join(map(str, missing[:10]))} in the workspace"
+    pool = df.image_id[df.split == "pool"].astype(int).tolist()
+    if pool:
+        return (f"image(s) {', '.join(map(str, pool[:10]))} are pool images: DCD draws its fixes from the pool, and "
+                f"a pool label is weak; pick labelled images of train, test or the error splits")
+    unlabelled = df.image_id[df.label.isna()].astype(int).tolist()
+    if unlabelled:
+        return (f"image(s) {', '.join(map(str, unlabelled[:10]))} have no label: a failure's images are trained "
+                f"on and measured with their labels; label them first")
+    return None
+
+
 def failure_from_images(ws: Workspace, image_ids: Sequence[int], *, name: str | None = None, seed: int = 0,
                         heldout_share: float = DEFAULT_HELDOUT_SHARE) -> Failure:
     """The failure of images a person picked: labelled, not pool (a pool image's label is weak, and DCD draws
     from the pool)."""
     ids = sorted({int(i) for i in image_ids})
-    df = ws.df("SELECT image_id, split, label FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[]))", [ids])
-    missing = sorted(set(ids) - set(df.image_id.astype(int)))
-    if missing:
-        raise ValueError(f"no image {', '.join(map(str, missing[:10]))} in the workspace")
-    pool = df.image_id[df.split == "pool"].astype(int).tolist()
-    if pool:
-        raise ValueError(f"image(s) {', '.join(map(str, pool[:10]))} are pool images: DCD draws its fixes from the "
-                         f"pool, and a pool label is weak; pick labelled images of train, test or the error splits")
-    unlabelled = df.image_id[df.label.isna()].astype(int).tolist()
-    if unlabelled:
-        raise ValueError(f"image(s) {', '.join(map(str, unlabelled[:10]))} have no label: a failure's images are "
-                         f"trained on and measured with their labels; label them first")
+    problem = picking_problem(ws, ids)
+    if problem:
+        raise ValueError(problem)
     source = {"image_ids": ids}
     return _store(ws, "picked", name or f"{len(ids)} picked images", source, np.asarray(ids, np.int64), seed=seed,
                   heldout_share=heldout_share)
+
+
+def picked_failure(ws: Workspace, image_ids: Sequence[int]) -> Failure | None:
+    """The stored failure of these picked images, or None: what the Errors page offers to fix."""
+    return _stored(ws, "source_key = ?", [_source_key({"image_ids": sorted({int(i) for i in image_ids})})])
+
+
+def failure_from_upload(ws: Workspace, folder: str | Path, label: str | int, *, name: str | None = None,
+                        progress: Progress | None = None) -> tuple[Failure, dict[str, str]]:
+    """The failure of the image files in ``folder`` (an upload, core.data.uploads.save_uploads), each of class
+    ``label`` (name or index): ingested as labelled images of the ``uploaded`` split, all in the query part,
+    no held-out part (measured on test only, as its name says). Returns it and {file name: why} for the files
+    that could not be ingested (not an image, too large); none ingested is a ValueError listing each file's."""
+    from core.constants import UPLOADED
+    from core.data.ingest import ingest_rows
+    from core.data.uploads import upload_files
+
+    files = upload_files(folder)
+    if not files:
+        raise ValueError(f"the upload folder {folder} holds no file")
+    folder = files[0].parent
+    cls = ws.class_names()[class_index(ws, label)]
+    rows = pd.DataFrame({"path": [str(f) for f in files], "label": cls, "split": UPLOADED})
+    report = ingest_rows(ws, rows, source=f"upload {folder.name}", base_dir=folder, root_name="the upload folder",
+                         progress=progress)
+    refused = {files[int(r.row) - 1].name: str(r.message) for r in report.rejected.itertuples()
+               if r.reason != "duplicate_path"}  # a file ingested before (the job run again) is no problem
+    paths = [str(f.resolve()) for f in files]
+    stored = ws.df("SELECT image_id, path, split, label FROM images WHERE path IN (SELECT unnest(?::VARCHAR[]))",
+                   [paths])
+    elsewhere = stored[(stored.split != UPLOADED) | (stored.label != class_index(ws, cls))]
+    if len(elsewhere):
+        raise ValueError(f"{len(elsewhere)} file(s) of {folder} are in the workspace already, in split "
+                         f"{', '.join(sorted(set(elsewhere.split)))} or with another label (e.g. "
+                         f"{elsewhere.path.iloc[0]}): name images already in the workspace with --images")
+    if stored.empty:
+        said = "; ".join(refused.values()) or "none was ingested"
+        raise ValueError(f"no file of the upload could be used: {said}")
+    ids = np.sort(stored.image_id.to_numpy(np.int64))
+    name = f"{name or f'{len(ids)} uploaded image(s) of {cls}'} ({NO_HELDOUT})"
+    source = {"upload": folder.name, "label": class_index(ws, cls), "image_ids": ids.tolist()}
+    return _store(ws, "uploaded", name, source, ids, seed=0, heldout_share=0.0), refused
 
 
 def get_failure(ws: Workspace, ref: str, *, seed: int = 0, heldout_share: float = DEFAULT_HELDOUT_SHARE) -> Failure:

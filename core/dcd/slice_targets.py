@@ -186,6 +186,8 @@ def write_parts(con, members_table: str, key: str, query: np.ndarray, heldout: n
     con.register("staging_members", members)
     con.execute(f"INSERT INTO {members_table} SELECT key, image_id, part FROM staging_members")
     con.unregister("staging_members")
+    if not len(heldout):  # uploaded images: no held-out part, no eval set
+        return
     con.register("staging_evals", evals)
     con.execute("INSERT INTO eval_sets SELECT eval_set, image_id, description FROM staging_evals")
     con.unregister("staging_evals")

@@ -20,7 +20,9 @@ the eval set each method is measured on (steps 3 to 5 below). Otherwise Attribut
 
 :func:`run_loop` picks this loop or the ``error_sample`` one (core.dcd.pipeline.run_pipeline).
 The report holds the failure under ``failure`` (a slice's also under ``slice``) and each method's accuracy
-on its held-out part as ``failure_heldout_acc`` (a slice's also as ``slice_heldout_acc``).
+on its held-out part as ``failure_heldout_acc`` (a slice's also as ``slice_heldout_acc``). A failure without
+a held-out part (uploaded images) is measured on test only: ``failure_heldout_acc`` is None, retrieval's
+summary compares on test, and the report's ``measured_on`` says so.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     ref = config.failure or find_target(ws, config, base_id, timings, progress=progress.span(0.2, 0.3))
     target = get_failure(ws, ref, seed=config.seed, heldout_share=config.heldout_share)
     print(f"target: {target.name}, {len(target.query_ids)} images to search with, {len(target.heldout_ids)} "
-          f"held out", flush=True)
+          f"held out; the fixes are measured on {target.measured_on}", flush=True)
     emb = embed_for_search(ws, config, base_id, ("pool",), timings, progress=progress.span(0.3, 0.4))
     request = config.selection_request(n_failure=len(target.query_ids), n_pool=counts["pool"],
                                        embedder_id=emb["embedder_id"], failure=ref,
@@ -135,13 +137,14 @@ def run_slice_loop(ws: Workspace, config: PipelineConfig, *, progress: Progress 
     selections = fix_each(ws, config, base_id, request, results, timings, progress=progress.span(mid, 1.0))
     is_slice = target.kind == "slice"
     for r in results.values():
-        r["failure_heldout_acc"] = r.get(f"{target.eval_set}_acc")
+        r["failure_heldout_acc"] = r.get(f"{target.eval_set}_acc") if target.heldout_ids else None
         if is_slice:
             r["slice_heldout_acc"] = r["failure_heldout_acc"]
+    key = "slice_heldout_acc" if is_slice else "failure_heldout_acc" if target.heldout_ids else "test_acc"
     report = loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
-                         results=results, counts=counts, timings=timings, t0=t0,
-                         failure_key="slice_heldout_acc" if is_slice else "failure_heldout_acc")
+                         results=results, counts=counts, timings=timings, t0=t0, failure_key=key)
     report["failure"] = target.describe()
+    report["measured_on"] = target.measured_on
     if is_slice:
         report["slice"] = target.describe()
     return report

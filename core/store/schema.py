@@ -10,38 +10,27 @@ from __future__ import annotations
 
 from core.constants import ANNOTATION_KINDS, METADATA_KINDS, SELECTION_STATUSES, SPLITS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Older versions this one opens by adding what they lack: new tables (the DDL), and these columns (and
 #: DCD's neighbours per failure image, once called ``k``, by their name). Version 5 added image metadata
 #: (``metadata_columns``, ``image_metadata``), version 6 failures of a confusion cell or picked images
-#: (``failures``, ``failure_members``): tables only.
-MIGRATES_FROM = (1, 2, 3, 4, 5)
-#: (the version that made the change, the statement): run on a workspace of an older version only.
-MIGRATIONS = (
-    (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'"),
-    (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS confidence FLOAT"),
-    (4, "ALTER TABLE selections RENAME COLUMN k TO neighbours"),
-)
+#: (``failures``, ``failure_members``): tables only. Version 7 allows the ``uploaded`` split and failure kind:
+#: DuckDB cannot change a CHECK constraint in place, so ``images`` and ``failures`` are copied into tables
+#: made with the new constraint (every row kept, ids unchanged).
+MIGRATES_FROM = (1, 2, 3, 4, 5, 6)
 
 
 def _one_of(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-DDL = f"""
-CREATE TABLE IF NOT EXISTS meta (
-    key VARCHAR PRIMARY KEY,
-    value VARCHAR NOT NULL
-);
+#: The failure kinds stored in ``failures`` (core.dcd.failure; error_sample and slices are stored elsewhere).
+STORED_FAILURE_KINDS = ("cell", "picked", "uploaded")
 
-CREATE TABLE IF NOT EXISTS classes (
-    class_id INTEGER PRIMARY KEY,
-    name VARCHAR NOT NULL UNIQUE
-);
-
--- label: the label the project trusts for that split (train as given, evaluation sets' truth);
--- weak_label: the noisy label of pool images; group_name / true_label: ground truth when known,
--- used only to measure quality, never by the methods.
+# label: the label the project trusts for that split (train as given, evaluation sets' truth);
+# weak_label: the noisy label of pool images; group_name / true_label: ground truth when known,
+# used only to measure quality, never by the methods.
+IMAGES_DDL = f"""
 CREATE TABLE IF NOT EXISTS images (
     image_id BIGINT PRIMARY KEY,
     path VARCHAR NOT NULL UNIQUE,
@@ -55,7 +44,53 @@ CREATE TABLE IF NOT EXISTS images (
     source VARCHAR,
     ingested_at TIMESTAMP DEFAULT current_timestamp
 );
+"""
 
+# A failure of a confusion cell, of picked images or of uploaded images (core.dcd.failure): its images split,
+# seeded, into the query part and the held-out part (eval set failure:<failure_id>), as a slice target's are
+# (uploaded images: all in the query part, no held-out part). source: where it came from (JSON); source_key:
+# its hash, one failure per source.
+FAILURES_DDL = f"""
+CREATE TABLE IF NOT EXISTS failures (
+    failure_id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL CHECK (kind IN ({_one_of(STORED_FAILURE_KINDS)})),
+    name VARCHAR NOT NULL,
+    source JSON NOT NULL,
+    source_key VARCHAR NOT NULL UNIQUE,
+    seed INTEGER NOT NULL,
+    heldout_share DOUBLE NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
+
+def _rebuilt(table: str, ddl: str) -> tuple[str, ...]:
+    """Statements that copy ``table`` into a new one made by ``ddl`` (a changed CHECK constraint), rows kept."""
+    return (f"ALTER TABLE {table} RENAME TO {table}_before_v7", ddl,
+            f"INSERT INTO {table} BY NAME SELECT * FROM {table}_before_v7", f"DROP TABLE {table}_before_v7")
+
+
+#: (the version that made the change, the statement): run on a workspace of an older version only.
+MIGRATIONS = (
+    (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'retrieved'"),
+    (3, "ALTER TABLE selection_items ADD COLUMN IF NOT EXISTS confidence FLOAT"),
+    (4, "ALTER TABLE selections RENAME COLUMN k TO neighbours"),
+    *((7, statement) for statement in _rebuilt("images", IMAGES_DDL) + _rebuilt("failures", FAILURES_DDL)),
+)
+
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS classes (
+    class_id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL UNIQUE
+);
+
+{IMAGES_DDL}
 -- Image metadata (core.data.metadata): a manifest's columns beyond the built-in ones (site, camera, date ...),
 -- any number of them. One row per column: its kind (how its values are typed) and its position among them.
 CREATE TABLE IF NOT EXISTS metadata_columns (
@@ -222,20 +257,7 @@ CREATE TABLE IF NOT EXISTS slice_target_members (
     PRIMARY KEY (target_id, image_id)
 );
 
--- A failure of a confusion cell or of picked images (core.dcd.failure): its images split, seeded, into the
--- query part and the held-out part (eval set failure:<failure_id>), as a slice target's are. source: where it
--- came from (JSON); source_key: its hash, one failure per source.
-CREATE TABLE IF NOT EXISTS failures (
-    failure_id VARCHAR PRIMARY KEY,
-    kind VARCHAR NOT NULL CHECK (kind IN ('cell', 'picked')),
-    name VARCHAR NOT NULL,
-    source JSON NOT NULL,
-    source_key VARCHAR NOT NULL UNIQUE,
-    seed INTEGER NOT NULL,
-    heldout_share DOUBLE NOT NULL,
-    created_at TIMESTAMP DEFAULT current_timestamp
-);
-
+{FAILURES_DDL}
 CREATE TABLE IF NOT EXISTS failure_members (
     failure_id VARCHAR NOT NULL,
     image_id BIGINT NOT NULL,

@@ -191,8 +191,10 @@ class Workspace:
                     con.execute(statement)
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
         renamed = ", DCD's `k` column named `neighbours`" if version < 4 else ""
+        copied = ("; images and failures copied into tables that allow the uploaded split (every row kept)"
+                  if version < 7 else "")
         print(f"note: workspace {self.root} upgraded from schema version {version} to {SCHEMA_VERSION} "
-              f"(tables and columns added{renamed}; no data changed)", file=sys.stderr)
+              f"(tables and columns added{renamed}{copied}; no data changed)", file=sys.stderr)
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the workspace (None if it records none)."""
