@@ -1,31 +1,29 @@
 """The DCD loop's jobs: ingest, train, embed, predict, select, retrain, evaluate, and the whole pipeline.
 
-Each job is a :class:`~core.runner.registry.JobSpec`: its options and a ``run`` that calls core and returns
-a JSON-ready result. ``python -m jobs.<name>`` runs it from the command line; the app's Jobs page
+Each job is a :class:`~core.runner.jobspec.JobSpec`: its options and a ``run`` that takes the job's typed
+options, calls core and returns a JSON-ready result. ``python -m jobs.<name>`` runs it from the command line; the app's Jobs page
 launches the same command.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from core.progress import Progress
+from core.runner.configs import embedder_spec, pipeline_config, ray_config, train_overrides
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import (
     Option,
     classifier_options,
     embedder_options,
-    embedder_spec,
     engine_options,
     failure_option,
     index_options,
-    ray_config,
     selection_options,
     train_options,
-    train_overrides,
 )
-from core.runner.registry import JobSpec, register_job
+from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 EVALUATED_SPLITS = ["train", "test", "error_sample", "error_heldout"]
@@ -37,15 +35,15 @@ class NothingIngestedError(RuntimeError):
 
 # -- ingest -------------------------------------------------------------------------------------------
 
-def _ingest(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _ingest(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.data.ingest import ingest_imagefolder, ingest_manifest
 
-    options = {"classes": opts.classes, "progress": progress, "max_pixels": opts.max_pixels,
-               "allow_outside": opts.allow_outside}
+    shared = {"classes": opts.classes, "progress": progress, "max_pixels": opts.max_pixels,
+              "allow_outside": opts.allow_outside}
     if opts.manifest is not None:
-        report = ingest_manifest(ws, Path(opts.manifest), **options)
+        report = ingest_manifest(ws, Path(opts.manifest), **shared)
     else:
-        report = ingest_imagefolder(ws, Path(opts.imagefolder), **options)
+        report = ingest_imagefolder(ws, Path(opts.imagefolder), **shared)
     print(report.summary())
     if report.n_added == 0 and report.n_existing == 0:  # re-ingesting the same input is not a failure
         reasons = ", ".join(f"{reason}: {n}" for reason, n in report.rejections_by_reason().items())
@@ -82,7 +80,7 @@ register_job(JobSpec(
 
 # -- train, predict, evaluate ---------------------------------------------------------------------------
 
-def _train(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _train(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.evaluation import evaluate, metrics_summary
     from core.models.schedules import initial_schedule
     from core.models.training import train_classifier
@@ -100,7 +98,7 @@ register_job(JobSpec("train", "Train the classifier under debug on the train spl
                      _TRAIN_CLASSIFIER + train_options(), _train))
 
 
-def _predict(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _predict(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.catalog import require_classifier
     from core.models.evaluation import predict
 
@@ -121,7 +119,7 @@ register_job(JobSpec(
     _predict))
 
 
-def _evaluate(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _evaluate(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.catalog import list_models
     from core.models.evaluation import evaluate, metrics_summary
 
@@ -144,7 +142,7 @@ register_job(JobSpec(
 
 # -- embed, select ---------------------------------------------------------------------------------------
 
-def _embed(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _embed(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.embed import embed_split_images
     from core.dcd.index import pool_index
 
@@ -176,7 +174,7 @@ register_job(JobSpec("embed", "Embed images with a frozen embedder and build the
                      _embed))
 
 
-def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _select(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.strategies import SelectionRequest, select
 
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=opts.embedder_id,
@@ -230,7 +228,7 @@ register_job(JobSpec("select", "Select a debug-train set from the pool: DCD retr
 
 # -- retrain -----------------------------------------------------------------------------------------------
 
-def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: Progress) -> dict[str, Any]:
+def _retrain_corm(ws: Workspace, opts: JobOptions, base: str, progress: Progress) -> dict[str, Any]:
     """CoRM from the slice annotations: by default plain fine-tuning against a grid of CoRM settings, the
     better on held-out slice members kept (core.scanner.mitigation_choice); ``--corm-choice off``: the given
     setting alone, as it is."""
@@ -268,7 +266,7 @@ def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: 
                         kept: {**metrics_summary(after), "model_id": model_id}}, **out}
 
 
-def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _retrain(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.fine_tune import retrain
     from core.models.catalog import require_classifier
     from core.models.evaluation import evaluate, metrics_summary
@@ -357,23 +355,7 @@ def pipeline_options() -> tuple[Option, ...]:
             + index_options() + engine_options())
 
 
-def pipeline_config(opts: argparse.Namespace):
-    from core.dcd.pipeline import PipelineConfig
-
-    return PipelineConfig(classifier=opts.classifier or PipelineConfig.classifier, classifier_weights=opts.classifier_weights,
-                          classifier_id=opts.classifier_id, hub=opts.hub, image_size=opts.image_size,
-                          embedder=embedder_spec(opts), neighbours=opts.neighbours, budget=opts.budget,
-                          label_policy=opts.label_policy, train=train_overrides(opts),
-                          finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
-                          index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
-                          failure=getattr(opts, "failure", None),
-                          label_issues=getattr(opts, "label_issues", None) or "auto",
-                          retrieval=getattr(opts, "retrieval", None) or "checked",
-                          rest_of_pool=getattr(opts, "rest_of_pool", None) or PipelineConfig.rest_of_pool,
-                          ray=ray_config(opts))
-
-
-def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _pipeline(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.scanner.slice_loop import run_loop
 
     return run_loop(ws, pipeline_config(opts), progress=progress)

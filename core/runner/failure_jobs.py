@@ -7,16 +7,16 @@ select and pipeline jobs as ``--failure ID``.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from core.progress import Progress
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import JobSpec, register_job
+from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 
-def _failure(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _failure(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.failure import failure_from_cell, failure_from_images
 
     if opts.cell is not None:

@@ -25,10 +25,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from core.dcd.pipeline import PipelineConfig
+from core.runner.configs import train_option_values
 from core.runner.launcher import REPO_ROOT, build_args, cancel, launch
 from core.runner.launcher import wait as wait_job
 from core.store.jobs import Job
@@ -36,31 +36,31 @@ from core.store.workspace import Workspace
 
 DEFAULT_WAIT_SECONDS = 150.0
 POLL_SECONDS = 0.5
-#: The training settings the background fine-tuning jobs get exactly as the demo had them.
-TRAIN_SETTINGS = ("epochs", "finetune_epochs", "trainable_stages", "added_share", "added_mix", "batch_size", "lr", "seed")
 _BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[|it/s\]|img/s\]")  # a tqdm bar's redraw
 
 
 # -- the rest of the demo, launched at the end of the demo job -------------------------------------------
 
-def launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any],
-                methods: Sequence[str]) -> list[dict[str, str]]:
+def launch_rest(ws: Workspace, loop: PipelineConfig, methods: Sequence[str]) -> list[dict[str, str]]:
     """Select for the baseline ``methods`` as core.dcd.pipeline does (``random``: the failure's images and as
-    many pool images as DCD retrieved) and launch, as background
-    jobs, their fine-tuning with the demo's training settings and the slices of the baseline. Returns
+    many pool images as DCD retrieved) and launch, as background jobs, their fine-tuning with the training
+    settings of ``loop`` (the loop's config, as the demo resolved it) and the slices of the classifier under
+    debug. What the loop made is read from the workspace: the classifier under debug (the current one, which
+    the loop trained) and DCD's selection (its embedder, budget and retrieved images). Returns
     ``[{"job_id", "kind", "what"}]``."""
+    from core.dcd.selection import latest_selection
     from core.dcd.strategies import SelectionRequest, select
+    from core.models.catalog import require_classifier
 
-    base_id = result["classifier"]["model_id"]
-    picked = result["selection"]
-    request = SelectionRequest(budget=picked["budget"], embedder_id=result["embedder"]["embedder_id"], label_policy=opts.label_policy,
-                               seed=opts.seed, index_memory_gb=opts.index_memory_gb)
-    dcd = result["methods"].get("dcd") or {}
-    n_match = dcd.get("n_retrieved_found", dcd.get("n_retrieved")) or picked["budget"]
-    train = {name: getattr(opts, name, None) for name in TRAIN_SETTINGS}
+    base_id = require_classifier(ws, purpose="fine-tune on the baselines' selections")
+    dcd = latest_selection(ws, "dcd")
+    n_match = dcd.n_of_kind("retrieved") or dcd.params["budget"]
+    request = SelectionRequest(budget=n_match, embedder_id=dcd.params["embedder_id"], label_policy=loop.label_policy,
+                               seed=loop.seed, index_memory_gb=loop.index_memory_gb)
+    train = train_option_values(loop.train, loop.finetune_epochs)
     jobs = []
     for method in methods:
-        sel = select(ws, method, replace(request, budget=n_match, name=None))
+        sel = select(ws, method, request)
         args = ["--selection-id", sel.selection_id, "--classifier-id", base_id, *build_args("retrain", train)]
         jobs.append({"job_id": launch(ws, "retrain", args), "kind": "retrain", "what": f"fine-tuning on {method}"})
     jobs.append({"job_id": launch(ws, "slices", ["--classifier-id", base_id]), "kind": "slices",

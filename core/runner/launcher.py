@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.runner.cli import parse_args
+from core.runner.command_line import job_arguments
 from core.runner.options import Option
 from core.runner.registry import get_job, job_kinds
 from core.store.jobs import Job
@@ -60,38 +60,11 @@ def check_paths(kind: str, values: Mapping[str, Any], roots: Sequence[str | Path
 
 
 def build_args(kind: str, values: Mapping[str, Any]) -> list[str]:
-    """Command-line arguments for job ``kind`` from form values keyed by option name.
-
-    Values equal to the option's default, empty strings and None are left out (the job's own defaults apply);
-    a list option takes a list (or tuple) of values, each passed as its own argument, never a string to be
-    split; flags appear when true. The arguments are checked with the job's parser here, not in the background.
-    """
-    spec = get_job(kind)
-    by_name = {o.name: o for o in spec.options}
-    unknown = set(values) - set(by_name)
-    if unknown:
-        raise ValueError(f"job {kind!r} has no option(s) {sorted(unknown)}")
-    args: list[str] = []
-    for name, value in values.items():
-        opt = by_name[name]
-        if opt.kind == "flag":
-            if value:
-                args.append(opt.flag)
-            continue
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if opt.kind == "list":
-            if isinstance(value, str) or not isinstance(value, Sequence):
-                raise ValueError(f"option {opt.flag} of job {kind!r} takes a list of values, got {value!r}")
-            words = [str(v) for v in value]
-            if words and words != [str(d) for d in (opt.default or [])]:
-                args += [opt.flag, *words]
-            continue
-        if opt.default is not None and str(value).strip() == str(opt.default):
-            continue
-        args += [opt.flag, str(value).strip()]
-    parse_args(spec, ["--workspace", "x", *args])  # argparse exits (SystemExit) on a bad value
-    return args
+    """Command-line arguments for job ``kind`` from form values keyed by option name
+    (core.runner.command_line.job_arguments: values equal to the option's default, empty strings and None are
+    left out; a list option takes a list of values, never a string to be split; checked with the job's parser
+    here, not in the background)."""
+    return job_arguments(get_job(kind), values)
 
 
 def _waiter(ws: Workspace, job_id: str, proc: subprocess.Popen) -> None:

@@ -12,55 +12,10 @@ options, so a flag is declared in one place::
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-from core.progress import Progress
-from core.runner.options import Option
-from core.store.workspace import Workspace
-
-RunFn = Callable[[Workspace, argparse.Namespace, Progress], dict[str, Any]]
+from core.runner.jobspec import JobSpec
 
 #: Order of kinds in the app (the rest follow alphabetically).
 PREFERRED_ORDER = ("embed", "predict", "select", "retrain", "evaluate", "train", "pipeline", "demo", "ingest")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A batch job: its name (``python -m jobs.<name>``), a one-line summary, its options and what it runs.
-
-    ``run(ws, opts, progress) -> result`` calls core and returns a JSON-ready result (the job row's result
-    and ``--json``). ``one_of`` lists groups of option names of which exactly one must be given.
-    ``creates_workspace``: the job may be pointed at a folder that is not a workspace yet.
-    """
-
-    name: str
-    summary: str
-    options: tuple[Option, ...]
-    run: RunFn
-    one_of: tuple[tuple[str, ...], ...] = ()
-    creates_workspace: bool = False
-
-    def __post_init__(self) -> None:
-        names = [o.name for o in self.options]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"job {self.name!r} declares option(s) {dupes} twice")
-        flags = [f for o in self.options for f in (o.flag, *o.aliases)]
-        clash = sorted({f for f in flags if flags.count(f) > 1})
-        if clash:
-            raise ValueError(f"job {self.name!r} uses flag(s) {clash} twice")
-        for group in self.one_of:
-            if not set(group) <= set(names):
-                raise ValueError(f"job {self.name!r}: one_of names unknown options {sorted(set(group) - set(names))}")
-
-    def option(self, name: str) -> Option:
-        for o in self.options:
-            if o.name == name:
-                return o
-        raise KeyError(f"job {self.name!r} has no option {name!r}")
 
 
 _JOBS: dict[str, JobSpec] = {}

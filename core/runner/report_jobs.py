@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from core.progress import Progress
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import JobSpec, register_job
+from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 
@@ -19,7 +19,7 @@ def default_report_path(ws: Workspace, run_id: str, rank: int) -> Path:
     return ws.artifact_dir("reports") / report_filename(run_id, rank)
 
 
-def _report(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _report(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.app.slice_report import slice_report_data
     from core.app.slice_report_page import slice_report_html
     from core.dcd.slice_targets import parse_slice_ref
