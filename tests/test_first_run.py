@@ -9,7 +9,7 @@ import json
 import pytest
 
 from core.progress import Progress, StageLine, eta_seconds, format_duration
-from core.runner import first_run, launcher
+from core.runner import demo_rest, first_run, launcher
 from core.runner.cli import main as cli_main
 from core.runner.configs import pipeline_config
 from core.runner.registry import get_job
@@ -192,7 +192,7 @@ def test_launch_rest_repeats_the_pipelines_baseline_runs(ws_copy):
     with the loop's training settings: the same images and schedule as the pipeline's own random run."""
     ws, report = ws_copy
     pipeline = get_job("pipeline").settings(epochs=3, finetune_epochs=2, batch_size=32)  # as tests/conftest.py ran it
-    jobs = first_run.launch_rest(ws, pipeline_config(pipeline), ["random"])
+    jobs = demo_rest.launch_rest(ws, pipeline_config(pipeline), ["random"])
     assert [j["kind"] for j in jobs] == ["retrain", "slices"]
     done = {j["kind"]: launcher.wait(ws, j["job_id"], timeout=600) for j in jobs}
     assert all(job.state == "succeeded" for job in done.values()), {k: j.error for k, j in done.items()}

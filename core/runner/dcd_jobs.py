@@ -23,7 +23,6 @@ from core.runner.options import (
     selection_options,
     train_options,
 )
-from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 EVALUATED_SPLITS = ["train", "test", "error_sample", "error_heldout"]
@@ -73,9 +72,9 @@ def _ingest_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec(
-    "ingest", "Ingest an image dataset (a CSV/Parquet manifest or an ImageFolder tree) into a workspace.",
-    _ingest_options(), _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True))
+INGEST = JobSpec(
+"ingest", "Ingest an image dataset (a CSV/Parquet manifest or an ImageFolder tree) into a workspace.",
+_ingest_options(), _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True)
 
 
 # -- train, predict, evaluate ---------------------------------------------------------------------------
@@ -94,8 +93,8 @@ def _train(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any
 
 
 _TRAIN_CLASSIFIER = tuple(o for o in classifier_options() if o.name != "classifier_id")
-register_job(JobSpec("train", "Train the classifier under debug on the train split (it becomes the current one).",
-                     _TRAIN_CLASSIFIER + train_options(), _train))
+TRAIN = JobSpec("train", "Train the classifier under debug on the train split (it becomes the current one).",
+                _TRAIN_CLASSIFIER + train_options(), _train)
 
 
 def _predict(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
@@ -108,15 +107,15 @@ def _predict(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, A
     return {"model_id": model_id, "n_predicted": len(df), "engine": opts.engine}
 
 
-register_job(JobSpec(
-    "predict", "Predict with a classifier and store the predictions.",
-    (Option("classifier_id", picker="classifier", aliases=("--model-id",),
-            help="classifier (default: the current one)"),
-     Option("splits", "list", EVALUATED_SPLITS, choices=("train", "test", "error_sample", "error_heldout", "pool"),
-            help="splits to predict"),
-     Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
-    + engine_options(),
-    _predict))
+PREDICT = JobSpec(
+ "predict", "Predict with a classifier and store the predictions.",
+ (Option("classifier_id", picker="classifier", aliases=("--model-id",),
+         help="classifier (default: the current one)"),
+  Option("splits", "list", EVALUATED_SPLITS, choices=("train", "test", "error_sample", "error_heldout", "pool"),
+         help="splits to predict"),
+  Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
+ + engine_options(),
+ _predict)
 
 
 def _evaluate(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
@@ -133,11 +132,11 @@ def _evaluate(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, 
     return {"models": out}
 
 
-register_job(JobSpec(
-    "evaluate", "Evaluate classifiers on test, error_heldout and every group.",
-    (Option("classifier_id", "list", picker="classifier", aliases=("--model-id",),
-            help="classifiers to evaluate (default: all)"),) + engine_options(),
-    _evaluate))
+EVALUATE = JobSpec(
+  "evaluate", "Evaluate classifiers on test, error_heldout and every group.",
+  (Option("classifier_id", "list", picker="classifier", aliases=("--model-id",),
+          help="classifiers to evaluate (default: all)"),) + engine_options(),
+  _evaluate)
 
 
 # -- embed, select ---------------------------------------------------------------------------------------
@@ -170,8 +169,8 @@ def _embed_options() -> tuple[Option, ...]:
         Option("no_bf16", "flag", False, advanced=True, help="always run in fp32")) + engine_options() + index_options()
 
 
-register_job(JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),
-                     _embed))
+EMBED = JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),
+                _embed)
 
 
 def _select(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
@@ -222,8 +221,8 @@ def _select_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("select", "Select a debug-train set from the pool: DCD retrieval for the error sample, or a "
-                               "baseline.", _select_options(), _select))
+SELECT = JobSpec("select", "Select a debug-train set from the pool: DCD retrieval for the error sample, or a "
+                           "baseline.", _select_options(), _select)
 
 
 # -- retrain -----------------------------------------------------------------------------------------------
@@ -320,15 +319,15 @@ def _mitigation_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec(
-    "retrain", "Fine-tune the classifier on train + a debug-train selection (or with CoRM) and evaluate it.",
-    (Option("selection_id", picker="selection", help="debug-train selection to add (none: train only)"),
-     Option("classifier_id", picker="classifier", aliases=("--base-model-id",),
-            help="classifier to fine-tune (default: the current one)"),
-     Option("record_as", aliases=("--method",), advanced=True,
-            help="method recorded for the new model (default: the selection's)"),
-     *train_options(), *_mitigation_options(), *engine_options()),
-    _retrain))
+RETRAIN = JobSpec(
+ "retrain", "Fine-tune the classifier on train + a debug-train selection (or with CoRM) and evaluate it.",
+ (Option("selection_id", picker="selection", help="debug-train selection to add (none: train only)"),
+  Option("classifier_id", picker="classifier", aliases=("--base-model-id",),
+         help="classifier to fine-tune (default: the current one)"),
+  Option("record_as", aliases=("--method",), advanced=True,
+         help="method recorded for the new model (default: the selection's)"),
+  *train_options(), *_mitigation_options(), *engine_options()),
+ _retrain)
 
 
 # -- the whole loop -------------------------------------------------------------------------------------------
@@ -361,6 +360,9 @@ def _pipeline(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, 
     return run_loop(ws, pipeline_config(opts), progress=progress)
 
 
-register_job(JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate; "
-                                 "without an error_sample split, for the worst slice AttributionScanner finds.",
-                     pipeline_options(), _pipeline))
+PIPELINE = JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate; "
+                               "without an error_sample split, for the worst slice AttributionScanner finds.",
+                   pipeline_options(), _pipeline)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (INGEST, TRAIN, PREDICT, EVALUATE, EMBED, SELECT, RETRAIN, PIPELINE)

@@ -12,7 +12,6 @@ from typing import Any
 from core.progress import Progress
 from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 
@@ -54,6 +53,9 @@ def _options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("failure", "Name a failure to fix: a confusion cell of a classifier, or images you picked; "
-                                "its images are split into a query part and a held-out part.",
-                     _options(), _failure, one_of=(("cell", "images"),)))
+FAILURE = JobSpec("failure", "Name a failure to fix: a confusion cell of a classifier, or images you picked; "
+                             "its images are split into a query part and a held-out part.",
+                  _options(), _failure, one_of=(("cell", "images"),))
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (FAILURE,)

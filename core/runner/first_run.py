@@ -7,7 +7,7 @@ follows, the app started as soon as the baseline and DCD are in, the rest arrivi
    the baseline, embeds, selects with DCD and fine-tunes on that selection: enough for the Overview and
    Before / after to tell the story. Its stage lines (core.progress.StageLine) are echoed here.
 2. At its end it makes the baselines' selections (as many images as DCD's, as the pipeline does) and launches
-   their fine-tuning and the slices as background jobs (:func:`launch_rest`); the Jobs page shows them and
+   their fine-tuning and the slices as background jobs (core.runner.demo_rest); the Jobs page shows them and
    every page shows their results as they land.
 3. This command returns when the demo job is done, or after ``--wait`` seconds on a slow machine: then the
    app opens while the job goes on, and a follower process keeps echoing its stages to the terminal.
@@ -27,9 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.dcd.pipeline import PipelineConfig
-from core.runner.configs import train_option_values
-from core.runner.launcher import REPO_ROOT, build_args, cancel, launch
+from core.runner.launcher import REPO_ROOT, cancel, launch
 from core.runner.launcher import wait as wait_job
 from core.store.jobs import Job
 from core.store.workspace import Workspace
@@ -37,35 +35,6 @@ from core.store.workspace import Workspace
 DEFAULT_WAIT_SECONDS = 150.0
 POLL_SECONDS = 0.5
 _BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[|it/s\]|img/s\]")  # a tqdm bar's redraw
-
-
-# -- the rest of the demo, launched at the end of the demo job -------------------------------------------
-
-def launch_rest(ws: Workspace, loop: PipelineConfig, methods: Sequence[str]) -> list[dict[str, str]]:
-    """Select for the baseline ``methods`` as core.dcd.pipeline does (``random``: the failure's images and as
-    many pool images as DCD retrieved) and launch, as background jobs, their fine-tuning with the training
-    settings of ``loop`` (the loop's config, as the demo resolved it) and the slices of the classifier under
-    debug. What the loop made is read from the workspace: the classifier under debug (the current one, which
-    the loop trained) and DCD's selection (its embedder, budget and retrieved images). Returns
-    ``[{"job_id", "kind", "what"}]``."""
-    from core.dcd.selection import latest_selection
-    from core.dcd.strategies import SelectionRequest, select
-    from core.models.catalog import require_classifier
-
-    base_id = require_classifier(ws, purpose="fine-tune on the baselines' selections")
-    dcd = latest_selection(ws, "dcd")
-    n_match = dcd.n_of_kind("retrieved") or dcd.params["budget"]
-    request = SelectionRequest(budget=n_match, embedder_id=dcd.params["embedder_id"], label_policy=loop.label_policy,
-                               seed=loop.seed, index_memory_gb=loop.index_memory_gb)
-    train = train_option_values(loop.train, loop.finetune_epochs)
-    jobs = []
-    for method in methods:
-        sel = select(ws, method, request)
-        args = ["--selection-id", sel.selection_id, "--classifier-id", base_id, *build_args("retrain", train)]
-        jobs.append({"job_id": launch(ws, "retrain", args), "kind": "retrain", "what": f"fine-tuning on {method}"})
-    jobs.append({"job_id": launch(ws, "slices", ["--classifier-id", base_id]), "kind": "slices",
-                 "what": "attributions and slices of the baseline"})
-    return jobs
 
 
 # -- following a job's log in the terminal ----------------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import Any
 from core.progress import Progress
 from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 
@@ -44,5 +43,8 @@ def _options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("label_issues", "Find label issues in the train labels and the pool's weak labels "
-                                     "(out-of-sample probabilities, the noise posterior).", _options(), _label_issues))
+LABEL_ISSUES = JobSpec("label_issues", "Find label issues in the train labels and the pool's weak labels "
+                                       "(out-of-sample probabilities, the noise posterior).", _options(), _label_issues)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (LABEL_ISSUES,)

@@ -8,7 +8,6 @@ from typing import Any
 from core.progress import Progress
 from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 
@@ -36,11 +35,14 @@ def _report(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, An
             "n_fixes": len(data.fixes), "mosaic": data.mosaic_png is not None, "bytes": len(text.encode())}
 
 
-register_job(JobSpec(
-    "report", "Write one slice and its fix as a self-contained HTML page (mosaic, annotation, what was done, "
-              "before/after on the slice's held-out part, test and the worst group).",
-    (Option("slice", default="latest:1", help="RUN:RANK, the slice to report on (rank 1 = the worst; RUN may be "
-                                              "latest)"),
-     Option("out", "path", help="the HTML file to write (default: artifacts/reports/<run>-<rank>.html in the "
-                                "workspace)")),
-    _report))
+REPORT = JobSpec(
+"report", "Write one slice and its fix as a self-contained HTML page (mosaic, annotation, what was done, "
+          "before/after on the slice's held-out part, test and the worst group).",
+(Option("slice", default="latest:1", help="RUN:RANK, the slice to report on (rank 1 = the worst; RUN may be "
+                                          "latest)"),
+ Option("out", "path", help="the HTML file to write (default: artifacts/reports/<run>-<rank>.html in the "
+                            "workspace)")),
+_report)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (REPORT,)

@@ -8,7 +8,6 @@ from core.progress import Progress
 from core.runner.configs import attribution_config, ray_config
 from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option, attribution_options, engine_options
-from core.runner.registry import register_job
 from core.store.workspace import Workspace
 
 
@@ -19,9 +18,9 @@ def _attribute(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str,
                      progress=progress)
 
 
-register_job(JobSpec("attribute", "Compute attribution maps and attribution-weighted vectors of the classifier "
-                                  "(Grad-CAM on its last conv block; ViTs get Grad-CAM on tokens).",
-                     attribution_options() + engine_options(), _attribute))
+ATTRIBUTE = JobSpec("attribute", "Compute attribution maps and attribution-weighted vectors of the classifier "
+                                 "(Grad-CAM on its last conv block; ViTs get Grad-CAM on tokens).",
+                    attribution_options() + engine_options(), _attribute)
 
 
 def _slices(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
@@ -68,5 +67,8 @@ def _slice_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("slices", "Find error slices from attributions, rank them and draw their Attribution "
-                               "Mosaics.", _slice_options(), _slices))
+SLICES = JobSpec("slices", "Find error slices from attributions, rank them and draw their Attribution "
+                           "Mosaics.", _slice_options(), _slices)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (ATTRIBUTE, SLICES)

@@ -9,10 +9,9 @@ from typing import Any
 from core.progress import Progress
 from core.runner.configs import pipeline_config
 from core.runner.dcd_jobs import pipeline_options
-from core.runner.first_run import launch_rest
+from core.runner.demo_rest import launch_rest
 from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option, with_defaults
-from core.runner.registry import register_job
 from core.scenarios.demo_run import DemoRun, loop_config, run_demo
 from core.scenarios.demos import DemoSettings
 from core.store.workspace import Workspace
@@ -75,8 +74,8 @@ def _demo_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("demo", "Generate a demo DCD scenario into a new workspace and run the whole loop on it.",
-                     _demo_options(), _demo, creates_workspace=True))
+DEMO = JobSpec("demo", "Generate a demo DCD scenario into a new workspace and run the whole loop on it.",
+               _demo_options(), _demo, creates_workspace=True)
 
 
 def _annotate_demo(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
@@ -89,8 +88,11 @@ def _annotate_demo(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[
     return {"run_id": run_id, "annotations": annotate_from_truth(ws, run_id, min_purity=opts.min_purity)}
 
 
-register_job(JobSpec(
-    "annotate_demo", "Annotate a benchmark's slices from its ground truth (simulates a person reading the mosaics).",
-    (Option("run_id", picker="slice_run", help="slice run to annotate (default: the latest)"),
-     Option("min_purity", "float", 0.6, help="share of a failure group to call a slice spurious")),
-    _annotate_demo))
+ANNOTATE_DEMO = JobSpec(
+       "annotate_demo", "Annotate a benchmark's slices from its ground truth (simulates a person reading the mosaics).",
+       (Option("run_id", picker="slice_run", help="slice run to annotate (default: the latest)"),
+        Option("min_purity", "float", 0.6, help="share of a failure group to call a slice spurious")),
+       _annotate_demo)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (DEMO, ANNOTATE_DEMO)
