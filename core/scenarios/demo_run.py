@@ -46,7 +46,10 @@ class DemoRun:
     ``data_dir`` where the images are written (None: ``WORKSPACE/data``); ``corruption`` the cifar10
     demo's error distribution. ``error_split=False`` moves the ``error_sample`` and ``error_heldout`` images
     into test, unmarked, as most users' data comes: the loop then finds the failure as a slice
-    (core.scanner.slice_loop). ``ingest_only``: only generate and ingest the data.
+    (core.scanner.slice_loop). ``ingest_only``: only generate and ingest the data. ``given``: the settings a
+    demo picks for itself that the user gave (None: not given; start from
+    :data:`~core.scenarios.demos.NONE_GIVEN`, e.g. ``replace(NONE_GIVEN, epochs=2)``); ``loop``'s values of
+    those settings are replaced by :func:`loop_config`.
     """
 
     dataset: str = "waterbirds"
