@@ -9,6 +9,7 @@ imported only when a name is first used (``import core`` stays instant)::
     report = core.run_loop(ws, core.PipelineConfig())   # as jobs.pipeline: the error_sample split's failure,
                                                         # or without one the slice AttributionScanner finds
     run = core.find_slices(ws)                          # after core.attribute(ws)
+    core.run_demo(core.Workspace.create("demo"), core.DemoRun(size="small"))  # as jobs.demo, from nothing
 
 The sub-packages, lowest layer first (below them all: ``core.progress``, progress reporting, and
 ``core.constants``, the vocabulary):
@@ -20,8 +21,8 @@ The sub-packages, lowest layer first (below them all: ``core.progress``, progres
 - ``core.dcd``: Data-Centric Debugging: embedding, the faiss pool index, selection strategies, the pipeline;
 - ``core.scanner``: AttributionScanner: attributions, the slicer, slice runs, mosaics, annotations, CoRM;
 - ``core.app``: the read-only queries, charts and reports the dashboard shows (no Streamlit);
-- ``core.runner``: the job registry, the command line of every job, launching jobs;
-- ``core.scenarios``: demo and benchmark data with planted truth.
+- ``core.runner``: the job registry and every job's typed options, the command line of every job, launching jobs;
+- ``core.scenarios``: demo and benchmark data with planted truth, and a demo run from nothing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ _API = {
     "annotate": "core.scanner.annotations",
     "corm_retrain": "core.scanner.mitigation",
     "CormConfig": "core.scanner.mitigation",
+    "run_demo": "core.scenarios.demo_run",
+    "DemoRun": "core.scenarios.demo_run",
 }
 
 __all__ = sorted(_API)

@@ -4,14 +4,15 @@ the background jobs that finish the demo with the pipeline's own settings."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 from core.progress import Progress, StageLine, eta_seconds, format_duration
-from core.runner import first_run, launcher
+from core.runner import demo_rest, first_run, launcher
 from core.runner.cli import main as cli_main
+from core.runner.configs import pipeline_config
+from core.runner.registry import get_job
 from core.store.workspace import Workspace
 
 
@@ -126,12 +127,12 @@ def test_demo_without_assets_says_what_to_pass_and_creates_nothing(tmp_path, mon
 
 
 def test_a_failed_demo_removes_only_what_it_added(tmp_path, monkeypatch, capsys):
-    import core.scenarios.demos as demos
+    import core.scenarios.demo_run as demo_run
 
     def broken(*args, **kwargs):
         raise RuntimeError("generator broke")
 
-    monkeypatch.setattr(demos, "generate_demo", broken)
+    monkeypatch.setattr(demo_run, "generate_demo", broken)
     target = tmp_path / "mine"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
@@ -187,10 +188,11 @@ def test_follow_echoes_the_log_of_a_finished_job(tmp_path):
 # -- the rest of the demo as background jobs, with the pipeline's own settings --------------------------------
 
 def test_launch_rest_repeats_the_pipelines_baseline_runs(ws_copy):
+    """The background jobs read what the loop made from the workspace (not from its report) and fine-tune
+    with the loop's training settings: the same images and schedule as the pipeline's own random run."""
     ws, report = ws_copy
-    opts = argparse.Namespace(epochs=3, finetune_epochs=2, trainable_stages=None, added_share=0.5, batch_size=32,
-                              lr=None, seed=0, label_policy=report["config"]["label_policy"], index_memory_gb=None)
-    jobs = first_run.launch_rest(ws, opts, report, ["random"])
+    pipeline = get_job("pipeline").settings(epochs=3, finetune_epochs=2, batch_size=32)  # as tests/conftest.py ran it
+    jobs = demo_rest.launch_rest(ws, pipeline_config(pipeline), ["random"])
     assert [j["kind"] for j in jobs] == ["retrain", "slices"]
     done = {j["kind"]: launcher.wait(ws, j["job_id"], timeout=600) for j in jobs}
     assert all(job.state == "succeeded" for job in done.values()), {k: j.error for k, j in done.items()}

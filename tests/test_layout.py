@@ -89,15 +89,15 @@ def test_import_core_gives_a_notebook_the_public_api():
 
 @pytest.mark.slow
 def test_a_renamed_flag_still_works_and_prints_its_new_spelling(tmp_path):
-    from core.runner.cli import parse_args
+    from core.runner.command_line import parse_args
     from core.runner.registry import get_job
 
-    opts = parse_args(get_job("select"), ["--workspace", "w", "--k", "7"])
+    opts = parse_args(get_job("select"), ["--workspace", "w", "--k", "7"]).options
     assert opts.neighbours == 7
-    opts = parse_args(get_job("slices"), ["--workspace", "w", "--k", "4", "--method", "integrated_gradients"])
+    opts = parse_args(get_job("slices"), ["--workspace", "w", "--k", "4", "--method", "integrated_gradients"]).options
     assert opts.slices == 4 and opts.attribution == "integrated_gradients"
-    opts = parse_args(get_job("predict"), ["--workspace", "w", "--model-id", "m1", "--splits", "test,train"])
-    assert opts.classifier_id == "m1" and opts.splits == ["test", "train"]
+    opts = parse_args(get_job("predict"), ["--workspace", "w", "--model-id", "m1", "--splits", "test,train"]).options
+    assert opts.classifier_id == "m1" and opts.splits == ("test", "train")
     out = subprocess.run([sys.executable, "-m", "jobs.select", "--workspace", str(tmp_path / "none"), "--k", "3"],
                          cwd=ROOT, capture_output=True, text=True)
     assert "--k is deprecated for jobs.select; use --neighbours" in out.stderr
@@ -106,7 +106,7 @@ def test_a_renamed_flag_still_works_and_prints_its_new_spelling(tmp_path):
 
 @pytest.mark.parametrize("kind", ["select", "slices", "pipeline", "demo", "retrain"])
 def test_help_lists_each_flag_once_and_hides_the_old_spellings(kind):
-    from core.runner.cli import build_parser
+    from core.runner.command_line import build_parser
     from core.runner.registry import get_job
 
     text = build_parser(get_job(kind)).format_help()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,16 @@ class Selection:
     selection_id: str
     name: str
     method: str
-    items: pd.DataFrame  # image_id, rank, distance, source_image_id, label, status
+    items: pd.DataFrame  # image_id, rank, distance, source_image_id, label, status, kind, confidence
     index_info: IndexInfo | None = None
+    # what it was made with: embedder_id, budget, label_policy ... (as stored; see latest_selection)
+    params: dict = field(default_factory=dict)
+
+    def n_of_kind(self, kind: str) -> int:
+        """How many items are of ``kind`` (one of :data:`ITEM_KINDS`): e.g. the pool images retrieval added."""
+        if kind not in ITEM_KINDS:
+            raise ValueError(f"an item's kind is one of {', '.join(ITEM_KINDS)}, not {kind!r}")
+        return int((self.items["kind"] == kind).sum()) if "kind" in self.items else 0
 
 
 def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *,
@@ -68,7 +76,25 @@ def save_selection(ws: Workspace, name: str, method: str, items: pd.DataFrame, *
                     "status, kind, confidence) SELECT selection_id, image_id, rank, distance, source_image_id, "
                     "label, status, kind, confidence FROM staging_items")
         con.unregister("staging_items")
-    return Selection(selection_id, name, method, out, index_info)
+    return Selection(selection_id, name, method, out, index_info, params=p)
+
+
+def latest_selection(ws: Workspace, method: str) -> Selection:
+    """The newest stored selection made by ``method`` (``dcd``, ``random`` ...), with every item (rejected ones
+    too) and its params: those it stored, and the selections table's embedder_id, neighbours, budget and
+    label_policy. A ValueError if the workspace has none."""
+    row = ws.df("SELECT selection_id, name, method, embedder_id, neighbours, budget, label_policy, params "
+                "FROM selections WHERE method = ? ORDER BY created_at DESC LIMIT 1", [method])
+    if row.empty:
+        raise ValueError(f"the workspace has no {method} selection yet")
+    r = row.iloc[0]
+    columns = {key: (None if pd.isna(r[key]) else r[key]) for key in ("embedder_id", "neighbours", "budget",
+                                                                      "label_policy")}
+    for key in ("neighbours", "budget"):
+        columns[key] = None if columns[key] is None else int(columns[key])
+    params = {**(json.loads(r["params"]) if r["params"] else {}), **columns}
+    items = ws.df("SELECT * FROM selection_items WHERE selection_id = ? ORDER BY rank", [r["selection_id"]])
+    return Selection(str(r["selection_id"]), str(r["name"]), str(r["method"]), items, params=params)
 
 
 def record_params(ws: Workspace, selection_id: str, **params) -> dict:

@@ -1,14 +1,14 @@
-"""A job as a command: its parser built from the job registry, and the run recorded in the job table.
+"""A job as a command: the job found in the registry, its command line parsed, and the run recorded in the job
+table.
 
-``python -m jobs.<name>`` calls :func:`main`: parse the flags of the job's :class:`~core.runner.registry.JobSpec`
-(plus ``--workspace``, ``--json`` and the launcher's hidden ``--job-id``), open the workspace, and run the job
-as a recorded job (queued -> running -> succeeded/failed/cancelled) with a heartbeat, SIGTERM as a clean
-cancellation, and the ``--json`` report.
+``python -m jobs.<name>`` calls :func:`main`: parse the flags of the job's :class:`~core.runner.jobspec.JobSpec`
+into its typed options (core.runner.command_line, plus ``--workspace``, ``--json`` and the launcher's hidden
+``--job-id``), open the workspace, and run the job as a recorded job (queued -> running ->
+succeeded/failed/cancelled) with a heartbeat, SIGTERM as a clean cancellation, and the ``--json`` report.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -21,98 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from core.models.checkpoints import allow_pickle
-from core.models.device import DEVICES, DeviceError, describe_device, use_device
+from core.models.device import DeviceError, describe_device, use_device
 from core.progress import Progress, StageLine
-from core.runner.options import Option, split_values
-from core.runner.registry import JobSpec, get_job
+from core.runner.command_line import JobCommand, parse_args
+from core.runner.jobspec import JobSpec
+from core.runner.registry import get_job
 from core.store.jobs import HEARTBEAT_SECONDS, JobStore
 from core.store.workspace import Workspace, WorkspaceError, set_write_guard
 
 QUEUE_POLL_SECONDS = 1.0
-_ALIAS_PREFIX = "_alias__"
-_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "text": str, "path": str, "choice": str,
-                                          "list": str}
 
 
 class JobCancelled(Exception):
     pass
-
-
-def _argparse_kwargs(o: Option) -> dict[str, Any]:
-    if o.kind == "flag":
-        return {"action": "store_true"}
-    kw: dict[str, Any] = {"type": _TYPES[o.kind]}
-    if o.kind == "choice":
-        kw["choices"] = o.choices
-    if o.kind == "list":
-        kw["nargs"] = "+"
-        kw["metavar"] = o.name.upper()
-    return kw
-
-
-def _help(o: Option) -> str:
-    text = o.help.replace("%", "%%")
-    if o.kind == "list" and o.choices:
-        text += f" (any of {', '.join(o.choices)})"
-    return text
-
-
-def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
-    """The job's command-line parser; deprecated spellings are accepted but hidden from ``--help``."""
-    p = argparse.ArgumentParser(prog=f"python -m jobs.{spec.name}", description=spec.summary)
-    p.add_argument("--workspace", default=os.environ.get("DCD_WORKSPACE"),
-                   help="workspace folder (default: $DCD_WORKSPACE)")
-    p.add_argument("--json", type=Path, default=None, help="also write the job's result as JSON here")
-    p.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the app's launcher
-    p.add_argument("--debug", action="store_true", help="also print the traceback of an error")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where models run: a CUDA GPU when there is one (auto), the CPU, or CUDA or nothing (cuda)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="let weight files that need pickle load (pickle can run code: only for files you trust; "
-                        "never available from the app)")
-    exclusive: dict[str, Any] = {}
-    for names in spec.one_of:
-        group = p.add_mutually_exclusive_group(required=True)
-        exclusive.update({name: group for name in names})
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for o in spec.options:
-        if o.name in exclusive:
-            target: Any = exclusive[o.name]
-        elif o.group:
-            target = groups.setdefault(o.group, p.add_argument_group(o.group))
-        else:
-            target = p
-        kw = _argparse_kwargs(o)
-        target.add_argument(o.flag, dest=o.name, default=o.default, help=_help(o),
-                            **({"required": True} if o.required else {}), **kw)
-        for alias in o.aliases:
-            p.add_argument(alias, dest=_ALIAS_PREFIX + o.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                           **kw)
-    return p
-
-
-def parse_args(spec: JobSpec, argv: Sequence[str]) -> argparse.Namespace:
-    """Parse ``argv`` for ``spec``: deprecated spellings are mapped (with a warning on stderr), list values
-    split on commas and checked against their choices."""
-    parser = build_parser(spec)
-    opts = parser.parse_args(list(argv))
-    for o in spec.options:
-        alias_dest = _ALIAS_PREFIX + o.name
-        if hasattr(opts, alias_dest):
-            used = [a for a in o.aliases if a in argv or any(str(x).startswith(a + "=") for x in argv)]
-            print(f"warning: {used[0] if used else o.aliases[0]} is deprecated for jobs.{spec.name}; "
-                  f"use {o.flag}", file=sys.stderr)
-            setattr(opts, o.name, getattr(opts, alias_dest))
-            delattr(opts, alias_dest)
-        if o.kind == "list":
-            value = getattr(opts, o.name)
-            values = split_values(list(value) if isinstance(value, (list, tuple)) else None)
-            if values is not None and o.choices:
-                bad = [v for v in values if v not in o.choices]
-                if bad:
-                    parser.error(f"argument {o.flag}: invalid choice(s) {bad} (choose from {', '.join(o.choices)})")
-            setattr(opts, o.name, values)
-    return opts
 
 
 def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
@@ -134,26 +55,26 @@ def main(name: str, argv: Sequence[str] | None = None, *,
     the job's log file (and to stderr too with ``--debug``)."""
     spec = get_job(name)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    opts = parse_args(spec, argv_list)
-    if not opts.workspace:
+    command = parse_args(spec, argv_list)
+    if not command.workspace:
         print(f"error: {name} needs --workspace DIR (or the DCD_WORKSPACE environment variable)", file=sys.stderr)
         return 2
     try:
-        use_device(opts.device)
+        use_device(command.device)
     except DeviceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    before = _folder_entries(Path(opts.workspace)) if spec.creates_workspace else None
+    before = _folder_entries(Path(command.workspace)) if spec.creates_workspace else None
     try:
-        ws = (Workspace.create(opts.workspace, exist_ok=True) if spec.creates_workspace
-              else Workspace.open(opts.workspace))
+        ws = (Workspace.create(command.workspace, exist_ok=True) if spec.creates_workspace
+              else Workspace.open(command.workspace))
     except (WorkspaceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    allow_pickle(opts.trust_checkpoint)
+    allow_pickle(command.trust_checkpoint)
     new_workspace = before is None or "workspace.duckdb" not in before
     try:
-        return run_recorded(spec, ws, opts, argv_list, report=report,
+        return run_recorded(spec, ws, command, argv_list, report=report,
                             discard=(lambda: _discard_if_empty(ws, before)) if spec.creates_workspace and new_workspace
                             else None)
     finally:
@@ -213,10 +134,11 @@ def _log_failure(log_path: Path, spec: JobSpec, exc: BaseException) -> None:
         pass
 
 
-def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: list[str], *,
+def run_recorded(spec: JobSpec, ws: Workspace, command: JobCommand, argv: list[str], *,
                  report: Callable[[dict[str, Any]], None] | None = None,
                  discard: Callable[[], bool] | None = None) -> int:
-    """Run ``spec`` as a job recorded in the workspace's job table; returns the process exit code.
+    """Run ``spec`` with ``command``'s options as a job recorded in the workspace's job table; returns the process
+    exit code.
 
     The job waits its turn behind a running job of the same kind, keeps a heartbeat, and commits nothing
     once its row is no longer its own (:func:`core.store.workspace.set_write_guard`). It prints its stages
@@ -226,9 +148,9 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
     line) is the exit code of a failure."""
     store = ws.jobs()
     store.init()
-    job_id = opts.job_id or store.create(spec.name, argv)
+    job_id = command.job_id or store.create(spec.name, argv)
     log_path = Path(store.get(job_id).log_path or ws.artifact_dir("logs") / f"{job_id}.log")
-    if not opts.job_id:
+    if not command.job_id:
         store.set_log_path(job_id, str(log_path))
     signal.signal(signal.SIGTERM, _on_sigterm)
     stop = threading.Event()
@@ -255,13 +177,13 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
     try:
         _wait_for_turn(store, job_id, spec.name)
         set_write_guard(guard)
-        result = {**(spec.run(ws, opts, progress) or {}), "device": describe_device()}  # where its models ran
+        result = {**(spec.run(ws, command.options, progress) or {}), "device": describe_device()}  # where models ran
         guard()
         if report is not None:
             report(result)
-        if opts.json:
-            opts.json.parent.mkdir(parents=True, exist_ok=True)
-            opts.json.write_text(json.dumps(result, indent=2, default=str))
+        if command.json:
+            command.json.parent.mkdir(parents=True, exist_ok=True)
+            command.json.write_text(json.dumps(result, indent=2, default=str))
         store.finish(job_id, "succeeded", result=result, message="done")
         terminal.finish("done")
         return 0
@@ -273,7 +195,7 @@ def run_recorded(spec: JobSpec, ws: Workspace, opts: argparse.Namespace, argv: l
     except Exception as exc:
         _log_failure(log_path, spec, exc)
         store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        if opts.debug:
+        if command.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         if not discarded():

@@ -1,31 +1,28 @@
 """The DCD loop's jobs: ingest, train, embed, predict, select, retrain, evaluate, and the whole pipeline.
 
-Each job is a :class:`~core.runner.registry.JobSpec`: its options and a ``run`` that calls core and returns
-a JSON-ready result. ``python -m jobs.<name>`` runs it from the command line; the app's Jobs page
+Each job is a :class:`~core.runner.jobspec.JobSpec`: its options and a ``run`` that takes the job's typed
+options, calls core and returns a JSON-ready result. ``python -m jobs.<name>`` runs it from the command line; the app's Jobs page
 launches the same command.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from core.progress import Progress
+from core.runner.configs import embedder_spec, pipeline_config, ray_config, train_overrides
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import (
     Option,
     classifier_options,
     embedder_options,
-    embedder_spec,
     engine_options,
     failure_option,
     index_options,
-    ray_config,
     selection_options,
     train_options,
-    train_overrides,
 )
-from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 
 EVALUATED_SPLITS = ["train", "test", "error_sample", "error_heldout"]
@@ -37,15 +34,15 @@ class NothingIngestedError(RuntimeError):
 
 # -- ingest -------------------------------------------------------------------------------------------
 
-def _ingest(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _ingest(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.data.ingest import ingest_imagefolder, ingest_manifest
 
-    options = {"classes": opts.classes, "progress": progress, "max_pixels": opts.max_pixels,
-               "allow_outside": opts.allow_outside}
+    shared = {"classes": opts.classes, "progress": progress, "max_pixels": opts.max_pixels,
+              "allow_outside": opts.allow_outside}
     if opts.manifest is not None:
-        report = ingest_manifest(ws, Path(opts.manifest), **options)
+        report = ingest_manifest(ws, Path(opts.manifest), **shared)
     else:
-        report = ingest_imagefolder(ws, Path(opts.imagefolder), **options)
+        report = ingest_imagefolder(ws, Path(opts.imagefolder), **shared)
     print(report.summary())
     if report.n_added == 0 and report.n_existing == 0:  # re-ingesting the same input is not a failure
         reasons = ", ".join(f"{reason}: {n}" for reason, n in report.rejections_by_reason().items())
@@ -75,14 +72,14 @@ def _ingest_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec(
-    "ingest", "Ingest an image dataset (a CSV/Parquet manifest or an ImageFolder tree) into a workspace.",
-    _ingest_options(), _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True))
+INGEST = JobSpec(
+"ingest", "Ingest an image dataset (a CSV/Parquet manifest or an ImageFolder tree) into a workspace.",
+_ingest_options(), _ingest, one_of=(("manifest", "imagefolder"),), creates_workspace=True)
 
 
 # -- train, predict, evaluate ---------------------------------------------------------------------------
 
-def _train(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _train(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.evaluation import evaluate, metrics_summary
     from core.models.schedules import initial_schedule
     from core.models.training import train_classifier
@@ -96,11 +93,11 @@ def _train(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[
 
 
 _TRAIN_CLASSIFIER = tuple(o for o in classifier_options() if o.name != "classifier_id")
-register_job(JobSpec("train", "Train the classifier under debug on the train split (it becomes the current one).",
-                     _TRAIN_CLASSIFIER + train_options(), _train))
+TRAIN = JobSpec("train", "Train the classifier under debug on the train split (it becomes the current one).",
+                _TRAIN_CLASSIFIER + train_options(), _train)
 
 
-def _predict(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _predict(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.catalog import require_classifier
     from core.models.evaluation import predict
 
@@ -110,18 +107,18 @@ def _predict(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dic
     return {"model_id": model_id, "n_predicted": len(df), "engine": opts.engine}
 
 
-register_job(JobSpec(
-    "predict", "Predict with a classifier and store the predictions.",
-    (Option("classifier_id", picker="classifier", aliases=("--model-id",),
-            help="classifier (default: the current one)"),
-     Option("splits", "list", EVALUATED_SPLITS, choices=("train", "test", "error_sample", "error_heldout", "pool"),
-            help="splits to predict"),
-     Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
-    + engine_options(),
-    _predict))
+PREDICT = JobSpec(
+ "predict", "Predict with a classifier and store the predictions.",
+ (Option("classifier_id", picker="classifier", aliases=("--model-id",),
+         help="classifier (default: the current one)"),
+  Option("splits", "list", EVALUATED_SPLITS, choices=("train", "test", "error_sample", "error_heldout", "pool"),
+         help="splits to predict"),
+  Option("no_bf16", "flag", False, advanced=True, help="always run in fp32"))
+ + engine_options(),
+ _predict)
 
 
-def _evaluate(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _evaluate(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.catalog import list_models
     from core.models.evaluation import evaluate, metrics_summary
 
@@ -135,16 +132,16 @@ def _evaluate(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> di
     return {"models": out}
 
 
-register_job(JobSpec(
-    "evaluate", "Evaluate classifiers on test, error_heldout and every group.",
-    (Option("classifier_id", "list", picker="classifier", aliases=("--model-id",),
-            help="classifiers to evaluate (default: all)"),) + engine_options(),
-    _evaluate))
+EVALUATE = JobSpec(
+  "evaluate", "Evaluate classifiers on test, error_heldout and every group.",
+  (Option("classifier_id", "list", picker="classifier", aliases=("--model-id",),
+          help="classifiers to evaluate (default: all)"),) + engine_options(),
+  _evaluate)
 
 
 # -- embed, select ---------------------------------------------------------------------------------------
 
-def _embed(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _embed(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.embed import embed_split_images
     from core.dcd.index import pool_index
 
@@ -172,11 +169,11 @@ def _embed_options() -> tuple[Option, ...]:
         Option("no_bf16", "flag", False, advanced=True, help="always run in fp32")) + engine_options() + index_options()
 
 
-register_job(JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),
-                     _embed))
+EMBED = JobSpec("embed", "Embed images with a frozen embedder and build the pool index.", _embed_options(),
+                _embed)
 
 
-def _select(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _select(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.strategies import SelectionRequest, select
 
     request = SelectionRequest(budget=opts.budget, neighbours=opts.neighbours, embedder_id=opts.embedder_id,
@@ -224,13 +221,13 @@ def _select_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("select", "Select a debug-train set from the pool: DCD retrieval for the error sample, or a "
-                               "baseline.", _select_options(), _select))
+SELECT = JobSpec("select", "Select a debug-train set from the pool: DCD retrieval for the error sample, or a "
+                           "baseline.", _select_options(), _select)
 
 
 # -- retrain -----------------------------------------------------------------------------------------------
 
-def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: Progress) -> dict[str, Any]:
+def _retrain_corm(ws: Workspace, opts: JobOptions, base: str, progress: Progress) -> dict[str, Any]:
     """CoRM from the slice annotations: by default plain fine-tuning against a grid of CoRM settings, the
     better on held-out slice members kept (core.scanner.mitigation_choice); ``--corm-choice off``: the given
     setting alone, as it is."""
@@ -268,7 +265,7 @@ def _retrain_corm(ws: Workspace, opts: argparse.Namespace, base: str, progress: 
                         kept: {**metrics_summary(after), "model_id": model_id}}, **out}
 
 
-def _retrain(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _retrain(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.fine_tune import retrain
     from core.models.catalog import require_classifier
     from core.models.evaluation import evaluate, metrics_summary
@@ -322,15 +319,15 @@ def _mitigation_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec(
-    "retrain", "Fine-tune the classifier on train + a debug-train selection (or with CoRM) and evaluate it.",
-    (Option("selection_id", picker="selection", help="debug-train selection to add (none: train only)"),
-     Option("classifier_id", picker="classifier", aliases=("--base-model-id",),
-            help="classifier to fine-tune (default: the current one)"),
-     Option("record_as", aliases=("--method",), advanced=True,
-            help="method recorded for the new model (default: the selection's)"),
-     *train_options(), *_mitigation_options(), *engine_options()),
-    _retrain))
+RETRAIN = JobSpec(
+ "retrain", "Fine-tune the classifier on train + a debug-train selection (or with CoRM) and evaluate it.",
+ (Option("selection_id", picker="selection", help="debug-train selection to add (none: train only)"),
+  Option("classifier_id", picker="classifier", aliases=("--base-model-id",),
+         help="classifier to fine-tune (default: the current one)"),
+  Option("record_as", aliases=("--method",), advanced=True,
+         help="method recorded for the new model (default: the selection's)"),
+  *train_options(), *_mitigation_options(), *engine_options()),
+ _retrain)
 
 
 # -- the whole loop -------------------------------------------------------------------------------------------
@@ -357,28 +354,15 @@ def pipeline_options() -> tuple[Option, ...]:
             + index_options() + engine_options())
 
 
-def pipeline_config(opts: argparse.Namespace):
-    from core.dcd.pipeline import PipelineConfig
-
-    return PipelineConfig(classifier=opts.classifier or PipelineConfig.classifier, classifier_weights=opts.classifier_weights,
-                          classifier_id=opts.classifier_id, hub=opts.hub, image_size=opts.image_size,
-                          embedder=embedder_spec(opts), neighbours=opts.neighbours, budget=opts.budget,
-                          label_policy=opts.label_policy, train=train_overrides(opts),
-                          finetune_epochs=opts.finetune_epochs, methods=tuple(opts.methods), seed=opts.seed,
-                          index_memory_gb=opts.index_memory_gb, from_slice=opts.from_slice,
-                          failure=getattr(opts, "failure", None),
-                          label_issues=getattr(opts, "label_issues", None) or "auto",
-                          retrieval=getattr(opts, "retrieval", None) or "checked",
-                          rest_of_pool=getattr(opts, "rest_of_pool", None) or PipelineConfig.rest_of_pool,
-                          ray=ray_config(opts))
-
-
-def _pipeline(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _pipeline(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.scanner.slice_loop import run_loop
 
     return run_loop(ws, pipeline_config(opts), progress=progress)
 
 
-register_job(JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate; "
-                                 "without an error_sample split, for the worst slice AttributionScanner finds.",
-                     pipeline_options(), _pipeline))
+PIPELINE = JobSpec("pipeline", "Run the whole DCD loop: train, embed, select (every method), retrain, evaluate; "
+                               "without an error_sample split, for the worst slice AttributionScanner finds.",
+                   pipeline_options(), _pipeline)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (INGEST, TRAIN, PREDICT, EVALUATE, EMBED, SELECT, RETRAIN, PIPELINE)

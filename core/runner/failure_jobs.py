@@ -10,16 +10,15 @@ with why, and the others kept.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from core.progress import Progress
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 
 
-def _failure(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _failure(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.failure import failure_from_cell, failure_from_images, failure_from_upload
 
     refused: dict[str, str] = {}
@@ -70,7 +69,10 @@ def _options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("failure", "Name a failure to fix: a confusion cell of a classifier, images you picked, or "
-                                "images you uploaded; its images are split into a query part and a held-out part "
-                                "(uploaded ones: no held-out part).",
-                     _options(), _failure, one_of=(("cell", "images", "upload_dir"),)))
+FAILURE = JobSpec("failure", "Name a failure to fix: a confusion cell of a classifier, images you picked, or "
+                             "images you uploaded; its images are split into a query part and a held-out part "
+                             "(uploaded ones: no held-out part).",
+                  _options(), _failure, one_of=(("cell", "images", "upload_dir"),))
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (FAILURE,)

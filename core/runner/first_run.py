@@ -7,7 +7,7 @@ follows, the app started as soon as the baseline and DCD are in, the rest arrivi
    the baseline, embeds, selects with DCD and fine-tunes on that selection: enough for the Overview and
    Before / after to tell the story. Its stage lines (core.progress.StageLine) are echoed here.
 2. At its end it makes the baselines' selections (as many images as DCD's, as the pipeline does) and launches
-   their fine-tuning and the slices as background jobs (:func:`launch_rest`); the Jobs page shows them and
+   their fine-tuning and the slices as background jobs (core.runner.demo_rest); the Jobs page shows them and
    every page shows their results as they land.
 3. This command returns when the demo job is done, or after ``--wait`` seconds on a slow machine: then the
    app opens while the job goes on, and a follower process keeps echoing its stages to the terminal.
@@ -25,47 +25,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from core.runner.launcher import REPO_ROOT, build_args, cancel, launch
+from core.runner.launcher import REPO_ROOT, cancel, launch
 from core.runner.launcher import wait as wait_job
 from core.store.jobs import Job
 from core.store.workspace import Workspace
 
 DEFAULT_WAIT_SECONDS = 150.0
 POLL_SECONDS = 0.5
-#: The training settings the background fine-tuning jobs get exactly as the demo had them.
-TRAIN_SETTINGS = ("epochs", "finetune_epochs", "trainable_stages", "added_share", "added_mix", "batch_size", "lr", "seed")
 _BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[|it/s\]|img/s\]")  # a tqdm bar's redraw
-
-
-# -- the rest of the demo, launched at the end of the demo job -------------------------------------------
-
-def launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any],
-                methods: Sequence[str]) -> list[dict[str, str]]:
-    """Select for the baseline ``methods`` as core.dcd.pipeline does (``random``: the failure's images and as
-    many pool images as DCD retrieved) and launch, as background
-    jobs, their fine-tuning with the demo's training settings and the slices of the baseline. Returns
-    ``[{"job_id", "kind", "what"}]``."""
-    from core.dcd.strategies import SelectionRequest, select
-
-    base_id = result["classifier"]["model_id"]
-    picked = result["selection"]
-    request = SelectionRequest(budget=picked["budget"], embedder_id=result["embedder"]["embedder_id"], label_policy=opts.label_policy,
-                               seed=opts.seed, index_memory_gb=opts.index_memory_gb)
-    dcd = result["methods"].get("dcd") or {}
-    n_match = dcd.get("n_retrieved_found", dcd.get("n_retrieved")) or picked["budget"]
-    train = {name: getattr(opts, name, None) for name in TRAIN_SETTINGS}
-    jobs = []
-    for method in methods:
-        sel = select(ws, method, replace(request, budget=n_match, name=None))
-        args = ["--selection-id", sel.selection_id, "--classifier-id", base_id, *build_args("retrain", train)]
-        jobs.append({"job_id": launch(ws, "retrain", args), "kind": "retrain", "what": f"fine-tuning on {method}"})
-    jobs.append({"job_id": launch(ws, "slices", ["--classifier-id", base_id]), "kind": "slices",
-                 "what": "attributions and slices of the baseline"})
-    return jobs
 
 
 # -- following a job's log in the terminal ----------------------------------------------------------------

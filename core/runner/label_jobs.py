@@ -6,16 +6,15 @@ runs :func:`core.dcd.label_issues.compute_label_issues`; the app's Errors page s
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from core.progress import Progress
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 
 
-def _label_issues(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _label_issues(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.dcd.label_issues import compute_label_issues
 
     return compute_label_issues(ws, embedder_id=opts.embedder_id, splits=opts.splits, folds=opts.folds,
@@ -44,5 +43,8 @@ def _options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("label_issues", "Find label issues in the train labels and the pool's weak labels "
-                                     "(out-of-sample probabilities, the noise posterior).", _options(), _label_issues))
+LABEL_ISSUES = JobSpec("label_issues", "Find label issues in the train labels and the pool's weak labels "
+                                       "(out-of-sample probabilities, the noise posterior).", _options(), _label_issues)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (LABEL_ISSUES,)

@@ -1,32 +1,22 @@
-"""Start batch jobs as background processes and cancel them; describe each job's options for a form.
+"""The app's door to batch jobs: launch a job of the registry in the background, cancel it, wait for it, read its
+log; describe each job's options for a form.
 
-A launched job is ``python -m jobs.<kind> --workspace DIR --job-id ID ...`` in its own session (process
-group), so it outlives the app's rerun, the browser tab and the app itself. The job row is created here
-(``queued``, with its log path under ``artifacts/logs``); the job marks itself running, reports progress and
-finishes its row. If the process ends without finishing its row (a crash before the job starts, a kill),
-the launcher's waiter thread, or after an app restart :meth:`core.store.jobs.JobStore.reconcile`, marks it
-failed with the log's last lines.
+The processes themselves are core.runner.processes (a launched job is ``python -m jobs.<kind> ...`` in its
+own process group, with its row in the job table); here a kind is checked against the job registry first,
+and a form's values become the job's arguments (core.runner.command_line).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.runner.cli import parse_args
+from core.runner.command_line import job_arguments
 from core.runner.options import Option
+from core.runner.processes import REPO_ROOT, cancel, log_tail, start_job, wait
 from core.runner.registry import get_job, job_kinds
-from core.store.jobs import Job
 from core.store.workspace import Workspace
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def job_options(kind: str) -> list[Option]:
@@ -60,132 +50,19 @@ def check_paths(kind: str, values: Mapping[str, Any], roots: Sequence[str | Path
 
 
 def build_args(kind: str, values: Mapping[str, Any]) -> list[str]:
-    """Command-line arguments for job ``kind`` from form values keyed by option name.
-
-    Values equal to the option's default, empty strings and None are left out (the job's own defaults apply);
-    a list option takes a list (or tuple) of values, each passed as its own argument, never a string to be
-    split; flags appear when true. The arguments are checked with the job's parser here, not in the background.
-    """
-    spec = get_job(kind)
-    by_name = {o.name: o for o in spec.options}
-    unknown = set(values) - set(by_name)
-    if unknown:
-        raise ValueError(f"job {kind!r} has no option(s) {sorted(unknown)}")
-    args: list[str] = []
-    for name, value in values.items():
-        opt = by_name[name]
-        if opt.kind == "flag":
-            if value:
-                args.append(opt.flag)
-            continue
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if opt.kind == "list":
-            if isinstance(value, str) or not isinstance(value, Sequence):
-                raise ValueError(f"option {opt.flag} of job {kind!r} takes a list of values, got {value!r}")
-            words = [str(v) for v in value]
-            if words and words != [str(d) for d in (opt.default or [])]:
-                args += [opt.flag, *words]
-            continue
-        if opt.default is not None and str(value).strip() == str(opt.default):
-            continue
-        args += [opt.flag, str(value).strip()]
-    parse_args(spec, ["--workspace", "x", *args])  # argparse exits (SystemExit) on a bad value
-    return args
-
-
-def _waiter(ws: Workspace, job_id: str, proc: subprocess.Popen) -> None:
-    """Reap the process; if it ended without finishing its row, record why."""
-    code = proc.wait()
-    try:
-        store = ws.jobs()
-        job = store.get(job_id)
-        if job.is_active:
-            if code in (-signal.SIGTERM, 130, -signal.SIGINT):
-                store.finish(job_id, "cancelled", error="cancelled before the job started")
-            else:
-                tail = log_tail(job, lines=5, ws=ws).strip()
-                store.finish(job_id, "failed", error=f"the job's process exited with code {code}"
-                             + (f": {tail.splitlines()[-1]}" if tail else ""))
-    except Exception:  # the row is reconciled on the next Jobs page render anyway
-        pass
+    """Command-line arguments for job ``kind`` from form values keyed by option name
+    (core.runner.command_line.job_arguments: values equal to the option's default, empty strings and None are
+    left out; a list option takes a list of values, never a string to be split; checked with the job's parser
+    here, not in the background)."""
+    return job_arguments(get_job(kind), values)
 
 
 def launch(ws: Workspace, kind: str, args: Sequence[str] = ()) -> str:
-    """Start ``jobs.<kind>`` with ``args`` (an argv list, no shell) in the background; returns its job id."""
+    """Start job ``kind`` of the registry with ``args`` (an argv list, no shell) in the background; returns its
+    job id (an unknown kind is a ValueError; see core.runner.processes.start_job)."""
     get_job(kind)  # an unknown kind fails here
-    args = [str(a) for a in args]
-    if any(a == "--trust-checkpoint" or a.startswith("--trust-checkpoint=") for a in args):
-        raise ValueError("--trust-checkpoint lets a weights file run code when it loads; it is refused for jobs "
-                         "started from the app (run the job from the command line if you trust the file)")
-    store = ws.jobs()
-    store.init()
-    logs = ws.artifact_dir("logs")
-    job_id = store.create(kind, list(args))
-    log_path = logs / f"{job_id}.log"
-    store.set_log_path(job_id, str(log_path))  # the row names its log before the process writes to it
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TQDM_MININTERVAL", "5")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"jobs.{kind}", "--workspace", str(ws.root), "--job-id", job_id, *args],
-            cwd=str(REPO_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-    store.set_pid(job_id, proc.pid)
-    threading.Thread(target=_waiter, args=(ws, job_id, proc), daemon=True, name=f"wait-{job_id}").start()
-    return job_id
+    return start_job(ws, kind, args)
 
 
-def cancel(ws: Workspace, job_id: str) -> bool:
-    """Ask a queued or running job to stop (SIGTERM to its process group); True if a signal was sent.
-
-    The job records itself as cancelled; a job whose process is already gone is marked failed by reconcile.
-    """
-    store = ws.jobs()
-    job = store.get(job_id)
-    if not job.is_active or not job.pid:
-        return False
-    try:
-        os.killpg(job.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        store.reconcile()
-        return False
-    except PermissionError:
-        os.kill(job.pid, signal.SIGTERM)
-    return True
-
-
-def log_tail(job: Job, lines: int = 40, max_bytes: int = 64_000, *, ws: Workspace | None = None) -> str:
-    """The last ``lines`` lines of a job's log ('' if it has none). Progress-bar redraws are collapsed.
-    With ``ws``, a log path outside that workspace's folder is not read (the job table is data: it could
-    name any file)."""
-    if not job.log_path or not Path(job.log_path).is_file():
-        return ""
-    if ws is not None and not ws.contains(job.log_path):
-        return f"(the log path {job.log_path} is outside the workspace; it is not shown)"
-    with open(job.log_path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - max_bytes))
-        text = f.read().decode("utf-8", errors="replace")
-    out = [([p for p in ln.split("\r") if p.strip()] or [""])[-1]
-           for ln in text.replace("\r\n", "\n").split("\n")]
-    return "\n".join([ln for ln in out if ln.strip()][-lines:])
-
-
-def wait(ws: Workspace, job_id: str, timeout: float = 120.0, poll: float = 0.2) -> Job:
-    """Block until a job is no longer queued/running (for scripts and tests); returns its final row."""
-    deadline = time.monotonic() + timeout
-    store = ws.jobs()
-    while True:
-        job = store.get(job_id)
-        if not job.is_active:
-            return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job.state} after {timeout:.0f} s")
-        time.sleep(poll)  # store.get reconciles: a dead job reads as failed on the next round
-
-
-__all__ = ["build_args", "cancel", "check_paths", "form_defaults", "job_kinds", "job_options", "launch", "log_tail", "wait"]
+__all__ = ["REPO_ROOT", "build_args", "cancel", "check_paths", "form_defaults", "job_kinds", "job_options", "launch",
+           "log_tail", "wait"]

@@ -1,14 +1,14 @@
-"""Typed job options, declared once: the CLI parsers and the app's Jobs form are both built from them.
+"""Typed job options, declared once: the CLI parsers, the jobs' typed options and the app's Jobs form are all
+built from them.
 
 An :class:`Option` names one setting of a job (``neighbours``, ``classifier_id`` ...); its flag is derived
 from the name (``--neighbours``). Groups of options that several jobs share (classifier, embedder, training,
-attribution) are tuples here, with the functions that turn parsed values into core's config objects.
+attribution) are tuples here; core.runner.configs turns a job's parsed options into core's config objects.
 A renamed flag keeps its old spelling in ``aliases``: it still works and prints the new one.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -220,52 +220,3 @@ def failure_option(*, group: str = "") -> Option:
                   help="the failure to fix: error_sample, a slice RUN:RANK (e.g. latest:1), or the id of a failure "
                        "made with `python -m jobs.failure` (a confusion cell, picked images); DCD retrieves for its "
                        "query part, and its held-out part is the eval set each fix is measured on")
-
-
-# -- from parsed values to core's config objects ------------------------------------------------------
-
-def train_overrides(opts: argparse.Namespace) -> dict[str, Any]:
-    """The training settings the user gave (the rest comes from the schedule that fits the model:
-    core.models.training.initial_schedule / finetune_schedule)."""
-    given = {k: getattr(opts, k) for k in ("epochs", "batch_size", "lr", "seed") if getattr(opts, k) is not None}
-    given["added_share"] = opts.added_share or None  # 0: sample train and selection alike
-    if getattr(opts, "added_mix", None):
-        given["added_mix"] = opts.added_mix
-    stages = opts.trainable_stages
-    if stages is not None:
-        if str(stages).strip().lower() in ("all", "none"):
-            given["trainable_stages"] = None
-        elif str(stages).strip().isdigit() and int(stages) > 0:
-            given["trainable_stages"] = int(stages)
-        else:
-            raise ValueError(f"--trainable-stages takes a positive number or 'all', got {stages!r}")
-    return given
-
-
-def embedder_spec(opts: argparse.Namespace):
-    from core.dcd.embed import EmbedderSpec
-
-    default = EmbedderSpec()  # where a caller left an option unset (None)
-    return EmbedderSpec(arch=opts.embedder or default.arch, weights=opts.embedder_weights, hub=opts.embedder_hub,
-                        image_size=opts.embedder_image_size, layers=opts.embedder_layers or default.layers,
-                        classifier_id=getattr(opts, "classifier_id", None))
-
-
-def ray_config(opts: argparse.Namespace):
-    """The :class:`~core.engines.ray_data.RayConfig` of ``--engine ray``, or None for the local engine."""
-    from core.engines.ray_data import RayConfig
-
-    if getattr(opts, "engine", "local") != "ray":
-        given = [flag for flag, value in (("--ray-address", getattr(opts, "ray_address", None)),
-                                          ("--ray-actors", getattr(opts, "ray_actors", None))) if value]
-        if given:
-            raise ValueError(f"{' and '.join(given)} only apply with --engine ray")
-        return None
-    return RayConfig(address=opts.ray_address or None, actors=opts.ray_actors)
-
-
-def attribution_config(opts: argparse.Namespace):
-    from core.scanner.attribution import AttributionConfig
-
-    return AttributionConfig(method=opts.attribution, target=opts.target, heatmap_size=opts.heatmap_size,
-                             batch_size=opts.attr_batch_size, ig_steps=opts.ig_steps, allow_bf16=not opts.no_bf16)

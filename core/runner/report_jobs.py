@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from core.progress import Progress
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option
-from core.runner.registry import JobSpec, register_job
 from core.store.workspace import Workspace
 
 
@@ -19,7 +18,7 @@ def default_report_path(ws: Workspace, run_id: str, rank: int) -> Path:
     return ws.artifact_dir("reports") / report_filename(run_id, rank)
 
 
-def _report(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _report(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.app.slice_report import slice_report_data
     from core.app.slice_report_page import slice_report_html
     from core.dcd.slice_targets import parse_slice_ref
@@ -36,11 +35,14 @@ def _report(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict
             "n_fixes": len(data.fixes), "mosaic": data.mosaic_png is not None, "bytes": len(text.encode())}
 
 
-register_job(JobSpec(
-    "report", "Write one slice and its fix as a self-contained HTML page (mosaic, annotation, what was done, "
-              "before/after on the slice's held-out part, test and the worst group).",
-    (Option("slice", default="latest:1", help="RUN:RANK, the slice to report on (rank 1 = the worst; RUN may be "
-                                              "latest)"),
-     Option("out", "path", help="the HTML file to write (default: artifacts/reports/<run>-<rank>.html in the "
-                                "workspace)")),
-    _report))
+REPORT = JobSpec(
+"report", "Write one slice and its fix as a self-contained HTML page (mosaic, annotation, what was done, "
+          "before/after on the slice's held-out part, test and the worst group).",
+(Option("slice", default="latest:1", help="RUN:RANK, the slice to report on (rank 1 = the worst; RUN may be "
+                                          "latest)"),
+ Option("out", "path", help="the HTML file to write (default: artifacts/reports/<run>-<rank>.html in the "
+                            "workspace)")),
+_report)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (REPORT,)

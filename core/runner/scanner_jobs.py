@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from core.progress import Progress
-from core.runner.options import Option, attribution_config, attribution_options, engine_options, ray_config
-from core.runner.registry import JobSpec, register_job
+from core.runner.configs import attribution_config, ray_config
+from core.runner.jobspec import JobOptions, JobSpec
+from core.runner.options import Option, attribution_options, engine_options
 from core.store.workspace import Workspace
 
 
-def _attribute(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _attribute(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.scanner.attribution import attribute
 
     return attribute(ws, opts.classifier_id, splits=opts.splits, config=attribution_config(opts), ray=ray_config(opts),
                      progress=progress)
 
 
-register_job(JobSpec("attribute", "Compute attribution maps and attribution-weighted vectors of the classifier "
-                                  "(Grad-CAM on its last conv block; ViTs get Grad-CAM on tokens).",
-                     attribution_options() + engine_options(), _attribute))
+ATTRIBUTE = JobSpec("attribute", "Compute attribution maps and attribution-weighted vectors of the classifier "
+                                 "(Grad-CAM on its last conv block; ViTs get Grad-CAM on tokens).",
+                    attribution_options() + engine_options(), _attribute)
 
 
-def _slices(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _slices(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.models.catalog import require_classifier
     from core.scanner.attribution import attribute, has_attributions
     from core.scanner.runs import SliceConfig, find_slices, slice_report
@@ -67,5 +67,8 @@ def _slice_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("slices", "Find error slices from attributions, rank them and draw their Attribution "
-                               "Mosaics.", _slice_options(), _slices))
+SLICES = JobSpec("slices", "Find error slices from attributions, rank them and draw their Attribution "
+                           "Mosaics.", _slice_options(), _slices)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (ATTRIBUTE, SLICES)

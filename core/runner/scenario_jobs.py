@@ -1,63 +1,51 @@
-"""The demo jobs: build a demo scenario into a new workspace and run the loop on it; annotate its slices from
-ground truth."""
+"""The demo jobs: build a demo scenario into a new workspace and run the loop on it (core.scenarios.demo_run);
+annotate its slices from ground truth."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from core.progress import Progress
-from core.runner.dcd_jobs import pipeline_config, pipeline_options
+from core.runner.configs import pipeline_config
+from core.runner.dcd_jobs import pipeline_options
+from core.runner.demo_rest import launch_rest
+from core.runner.jobspec import JobOptions, JobSpec
 from core.runner.options import Option, with_defaults
-from core.runner.registry import JobSpec, register_job
+from core.scenarios.demo_run import DemoRun, loop_config, run_demo
+from core.scenarios.demos import DemoSettings
 from core.store.workspace import Workspace
 
 
-def _demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from core.data.ingest import ingest_manifest
-    from core.data.manifest import manifest_with_splits_as
-    from core.scanner.slice_loop import run_loop
-    from core.scenarios.demos import assets_dir, check_assets, demo_settings, generate_demo
+def demo_run(opts: JobOptions) -> DemoRun:
+    """The demo job's options as a :class:`~core.scenarios.demo_run.DemoRun`: the scenario, and the loop's
+    settings with those the user left unset (None) for the demo to pick."""
+    given = DemoSettings(classifier=opts.classifier, image_size=opts.image_size, epochs=opts.epochs, lr=opts.lr,
+                         finetune_epochs=opts.finetune_epochs, embedder=opts.embedder,
+                         embedder_layers=opts.embedder_layers)
+    return DemoRun(dataset=opts.dataset, size=opts.size, assets=opts.assets, data_dir=opts.data_dir,
+                   corruption=opts.corruption, error_split=not opts.no_error_split, ingest_only=opts.no_pipeline,
+                   loop=pipeline_config(opts), given=given)
 
-    if ws.scalar("SELECT count(*) FROM images"):
-        raise ValueError(f"{ws.root} already holds images; the demo generates into a new workspace")
+
+def _demo(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
+    """The demo (core.scenarios.demo_run); with ``--rest-in-background``, only DCD's fix here (and the
+    failure-only fix, its teacher), the other methods' fine-tuning and the slices as background jobs."""
     if opts.rest_in_background and opts.no_error_split:
         raise ValueError("--rest-in-background needs the error_sample split; leave out --no-error-split")
-    assets = assets_dir(opts.assets)
-    check_assets(opts.dataset, assets)
-    for key, value in demo_settings(opts.dataset, opts.size).values(assets).items():
-        if getattr(opts, key) is None:  # what the user did not give
-            setattr(opts, key, value)
-    data_dir = Path(opts.data_dir) if opts.data_dir else ws.root / "data"
-    progress.expect_stages(2)
-    progress.stage(f"generating the {opts.dataset} scenario", 0.0, 0.02)
-    manifest = generate_demo(opts.dataset, data_dir, size=opts.size, seed=opts.seed, image_size=opts.image_size,
-                             assets=assets, corruption=opts.corruption)
-    if opts.no_error_split:
-        manifest = manifest_with_splits_as(manifest, ("error_sample", "error_heldout"), "test")
-    report = ingest_manifest(ws, manifest, progress=progress.stage("ingesting the images", 0.02, 0.05))
-    print(report.summary())
-    if opts.no_pipeline:
-        return {"ingest": report.to_dict()}
-    config = pipeline_config(opts)
-    later = [m for m in config.methods if m != "dcd"] if opts.rest_in_background and "dcd" in config.methods else []
-    result = run_loop(ws, replace(config, methods=("dcd",)) if later else config, progress=progress.span(0.05, 1.0))
-    result["dataset"] = {"name": opts.dataset, "size": opts.size, "manifest": str(manifest)}
-    if opts.rest_in_background:  # what the run did not make already (DCD's teacher is the failure-only fix)
-        later = [m for m in later if m not in result["methods"]]
-        result["background_jobs"] = _launch_rest(ws, opts, result, later)
+    run = demo_run(opts)
+    methods = run.loop.methods
+    later = [m for m in methods if m != "dcd"] if opts.rest_in_background and "dcd" in methods else []
+    if later:
+        run = replace(run, loop=replace(run.loop, methods=("dcd",)))
+    result = run_demo(ws, run, progress=progress)
+    if opts.rest_in_background and not run.ingest_only:
+        made = set(result["methods"])  # what the run made already (DCD's teacher is the failure-only fix)
+        jobs = launch_rest(ws, loop_config(run), [m for m in later if m not in made])
+        print("continuing in the background (the app's Jobs page shows them): "
+              + "; ".join(f"{j['what']} (job {j['job_id']})" for j in jobs), flush=True)
+        result["background_jobs"] = jobs
     return result
-
-
-def _launch_rest(ws: Workspace, opts: argparse.Namespace, result: dict[str, Any], methods: list[str]) -> list[dict]:
-    from core.runner.first_run import launch_rest
-
-    jobs = launch_rest(ws, opts, result, methods)
-    print("continuing in the background (the app's Jobs page shows them): "
-          + "; ".join(f"{j['what']} (job {j['job_id']})" for j in jobs), flush=True)
-    return jobs
 
 
 def _demo_options() -> tuple[Option, ...]:
@@ -86,11 +74,11 @@ def _demo_options() -> tuple[Option, ...]:
     )
 
 
-register_job(JobSpec("demo", "Generate a demo DCD scenario into a new workspace and run the whole loop on it.",
-                     _demo_options(), _demo, creates_workspace=True))
+DEMO = JobSpec("demo", "Generate a demo DCD scenario into a new workspace and run the whole loop on it.",
+               _demo_options(), _demo, creates_workspace=True)
 
 
-def _annotate_demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+def _annotate_demo(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
     from core.scanner.runs import latest_run
     from core.scenarios.annotate_from_truth import annotate_from_truth
 
@@ -100,8 +88,11 @@ def _annotate_demo(ws: Workspace, opts: argparse.Namespace, progress: Progress) 
     return {"run_id": run_id, "annotations": annotate_from_truth(ws, run_id, min_purity=opts.min_purity)}
 
 
-register_job(JobSpec(
-    "annotate_demo", "Annotate a benchmark's slices from its ground truth (simulates a person reading the mosaics).",
-    (Option("run_id", picker="slice_run", help="slice run to annotate (default: the latest)"),
-     Option("min_purity", "float", 0.6, help="share of a failure group to call a slice spurious")),
-    _annotate_demo))
+ANNOTATE_DEMO = JobSpec(
+       "annotate_demo", "Annotate a benchmark's slices from its ground truth (simulates a person reading the mosaics).",
+       (Option("run_id", picker="slice_run", help="slice run to annotate (default: the latest)"),
+        Option("min_purity", "float", 0.6, help="share of a failure group to call a slice spurious")),
+       _annotate_demo)
+
+#: The jobs this module declares (core.runner.registry gathers them).
+JOBS = (DEMO, ANNOTATE_DEMO)

@@ -13,9 +13,8 @@ the failure as a slice.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 ASSETS_ENV = "DCD_ASSETS"
 DATASETS = ("waterbirds", "cifar10", "photos", "stamps")
@@ -32,7 +31,8 @@ class AssetsMissingError(FileNotFoundError):
 @dataclass(frozen=True)
 class DemoSettings:
     """Pipeline settings a demo uses where the user gave none (``None`` means: the pipeline's own default).
-    ``weights`` are paths relative to the assets folder."""
+    ``weights`` are paths relative to the assets folder, by the option they fill (``classifier_weights``,
+    ``embedder_weights``). core.scenarios.demo_run applies them to the loop's config."""
 
     classifier: str | None = None
     image_size: int | None = None
@@ -43,16 +43,15 @@ class DemoSettings:
     embedder_layers: str | None = "penultimate"
     weights: dict[str, str] = field(default_factory=dict)  # option name -> path under the assets folder
 
-    def values(self, assets: Path | None) -> dict[str, Any]:
-        """The settings as option values (those set), weight paths resolved under ``assets``."""
-        out: dict[str, Any] = {k: v for k, v in (
-            ("classifier", self.classifier), ("image_size", self.image_size), ("epochs", self.epochs),
-            ("lr", self.lr), ("finetune_epochs", self.finetune_epochs), ("embedder", self.embedder),
-            ("embedder_layers", self.embedder_layers)) if v is not None}
-        for key, rel in self.weights.items():
-            out[key] = str(require_asset(assets, rel))
-        return out
+    def with_given(self, given: DemoSettings) -> DemoSettings:
+        """These settings with each one that ``given`` sets (not None) in its place; ``given``'s weights are
+        not read (a user's weights file is the loop's own setting, and wins over the demo's anyway)."""
+        chosen = {f.name: getattr(given, f.name) for f in fields(self) if f.name != "weights"}
+        return replace(self, **{name: value for name, value in chosen.items() if value is not None})
 
+
+#: No setting given: every demo setting applies.
+NONE_GIVEN = DemoSettings(embedder=None, embedder_layers=None)
 
 _CIFAR_WEIGHTS = {"classifier_weights": "weights/cifar10-resnets/resnet20-12fca82f.th",
                   "embedder_weights": "weights/cifar10-resnets/resnet56-4bfd9763.th"}
