@@ -230,6 +230,14 @@ def _decision_widgets(keys: GridKeys, decide: Decide, classes: list[str], *,
     return widgets
 
 
+def source_image(ws: Workspace, src: pd.Series, caption: str) -> None:
+    """The error image a group of candidates was retrieved for, with its caption (beside the group)."""
+    t = thumb(ws, src.image_id, src.path)
+    if t:
+        st.image(t, width=120)
+    st.caption(caption)
+
+
 def _group(ws: Workspace, src: pd.Series, group: pd.DataFrame, *, keys: GridKeys, decide: Decide,
            caption: Callable[[pd.Series], str], source_caption: Callable[[pd.Series], str] | None,
            below: Callable[[pd.Series], None], limit: int) -> None:
@@ -238,10 +246,8 @@ def _group(ws: Workspace, src: pd.Series, group: pd.DataFrame, *, keys: GridKeys
     with st.container(border=True):
         left, right = st.columns([1, 5])
         with left:
-            t = thumb(ws, src.image_id, src.path)
-            if t:
-                st.image(t, width=120)
-            st.caption((source_caption(src) if source_caption else f"#{src.image_id}") + f" · {len(group)} found")
+            source_image(ws, src, (source_caption(src) if source_caption else f"#{src.image_id}") +
+                         f" · {len(group)} found")
             g1, g2 = st.columns(2)
             g1.button(":material/check:", key=f"{keys.group}keep_{src.image_id}", help="Keep these", on_click=decide,
                       args=(gids,), kwargs={"status": "accepted"})

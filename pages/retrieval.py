@@ -29,7 +29,7 @@ from pages._retrieval_parts import (
     upload_ui,
 )
 from pages._session import refresh, view, workspace
-from pages._widgets import GridKeys, gallery, jobs_in_progress, launch_button, paginate, review_grid, thumb
+from pages._widgets import GridKeys, gallery, jobs_in_progress, launch_button, paginate, review_grid, source_image
 
 
 def candidate_caption(r: pd.Series) -> str:
@@ -72,10 +72,7 @@ def preview_candidates(ws: Workspace, candidates: pd.DataFrame) -> None:
         with st.container(border=True):
             left, right = st.columns([1, 5])
             with left:
-                t = thumb(ws, src.image_id, src.path)
-                if t:
-                    st.image(t, width=120)
-                st.caption(f"{source_text(src)} · {len(group)} found")
+                source_image(ws, src, f"{source_text(src)} · {len(group)} found")
             with right:
                 gallery(ws, group.head(10), preview_caption, width=96)
                 if len(group) > 10:
