@@ -86,12 +86,20 @@ def retrain_label(selection_id: str) -> str:
 
 
 def selection_label(row: pd.Series, shown: str) -> str:
+    """What a selection holds and when it was made (its review: :func:`review_text`, which changes as a person
+    decides; a select box's labels are not redrawn while its choices stay the same)."""
     n_failure, n_rest = int(row.n_failure), int(getattr(row, "n_rest", 0) or 0)
-    n_open = int(row.n_items - n_failure - n_rest - row.n_accepted - row.n_rejected)
-    failure = f"{n_failure} of the failure's own, " if n_failure else ""
-    rest = f"{n_rest} of the rest of the pool, teacher-labelled, " if n_rest else ""
-    return (f"{shown} · {int(row.n_items)} images ({failure}{rest}{int(row.n_accepted)} kept, {int(row.n_rejected)} "
-            f"dropped, {n_open} not reviewed) · {pd.Timestamp(row.created_at):%d %b %H:%M}")
+    parts = [f"{n_failure} of the failure's own" if n_failure else "",
+             f"{n_rest} of the rest of the pool, teacher-labelled" if n_rest else "",
+             f"{int(row.n_items - n_failure - n_rest)} retrieved"]
+    return (f"{shown} · {int(row.n_items)} images ({', '.join(p for p in parts if p)}) · "
+            f"{pd.Timestamp(row.created_at):%d %b %H:%M}")
+
+
+def review_text(row: pd.Series) -> str:
+    n_open = int(row.n_items - int(row.n_failure) - int(getattr(row, "n_rest", 0) or 0) - row.n_accepted
+                 - row.n_rejected)
+    return f"Reviewed: {int(row.n_accepted)} kept, {int(row.n_rejected)} dropped, {n_open} not reviewed"
 
 
 def review_saved(ws: Workspace, classes: list[str]) -> None:
@@ -105,6 +113,7 @@ def review_saved(ws: Workspace, classes: list[str]) -> None:
         st.session_state["retr_saved_sel"] = sels.selection_id.iloc[0]
     sel_id = st.selectbox("Selection", sels.selection_id.tolist(), key="retr_saved_sel",
                           format_func=lambda s: selection_label(by_id.loc[s], shown.get(s, s)))
+    st.caption(review_text(by_id.loc[sel_id]))
     items = view(queries.selection_review, sel_id)
 
     def decide(image_ids: list[int], *, status: str | None = None, label: int | None = None) -> None:

@@ -97,12 +97,15 @@ def test_the_curators_walk_through_every_page(sliced_app_server):
             page.goto(f"{url}/retrieval")
             wait_idle(page, "Retrieval (DCD)")
             page.get_by_role("tab", name="Saved selections").click()
-            not_reviewed = re.compile(rf"^{SELECTION} · \d+ images \(\d+ of the failure's own, 0 kept, 0 dropped")
-            expect(page.get_by_role("combobox", name="Selection")).to_have_value(not_reviewed, timeout=30_000)
+            made = re.compile(rf"^{SELECTION} · \d+ images \(\d+ of the failure's own, \d+ retrieved\)")
+            expect(page.get_by_role("combobox", name="Selection")).to_have_value(made, timeout=30_000)
+            expect(page.get_by_text(re.compile(r"^Reviewed: 0 kept, 0 dropped, [1-9]\d* not reviewed")).first).to_be_visible()
             page.get_by_role("button", name="Keep the rest").click()
             wait_idle(page)
-            all_kept = re.compile(rf"^{SELECTION} · \d+ images \(\d+ of the failure's own, \d+ kept, 0 dropped, 0 not reviewed\)")
-            expect(page.get_by_role("combobox", name="Selection")).to_have_value(all_kept, timeout=30_000)
+            all_kept = re.compile(r"^Reviewed: [1-9]\d* kept, 0 dropped, 0 not reviewed")
+            expect(page.get_by_text(all_kept).first).to_be_visible(timeout=90_000)  # the rerun searches the pool again
+            assert set(ws.df("SELECT status FROM selection_items WHERE selection_id = ? AND kind = 'retrieved'",
+                             [saved.selection_id.iloc[0]]).status) == {"accepted"}
             expect(page.get_by_role("button", name=f"Retrain Baseline with {SELECTION}")).to_be_visible()
             page.screenshot(path=str(SHOTS / "walkthrough-3-retrieval.png"), full_page=True)
 
