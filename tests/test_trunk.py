@@ -48,7 +48,7 @@ def test_the_cut_model_is_the_frozen_prefix_and_gives_the_models_outputs() -> No
     model.eval()
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.no_grad():
-        torch.testing.assert_close(split.logits(split.trunk(x)), model(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(split.rest(split.trunk(x)), model(x), atol=1e-4, rtol=1e-4)
     # The key follows the trunk's weights and the resolution
     other, _ = _backbone()
     assert split_trunk(other, cfg).key == split.key

@@ -142,8 +142,8 @@ def label_with_teacher(ws: Workspace, teacher: nn.Module, data_config: DataConfi
     if rows.empty:
         return pd.DataFrame({"image_id": pd.Series(dtype="int64"), "label": pd.Series(dtype="int64"),
                              "confidence": pd.Series(dtype="float64")})
-    probs = classifier_probs(ws, teacher, data_config, rows.image_id.tolist(), rows.path.tolist(),
-                             trainable_stages=trainable_stages, progress=progress)
+    probs, _ = classifier_probs(ws, teacher, data_config, rows.image_id.tolist(), rows.path.tolist(),
+                                trainable_stages=trainable_stages, progress=progress)
     noise = estimate_noise(rows.weak_label.to_numpy(np.int64), probs, fitted_on="trusted")
     out = pd.DataFrame({"image_id": rows.image_id.to_numpy(np.int64), "label": noise.posterior.argmax(1),
                         "confidence": noise.posterior.max(1)})

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.data.images import iter_decoded, pixels
+from core.data.images import iter_decoded
 from core.data.splits import images_df
 from core.engines.ray_data import RayConfig, map_images_to_arrays
 from core.models.catalog import load_classifier
-from core.models.inference import PrecisionCheck, choose_precision, predict_probs
+from core.models.inference import choose_precision
 from core.models.schedules import schedule_of
 from core.models.tasks import PredictTask
-from core.models.trunk import trunk_probs
+from core.models.trunk import classifier_probs
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace, replace_model_rows
 
@@ -40,16 +40,11 @@ def predict(ws: Workspace, model_id: str, *, splits: Sequence[str] = ("train", "
     df = images_df(ws, list(splits))
     if df.empty:
         raise ValueError(f"no images in splits {list(splits)}")
-    probs = None
-    if ray is None:  # the stages its lineage never trains, run once for every classifier of it
-        probs = trunk_probs(ws, model, data_config, schedule_of(ws, model_id).trainable_stages,
-                            df.image_id.tolist(), df.path.tolist(), progress=progress.span(0, 0.95))
-        check = PrecisionCheck(False, "fp32, on the frozen trunk's stored outputs") if probs is not None else None
-    if probs is None and ray is None:
-        px = pixels(ws, df.path.tolist(), data_config.image_size, progress=progress.span(0, 0.3))
-        check = choose_precision(model, px[:128], data_config, embedding=False, allow_bf16=allow_bf16)
-        probs = predict_probs(model, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 0.95))
-    elif probs is None:
+    if ray is None:  # on the stored outputs of the stages its lineage never trains, where it has them
+        probs, check = classifier_probs(ws, model, data_config, df.image_id.tolist(), df.path.tolist(),
+                                        trainable_stages=schedule_of(ws, model_id).trainable_stages,
+                                        allow_bf16=allow_bf16, progress=progress.span(0, 0.95))
+    else:
         sample = next(iter_decoded(df.path.tolist()[:128], data_config.image_size, chunk=128))
         check = choose_precision(model, sample, data_config, embedding=False, allow_bf16=allow_bf16)
         out, _ = map_images_to_arrays(df[["image_id", "path"]], PredictTask(model, data_config, check.bf16),

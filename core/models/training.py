@@ -44,7 +44,7 @@ from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedule
     schedule_of,
 )
 from core.models.softmax_head import fit_head
-from core.models.trunk import CachedTrunk, cached_trunk, freeze_early_stages  # noqa: F401  (freeze_early_stages used through here too)
+from core.models.trunk import CachedTrunk, cached_trunk, freeze_early_stages
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
@@ -163,14 +163,15 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
+            y = y_all[idx.to(device)]
             if trunk is not None:
                 logits = trunk.split.rest(to_device(trunk.batch(idx, gen, config.augment)))
-                loss = F.cross_entropy(logits, y_all[idx.to(device)], label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             else:
                 x = to_tensor(images[idx.numpy()], data_config)
                 if config.augment:
                     x = augment(x, gen)
-                loss = loss_fn(model, to_device(x), y_all[idx.to(device)], idx)
+                loss = loss_fn(model, to_device(x), y, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

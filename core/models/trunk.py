@@ -30,6 +30,7 @@ from torch import nn
 from core.data.images import fixed_view, pixels, to_tensor
 from core.data.model_input import DataConfig
 from core.models.device import on_device, to_device
+from core.models.inference import PrecisionCheck, choose_precision, predict_probs
 from core.progress import Progress, as_progress
 from core.store.files import atomic_path
 from core.store.workspace import Workspace
@@ -118,9 +119,6 @@ class TrunkSplit:
     rest: nn.Module
     rest_features: Callable[[torch.Tensor], torch.Tensor]  # features -> penultimate embedding
     key: str  # the trunk's weights, resolution and normalisation: what its stored outputs are keyed by
-
-    def logits(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.rest(torch.as_tensor(features).float())
 
 
 def split_trunk(model: nn.Module, data_config: DataConfig) -> TrunkSplit | None:
@@ -317,17 +315,15 @@ def trunk_probs(ws: Workspace, model: nn.Module, data_config: DataConfig, traina
 
 
 def classifier_probs(ws: Workspace, model: nn.Module, data_config: DataConfig, image_ids: Sequence[int],
-                     paths: Sequence[str], *, trainable_stages: int | None,
-                     progress: Progress | None = None) -> np.ndarray:
-    """Class probabilities of a classifier whose lineage trains only its last ``trainable_stages`` stages: from
-    its frozen trunk's stored outputs where it has one (:func:`trunk_probs`), else on pixels (bf16 where it
-    matches fp32)."""
-    from core.models.inference import choose_precision, predict_probs
-
+                     paths: Sequence[str], *, trainable_stages: int | None, allow_bf16: bool = True,
+                     progress: Progress | None = None) -> tuple[np.ndarray, PrecisionCheck]:
+    """Class probabilities of a classifier whose lineage trains only its last ``trainable_stages`` stages, and
+    the precision they were computed at: from its frozen trunk's stored outputs where it has one
+    (:func:`trunk_probs`, fp32), else on pixels (bf16 where it matches fp32 and ``allow_bf16``)."""
     progress = as_progress(progress)
     probs = trunk_probs(ws, model, data_config, trainable_stages, image_ids, paths, progress=progress)
     if probs is not None:
-        return probs
+        return probs, PrecisionCheck(False, "fp32, on the frozen trunk's stored outputs")
     px = pixels(ws, list(paths), data_config.image_size, progress=progress.span(0, 0.3))
-    check = choose_precision(model, px[:128], data_config, embedding=False)
-    return predict_probs(model, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 1.0))
+    check = choose_precision(model, px[:128], data_config, embedding=False, allow_bf16=allow_bf16)
+    return predict_probs(model, px, data_config, bf16=check.bf16, progress=progress.span(0.3, 1.0)), check
