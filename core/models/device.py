@@ -6,12 +6,20 @@ embedding (core.models.inference), the frozen trunk (core.models.trunk) and attr
 (core.scanner.attribution) move their model and batches there and bring the results back to the CPU, so
 models, checkpoints and everything stored stay as on a CPU. On CUDA, batches come from pinned memory
 (copied without blocking) while the images are decoded by CPU threads, inference uses bf16 autocast where it
-gives fp32's predictions (core.models.inference.choose_precision), and training uses TF32 matrix products;
-on the CPU nothing changes. The Ray engine's actors pick their own device (core.engines.ray_data).
+gives fp32's predictions (core.models.inference.choose_precision), and training uses TF32 matrix products.
+The Ray engine's actors pick their own device (core.engines.ray_data).
+
+On every device a model runs in **channels-last** memory order (:data:`MEMORY_FORMAT`: a batch of images is
+stored pixel by pixel, each pixel's channels together), the layout oneDNN's CPU convolutions and cuDNN's
+tensor cores are fastest in; models go back to the usual layout after the block, so checkpoints and
+everything stored are as before. Measured on an AMD EPYC (Zen 4, 2 threads; `python -m bench.memory_format`):
+efficientnet_lite0's forward 1.2-2x faster at 128 and 224 px in fp32 and bf16, a training step of its last
+stages 1.5x, a ResNet's 1.2-1.4x; a ViT is unchanged. ``$DCD_CHANNELS_LAST=0`` turns it off.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,11 +72,30 @@ def on_gpu() -> bool:
     return _current.type == "cuda"
 
 
+def memory_format() -> torch.memory_format:
+    """How image batches and convolution weights are laid out while a model runs (see the module doc)."""
+    off = os.environ.get("DCD_CHANNELS_LAST", "1").strip().lower() in ("0", "false", "no", "off")
+    return torch.contiguous_format if off else torch.channels_last
+
+
 def to_device(x: torch.Tensor) -> torch.Tensor:
-    """A CPU batch on the current device (through pinned memory, without blocking, on CUDA)."""
+    """A CPU batch on the current device (through pinned memory, without blocking, on CUDA); a batch of
+    images (N x C x H x W) in :func:`memory_format`."""
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=memory_format())
     if _current.type == "cpu":
         return x
     return x.pin_memory().to(_current, non_blocking=True)
+
+
+def model_to_device(model: nn.Module) -> nn.Module:
+    """``model`` moved to the current device in :func:`memory_format` (in place; undone by :func:`model_back`)."""
+    return model.to(_current, memory_format=memory_format())
+
+
+def model_back(model: nn.Module) -> nn.Module:
+    """``model`` back on the CPU in the usual layout, as models are kept between runs (in place)."""
+    return model.to("cpu", memory_format=torch.contiguous_format)
 
 
 @lru_cache(maxsize=1)
@@ -91,12 +118,10 @@ def describe_device() -> dict[str, str]:
 
 @contextmanager
 def on_device(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` on the current device for the block, back on the CPU after it (models are kept on the CPU)."""
-    if _current.type == "cpu":
-        yield model
-        return
-    model.to(_current)
+    """``model`` on the current device in :func:`memory_format` for the block, back on the CPU in the usual
+    layout after it (models are kept so between runs)."""
+    model_to_device(model)
     try:
         yield model
     finally:
-        model.cpu()
+        model_back(model)

@@ -28,7 +28,7 @@ from core.data.splits import images_df, require_split
 from core.models.catalog import new_model_id, register_model
 from core.models.checkpoints import is_classifier_checkpoint, read_weights, save_checkpoint, weights_include_head
 from core.models.config import ModelError
-from core.models.device import current_device, to_device
+from core.models.device import current_device, model_back, model_to_device, to_device
 from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
 from core.models.features import feature_dim
 from core.models.pretrained import resolve
@@ -148,9 +148,8 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
         return F.cross_entropy(m(x), y, label_smoothing=config.label_smoothing)
 
     loss_fn = loss_fn or default_loss
-    device = current_device()
-    model.to(device)
-    y_all = y_all.to(device)
+    model_to_device(model)
+    y_all = y_all.to(current_device())
     model.train()
     for module in frozen:  # frozen stages keep their (pretrained) BatchNorm statistics
         module.eval()
@@ -163,7 +162,7 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            y = y_all[idx.to(device)]
+            y = y_all[idx.to(y_all.device)]
             if trunk is not None:
                 logits = trunk.split.rest(to_device(trunk.batch(idx, gen, config.augment)))
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -181,7 +180,7 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
             progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
         print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
     model.eval()
-    model.cpu()  # models are kept on the CPU between runs (core.models.device)
+    model_back(model)  # models are kept on the CPU between runs (core.models.device)
     for param in model.parameters():
         param.requires_grad_(True)
     return model

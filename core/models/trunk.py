@@ -166,9 +166,10 @@ def _key(trunk: nn.Module, data_config: DataConfig) -> str:
 
 class TrunkCache:
     """A trunk's outputs for the workspace's images, one float16 row per (image, view), stored as
-    append-only chunk files (``<uuid>.feats.npy`` and its ``<uuid>.ids.npy``, written last) under
-    ``artifacts/trunk/<key>/``: concurrent jobs never write the same file, and a chunk is read only once
-    complete."""
+    append-only chunk files under ``artifacts/trunk/<key>/``: ``<uuid>.feats.npy`` (images x views x C x H x
+    W), ``<uuid>.views.npy`` (which view each column is; without it, views 0, 1, ...) and ``<uuid>.ids.npy``,
+    written last: concurrent jobs never write the same file, and a chunk is read only once complete. A view
+    is computed once per image whichever request needs it first (evaluation's view 0, training's four)."""
 
     def __init__(self, ws: Workspace, split: TrunkSplit, data_config: DataConfig):
         self.ws = ws
@@ -176,72 +177,92 @@ class TrunkCache:
         self.data_config = data_config
         self.folder = ws.artifacts / "trunk" / split.key
 
-    def _stored(self, views: int) -> dict[int, tuple[np.ndarray, int]]:
-        """image id -> (the memory-mapped chunk holding it with at least ``views`` views, its row)."""
-        where: dict[int, tuple[np.ndarray, int]] = {}
+    def _stored(self) -> dict[int, dict[int, tuple[np.ndarray, int, int]]]:
+        """image id -> view -> (the memory-mapped chunk holding it, its row, its column)."""
+        where: dict[int, dict[int, tuple[np.ndarray, int, int]]] = {}
         if not self.folder.is_dir():
             return where
         for ids_file in sorted(self.folder.glob("*.ids.npy")):
-            feats_file = ids_file.with_name(ids_file.name.replace(".ids.npy", ".feats.npy"))
+            stem = ids_file.name.removesuffix(".ids.npy")
             try:
                 ids = np.load(ids_file)
-                feats = np.load(feats_file, mmap_mode="r")
+                feats = np.load(self.folder / f"{stem}.feats.npy", mmap_mode="r")
+                views_file = self.folder / f"{stem}.views.npy"
+                views = np.load(views_file).tolist() if views_file.exists() else list(range(feats.shape[1]))
             except (OSError, ValueError):
                 continue  # a chunk being written or damaged: computed again
-            if feats.shape[1] < views or len(feats) != len(ids):
+            if len(feats) != len(ids) or feats.shape[1] != len(views):
                 continue
             for row, image_id in enumerate(ids.tolist()):
-                where.setdefault(int(image_id), (feats, row))
+                have = where.setdefault(int(image_id), {})
+                for col, view in enumerate(views):
+                    have.setdefault(int(view), (feats, row, col))
         return where
 
     def features(self, image_ids: Sequence[int], paths: Sequence[str], views: int, *,
                  progress: Progress | None = None) -> np.ndarray:
         """The trunk's outputs for ``image_ids`` (with their ``paths``): N x views x C x H x W float16, rows in
-        the order given; what the cache lacks is computed (decoding only those images) and stored."""
+        the order given; the (image, view) pairs the cache lacks are computed (decoding only those images) and
+        stored."""
         progress = as_progress(progress)
         ids = [int(i) for i in image_ids]
-        stored = self._stored(views)
-        missing = sorted({i for i in ids if i not in stored})
-        if missing:
-            path_of = dict(zip(ids, paths))
-            new = self._compute(missing, [path_of[i] for i in missing], views, progress.span(0, 0.95))
-            self._save(missing, new)
-            stored.update({i: (new, row) for row, i in enumerate(missing)})
-        first = stored[ids[0]][0] if ids else np.zeros((0, views, 1, 1, 1), np.float16)
+        stored = self._stored()
+        lacking: dict[tuple[int, ...], list[int]] = {}  # the views lacked -> the images lacking just those
+        for i in dict.fromkeys(ids):
+            have = stored.get(i, {})
+            need = tuple(v for v in range(views) if v not in have)
+            if need:
+                lacking.setdefault(need, []).append(i)
+        total = sum(len(need) * len(group) for need, group in lacking.items())
+        done = 0
+        path_of = dict(zip(ids, paths))
+        for need, group in lacking.items():
+            span = progress.span(0.95 * done / total, 0.95 * (done + len(need) * len(group)) / total)
+            new = self._compute(group, [path_of[i] for i in group], list(need), span)
+            self._save(group, list(need), new)
+            for row, i in enumerate(group):
+                stored.setdefault(i, {}).update({v: (new, row, col) for col, v in enumerate(need)})
+            done += len(need) * len(group)
+        first = next(iter(stored[ids[0]].values()))[0] if ids else np.zeros((0, views, 1, 1, 1), np.float16)
         out = np.empty((len(ids), views, *first.shape[2:]), np.float16)
         for row, i in enumerate(ids):
-            chunk, at = stored[i]
-            out[row] = chunk[at, :views]
+            have = stored[i]
+            for view in range(views):
+                chunk, at, col = have[view]
+                out[row, view] = chunk[at, col]
         progress.report(1.0, force=True)
         return out
 
-    def _compute(self, image_ids: list[int], paths: list[str], views: int, progress: Progress) -> np.ndarray:
+    def _compute(self, image_ids: list[int], paths: list[str], views: list[int], progress: Progress) -> np.ndarray:
         data_config = self.data_config
         px = pixels(self.ws, paths, data_config.image_size, progress=progress.span(0, 0.2))
         out = None
         done = 0
-        total = len(image_ids) * views
+        total = len(image_ids) * len(views)
         self.split.trunk.eval()
         with torch.inference_mode(), on_device(self.split.trunk):
             for start in range(0, len(image_ids), BATCH):
                 x = to_tensor(px[start:start + BATCH], data_config)
                 batch_ids = image_ids[start:start + BATCH]
-                for view in range(views):
-                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu().numpy()
+                for col, view in enumerate(views):
+                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu()
+                    f = f.contiguous().numpy()
                     if out is None:
-                        out = np.empty((len(image_ids), views, *f.shape[1:]), np.float16)
-                    out[start:start + len(f), view] = f
+                        out = np.empty((len(image_ids), len(views), *f.shape[1:]), np.float16)
+                    out[start:start + len(f), col] = f
                     done += len(f)
                     progress.report(0.2 + 0.8 * done / total, f"frozen trunk {done}/{total} image views")
         return out
 
-    def _save(self, image_ids: list[int], feats: np.ndarray) -> None:
+    def _save(self, image_ids: list[int], views: list[int], feats: np.ndarray) -> None:
         if self.ws.read_only:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex[:12]
         with atomic_path(self.folder / f"{name}.feats.npy") as tmp:
             np.save(tmp, feats)
+        with atomic_path(self.folder / f"{name}.views.npy") as tmp:
+            np.save(tmp, np.asarray(views, np.int64))
         with atomic_path(self.folder / f"{name}.ids.npy") as tmp:
             np.save(tmp, np.asarray(image_ids, np.int64))
 
