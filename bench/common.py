@@ -79,6 +79,28 @@ def run_child(module: str, args: list[str], *, timeout: float = 1800, env: dict[
     return result
 
 
+#: The 1-min load average below which a timing counts (above it, the figure is marked loaded).
+QUIET_LOAD = 0.5
+
+
+def wait_for_quiet(max_wait_s: float | None = None, *, below: float = QUIET_LOAD) -> dict[str, Any]:
+    """Wait (at most ``max_wait_s``, default ``$DCD_BENCH_QUIET_WAIT`` or 600 s) until the 1-min load average is
+    below ``below``; what was found: the load, the seconds waited, and ``loaded`` (the wait ran out: the
+    figures taken now do not count)."""
+    if max_wait_s is None:
+        max_wait_s = float(os.environ.get("DCD_BENCH_QUIET_WAIT", "600"))
+    t = time.monotonic()
+    load = os.getloadavg()[0]
+    while load >= below and time.monotonic() - t < max_wait_s:
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    waited = time.monotonic() - t
+    if load >= below:
+        print(f"note: the load average is still {load:.2f} after {waited:.0f} s (quiet is below {below}): "
+              f"the figures taken now are marked loaded", flush=True)
+    return {"load_average": load, "waited_s": round(waited, 1), "loaded": load >= below, "below": below}
+
+
 def write_result(path: str | Path | None, result: dict[str, Any]) -> None:
     result = {**result, "peak_rss_bytes": peak_rss_bytes()}
     if path:
@@ -113,7 +135,11 @@ def machine() -> dict[str, Any]:
         flags = open("/proc/cpuinfo").read()
     except OSError:
         pass
+    present = set(next((line.split(":", 1)[1].split() for line in flags.splitlines() if line.startswith("flags")),
+                       []))
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / GIB, 1),
+            "cpu_flags": [f for f in wanted if f in present],
             "bf16_native": "avx512_bf16" in flags or "amx_bf16" in flags,
             "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
             "duckdb": duckdb.__version__, "numpy": numpy.__version__,

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.report_speed import speed_keys, speed_sections
+
 GIB = 1024 ** 3
 
 # key: (target, direction) - direction ">=" means the figure must be at least the target.
@@ -106,6 +108,7 @@ def flatten(raw: dict) -> dict:
         r[f"memory_{name}_peak_rss_gib"] = peak / GIB if peak else None
         if peak and name in ("select_job", "embed_store_1m"):
             r[f"memory_{name}_peak_rss_over_vectors"] = peak / vec_bytes
+    r.update(speed_keys(raw))
     lb = raw.get("labels") or {}
     r["label_bench_worst_f1_gap"] = lb.get("worst_gap_f1")
     r["label_bench_mean_f1_default"] = lb.get("mean_f1_default")
@@ -158,7 +161,7 @@ def markdown(raw: dict, r: dict) -> str:
     m = raw.get("machine") or {}
     L = ["# Benchmark results", "",
          f"Run {raw.get('date')} on {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB RAM, "
-         f"no GPU (bf16 native: {_f(m.get('bf16_native'))}); Python {m.get('python')}, torch {m.get('torch')}, "
+         f"no GPU (bf16 native: {_f(m.get('bf16_native'))}; CPU flags: {', '.join(m.get('cpu_flags') or ['not recorded'])}); Python {m.get('python')}, torch {m.get('torch')}, "
          f"faiss {m.get('faiss')}, DuckDB {m.get('duckdb')}. Load average at start: "
          f"{_f(m.get('load_average_at_start'), '{:.1f}')} (the machine is shared: absolute speeds are noisy, "
          f"which is why every figure is a ratio taken within one run).", "",
@@ -314,6 +317,7 @@ def markdown(raw: dict, r: dict) -> str:
               f"| select peak RSS | {_f((s.get('peak_rss_bytes') or 0) / GIB, '{:.2f}')} GiB = "
               f"{_f(r.get('index_10m_select_peak_rss_over_budget'), '{:.2f}')}x the budget |"]
     L += label_bench_section(raw.get("labels") or {})
+    L += speed_sections(raw)
     L += ["", "## Reading these figures", "",
           "- Embedding efficiency: decoding overlaps the forward in threads, but its CPU comes from the same 2 "
           "cores, so the wall ratio cannot beat the bound column once the bare forward keeps both cores busy. "

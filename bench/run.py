@@ -23,7 +23,7 @@ from bench.common import ROOT, machine, run_child
 from bench.report import write_report
 from core.scenarios.demos import assets_dir
 
-BENCHES = ("lpips", "embed", "ray", "scale", "retrieval", "memory", "pages", "index10m", "labels")
+BENCHES = ("compute", "lpips", "embed", "ray", "scale", "retrieval", "memory", "pages", "index10m", "labels", "pipeline")
 SCALE_VERSION = "2"
 
 
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         raw["seconds"][name] = time.perf_counter() - t
 
     assets = args.assets.resolve() if args.assets and args.assets.exists() else None
+    if "compute" in only:
+        step("compute", lambda: run_child("bench.compute", []))
     if "lpips" in only:
         step("lpips", lambda: run_child("bench.lpips", []))
     if "embed" in only:
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             step("labels", lambda: run_child("bench.label_bench", ["--inputs", str(assets / "label-bench")]))
         else:
             print("== labels: skipped (no label-bench/ in the real assets; pass --assets DIR)", flush=True)
+    if "pipeline" in only:  # last: the longest, and it wants a quiet machine for each run
+        step("pipeline", lambda: run_child("bench.pipeline_time", ["--assets", str(assets)] if assets else [],
+                                           timeout=7200))
     raw["total_seconds"] = time.perf_counter() - t_start
     _keep_earlier(raw, args.out / "results-raw.json", [b for b in BENCHES if b not in only])
     results = write_report(raw, args.out)

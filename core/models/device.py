@@ -12,7 +12,7 @@ The Ray engine's actors pick their own device (core.engines.ray_data).
 On every device a model runs in **channels-last** memory order (:data:`MEMORY_FORMAT`: a batch of images is
 stored pixel by pixel, each pixel's channels together), the layout oneDNN's CPU convolutions and cuDNN's
 tensor cores are fastest in; models go back to the usual layout after the block, so checkpoints and
-everything stored are as before. Measured on an AMD EPYC (Zen 4, 2 threads; `python -m bench.memory_format`):
+everything stored are as before. Measured on an AMD EPYC (Zen 4, 2 threads; `python -m bench.compute`):
 efficientnet_lite0's forward 1.2-2x faster at 128 and 224 px in fp32 and bf16, a training step of its last
 stages 1.5x, a ResNet's 1.2-1.4x; a ViT is unchanged. ``$DCD_CHANNELS_LAST=0`` turns it off.
 """

@@ -1,0 +1,49 @@
+"""The speed benchmarks' own arithmetic: a loaded machine is called loaded, operations are counted as torch
+does, and a share of the peak above 1 (impossible) is flagged in the report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import common
+from bench.compute import forward_flops
+from bench.report import flatten, markdown
+
+
+def test_a_machine_that_stays_loaded_is_called_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = iter([3.0, 2.0, 0.4])
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    monkeypatch.setattr(common.time, "sleep", lambda s: None)
+    found = common.wait_for_quiet(max_wait_s=60)
+    assert found["loaded"] is False and found["load_average"] == 0.4  # waited until it was quiet
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    found = common.wait_for_quiet(max_wait_s=0)
+    assert found["loaded"] is True and found["load_average"] == 1.5
+
+
+def test_operations_are_counted_two_per_multiply_add() -> None:
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert forward_flops(conv, torch.zeros(1, 3, 8, 8)) == 2 * (8 * 8) * 8 * (3 * 3 * 3)
+
+
+def _raw(share: float) -> dict:
+    row = {"gflop_per_image": 0.8, "usual_images_per_s": 40.0, "channels_last_images_per_s": 60.0,
+           "usual_share_of_peak": share / 1.5, "channels_last_share_of_peak": share, "speedup_channels_last": 1.5}
+    return {"machine": {"cpu": "test CPU", "cpu_flags": ["avx2"]},
+            "compute": {"peak_gflops": {"fp32": 100.0}, "quiet": {"load_average": 0.2, "loaded": False},
+                        "forward": {"224_fp32": row}, "train": {}, "batch": 64, "arch": "efficientnet_lite0"},
+            "pipeline": {"runs": {"waterbirds": {"wall_seconds": 300.0, "quiet": {"load_average": 0.9, "loaded": True},
+                                                 "stages_s": {"train": 100.0}, "accuracy": {}}}}}
+
+
+def test_the_report_states_the_share_of_the_peak_and_flags_an_impossible_one() -> None:
+    r = flatten(_raw(0.3))
+    assert r["forward_224_fp32_share_of_peak"] == 0.3 and r["share_of_peak_above_1"] is None
+    assert r["pipeline_waterbirds_seconds"] == 300.0 and r["pipeline_waterbirds_loaded"] is True
+    text = markdown(_raw(0.3), r)
+    assert "30.0%" in text and "CPU flags: avx2" in text and "**loaded**" in text
+    bad = _raw(1.2)
+    r = flatten(bad)
+    assert r["share_of_peak_above_1"] == ["forward_224_fp32_share_of_peak"]
+    assert "a measurement error" in markdown(bad, r)
