@@ -119,7 +119,7 @@ def _info_from_json(text: str) -> IndexInfo:
 
 def load_index(ws: Workspace, embedder_id: str) -> tuple[PoolIndex, IndexInfo] | None:
     """The persisted pool index of an embedder, or None if there is none (or its raw-vector sidecar is
-    missing). Search it, do not add to it: IVF-Flat lists are memory-mapped."""
+    missing). Search it, do not add to it: IVF lists (raw or compressed) are memory-mapped."""
     path, meta = index_paths(ws, embedder_id)
     if not (path.exists() and meta.exists()):
         return None
@@ -128,7 +128,8 @@ def load_index(ws: Workspace, embedder_id: str) -> tuple[PoolIndex, IndexInfo] |
         stem = path.parent / info.sidecar
         if not stem.with_name(stem.name + ".f32").exists():
             return None
-        index = RerankedIndex(faiss.read_index(str(path)), stem, info.rerank or 1)
+        # The codes are memory-mapped too (a 10M pool's are 480 MB): only the probed lists are paged in.
+        index = RerankedIndex(faiss.read_index(str(path), faiss.IO_FLAG_MMAP), stem, info.rerank or 1)
         index.nprobe = info.nprobe or 1
         return index, info
     # IVF lists are memory-mapped: reading is instant and only the probed lists are ever paged in (an IVF
