@@ -77,13 +77,13 @@ def test_every_module_says_what_it_is_for_and_stays_small():
 def test_import_core_gives_a_notebook_the_public_api():
     import core
 
-    for name in ("Workspace", "ingest_manifest", "run_pipeline", "find_slices", "select", "embed_split_images"):
+    for name in ("Workspace", "ingest_manifest", "run_loop", "find_slices", "select", "embed_split_images"):
         assert hasattr(core, name), name
     # the notebook's loop is the command line's: the error_sample split's failure, or else a found slice's
     from core.runner import dcd_jobs
-    from core.scanner import slice_loop
+    from core.scanner import loop
 
-    assert core.run_loop is slice_loop.run_loop
+    assert core.run_loop is loop.run_loop
     assert "run_loop" in dcd_jobs._pipeline.__code__.co_names
 
 

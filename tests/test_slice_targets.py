@@ -167,7 +167,7 @@ def test_the_loop_targets_the_slice_whose_failures_go_one_way(sliced):
     """Not the catch-all of scattered errors: the slice with the most failures taken for one class or of one
     label (ties to the better rank)."""
     from core.dcd.slice_targets import coherent_failures, failure_counts
-    from core.scanner.slice_loop import MIN_TARGET_ERRORS, _auto_target
+    from core.scanner.loop import MIN_TARGET_ERRORS, _auto_target
 
     ws, run_id = sliced
     n_err, one_way = failure_counts(ws, run_id), coherent_failures(ws, run_id)

@@ -1,26 +1,22 @@
-"""The whole DCD loop on an ingested workspace, as one function.
+"""The DCD loop's settings and its fixes, below the scanner: the loop itself is core.scanner.loop.run_loop.
 
-1. the classifier under debug: trained on ``train`` unless one is given (a workspace model id, or a
-   checkpoint file). Without flags: the packaged ImageNet backbone fine-tuned (core.models.schedules'
-   pretrained schedule);
-2. the embedder: embeds error_sample and pool. Without flags: the same pretrained backbone, frozen, at its
-   own resolution (DCD's feature space); ``classifier`` uses the classifier's own penultimate layer;
-3. the fixes (:func:`fix_each`): the failure's images alone (``error_sample_only``, also DCD's teacher);
-   whether retrieval helps, checked on folds of the failure's images (core.dcd.fix_choice);
-   ``dcd`` (the failure's images plus what retrieval adds, core.dcd.debug_train, or the failure-only fix
-   where retrieval did not help); ``random`` (the failure's images plus as many random pool images as DCD
-   retrieved); ``all_pool``. Each fine-tunes the classifier with the same schedule and is evaluated;
-4. a report ``{"methods": {method: {"test_acc", "error_heldout_acc", "n_added", ...}}, "retrieval": ...}``.
+- :class:`PipelineConfig`: what the loop is asked to do (the classifier, the embedder, the failure, the methods,
+  the engine), and the selection request it makes of DCD (:meth:`PipelineConfig.selection_request`);
+- :func:`fix_each`: the fixes, one per method: the failure's images alone (``error_sample_only``, also DCD's
+  teacher); whether retrieval helps, checked on folds of the failure's images (core.dcd.fix_choice);
+  ``dcd`` (the failure's images plus what retrieval adds, core.dcd.debug_train, or the failure-only fix where
+  retrieval did not help); ``random`` (the failure's images plus as many random pool images as DCD
+  retrieved); ``all_pool``. Each fine-tunes the classifier with the same schedule and is evaluated;
+- :func:`retrieval_summary`: what retrieval added beyond the failure's images, for the loop's report.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.data.splits import split_counts
-from core.dcd.embed import EmbedderSpec, embed_split_images
+from core.dcd.embed import EmbedderSpec
 from core.dcd.fine_tune import retrain
 from core.dcd.selection import Selection, record_params
 from core.dcd.strategies import (
@@ -32,12 +28,10 @@ from core.dcd.strategies import (
     select,
 )
 from core.engines.ray_data import RayConfig
-from core.models.catalog import get_model
 from core.models.evaluation import evaluate, metrics_summary
 from core.models.pretrained import DEFAULT_BACKBONE
-from core.models.schedules import finetune_schedule, initial_schedule
-from core.models.training import train_classifier
-from core.progress import Progress, as_progress
+from core.models.schedules import finetune_schedule
+from core.progress import Progress
 from core.store.workspace import Workspace
 
 RETRIEVAL_CHOICES = ("checked", "always")
@@ -63,15 +57,15 @@ class PipelineConfig:
     seed: int = 0
     index_memory_gb: float | None = None  # the pool index's memory budget (core.dcd.index)
     # RUN:RANK: the failure is that slice's misclassified members (core.dcd.slice_targets), not error_sample.
-    # Without an error_sample split, core.scanner.slice_loop finds the slices and targets the worst one.
+    # Without an error_sample split, core.scanner.loop finds the slices and targets the worst one.
     from_slice: str | None = None
     # A failure reference (core.dcd.failure: error_sample, a slice RUN:RANK, a stored failure's id such as a
-    # confusion cell's or picked images'): the loop fixes it (core.scanner.slice_loop.run_loop).
+    # confusion cell's or picked images'): the loop fixes it (core.scanner.loop.run_loop).
     failure: str | None = None
     heldout_share: float = 0.5
     # The pool's flagged label issues, as SelectionRequest.label_issues: "drop" leaves them out of DCD's
     # selection, "keep" does not, "auto" drops them for a slice and keeps them with an error_sample split.
-    # Where none are stored, they are found first (finds_label_issues, find_label_issues_stage).
+    # Where none are stored, they are found first (core.scanner.loop.find_label_issues).
     label_issues: str = "auto"
     # "checked": DCD's retrieval is used only where it beats the failure's images alone on folds of them
     # (core.dcd.fix_choice); "always": used as found, without that check (faster; what the method's paper did).
@@ -113,78 +107,6 @@ class Timings(dict):
         self[name] = round(time.perf_counter() - since, 1)
 
 
-def check_counts(ws: Workspace, config: PipelineConfig, *, error_split: bool) -> dict[str, int]:
-    """The split counts, or a ValueError naming the split the loop needs and lacks."""
-    counts = split_counts(ws)
-    needed = ["test", "pool"] + (["error_sample", "error_heldout"] if error_split else [])
-    if config.classifier_id is None:
-        needed.insert(0, "train")
-    for split in needed:
-        if counts[split] == 0:
-            raise ValueError(f"the DCD loop needs '{split}' images and the workspace has none "
-                             f"(counts: {counts}); ingest them first")
-    return counts
-
-
-def baseline_classifier(ws: Workspace, config: PipelineConfig, timings: Timings, *,
-                        progress: Progress) -> tuple[str, dict]:
-    """Step 1: the classifier under debug (trained unless given) and its metrics."""
-    t = time.perf_counter()
-    if config.classifier_id:
-        base_id = get_model(ws, config.classifier_id).model_id
-    else:
-        schedule = initial_schedule(config.classifier, weights=config.classifier_weights, hub=config.hub,
-                                    overrides=config.train)
-        base_id = train_classifier(ws, arch=config.classifier, weights=config.classifier_weights,
-                                   hub=config.hub, image_size=config.image_size, config=schedule,
-                                   progress=progress.stage("training the classifier", 0.0, 0.9))
-    timings.step("train", t)
-    t = time.perf_counter()
-    metrics = evaluate(ws, base_id, ray=config.ray, progress=progress.stage("evaluating the classifier", 0.9, 1.0))
-    result = {**metrics_summary(metrics), "n_added": 0, "model_id": base_id}
-    timings.step("evaluate_baseline", t)
-    return base_id, result
-
-
-def embed_for_search(ws: Workspace, config: PipelineConfig, base_id: str, splits: tuple[str, ...],
-                     timings: Timings, *, progress: Progress) -> dict:
-    """Step 2: embed the images of ``splits`` that DCD's feature space (the classifier's own, for embedder
-    ``classifier``) lacks; a frozen embedder's stored vectors are kept (finding label issues embeds the pool
-    with the pretrained backbone, and a second run on the same pool embeds nothing)."""
-    t = time.perf_counter()
-    spec = config.embedder
-    if spec.arch == "classifier":
-        spec = replace(spec, classifier_id=base_id)
-    emb = embed_split_images(ws, spec, splits=splits, only_missing=True, ray=config.ray,
-                             progress=progress.stage(f"embedding {' + '.join(splits)}", 0, 1))
-    timings.step("embed", t)
-    return emb
-
-
-def finds_label_issues(ws: Workspace, request: SelectionRequest) -> bool:
-    """Whether the loop must find the pool's label issues before selecting: DCD drops them and none are
-    stored."""
-    from core.dcd.label_review import count_label_issues
-
-    return request.drops_label_issues() and not count_label_issues(ws, splits=["pool"])
-
-
-def find_label_issues_stage(ws: Workspace, config: PipelineConfig, request: SelectionRequest, timings: Timings,
-                            *, progress: Progress, start: float, end: float) -> float:
-    """The pool's label issues, found as a stage of its own between ``start`` and ``end`` of ``progress``
-    (core.dcd.label_issues.ensure_label_issues) when :func:`finds_label_issues`, so that DCD's selection can
-    leave the flagged ones out. Returns where the stage ended: ``end``, or ``start`` when there was none."""
-    from core.dcd.label_issues import ensure_label_issues
-
-    if not finds_label_issues(ws, request):
-        return start
-    t = time.perf_counter()
-    span = progress.span(start, end)
-    ensure_label_issues(ws, seed=config.seed, progress=span.stage("finding the pool's label issues", 0, 1))
-    timings.step("label_issues", t)
-    return end
-
-
 def _arm(ws: Workspace, config: PipelineConfig, base_id: str, sel: Selection, method: str, schedule, *,
          progress: Progress) -> dict:
     """Fine-tune the classifier on one selection and evaluate it: the arm's result."""
@@ -220,9 +142,9 @@ def n_fix_stages(config: PipelineConfig) -> int:
 
 def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: SelectionRequest, results: dict,
              timings: Timings, *, progress: Progress) -> dict[str, Selection]:
-    """Steps 3 and 4: each method's debug-train set, the classifier fine-tuned on it (one schedule for all)
-    and evaluated, into ``results``. The failure's images alone come first: they are DCD's teacher
-    (core.dcd.debug_train). Then whether retrieval helps is checked on folds of the failure's
+    """The loop's fixes (core.scanner.loop.fix): each method's debug-train set, the classifier fine-tuned on it
+    (one schedule for all) and evaluated, into ``results``. The failure's images alone come first: they are
+    DCD's teacher (core.dcd.debug_train). Then whether retrieval helps is checked on folds of the failure's
     images (core.dcd.fix_choice): where it does not, DCD's fix is the failure-only fix, and its result says
     so. ``random`` gets the failure's images and as many random pool images as DCD retrieved."""
     from core.dcd.fix_choice import VALIDATION_FOLDS, RetrievalChoice, choose_retrieval
@@ -291,31 +213,6 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
     return selections
 
 
-def loop_report(ws: Workspace, config: PipelineConfig, *, base_id: str, emb: dict, request: SelectionRequest,
-                selections: dict[str, Selection], results: dict, counts: dict, timings: Timings,
-                t0: float, failure_key: str = "error_heldout_acc") -> dict:
-    """Step 5: the report (also the content of ``--json``); ``failure_key``: the result key of the failure's
-    held-out accuracy that retrieval's summary compares on."""
-    dcd = selections.get("dcd")
-    info = dcd.index_info if dcd else None
-    return {
-        "methods": {m: results[m] for m in ("baseline", *config.methods, "error_sample_only") if m in results},
-        "retrieval": retrieval_summary(results, failure_key),
-        "classifier": {"model_id": base_id, "arch": get_model(ws, base_id).arch,
-                       "finetune": asdict(finetune_schedule(ws, base_id, config.train))},
-        "embedder": {"embedder_id": emb["embedder_id"], "precision": emb.get("precision")},
-        "selection": {"neighbours": request.neighbours, "budget": request.budget, "label_policy": config.label_policy,
-                      "drop_label_issues": request.drops_label_issues(),
-                      "n_dcd": len(dcd.items) if dcd else None,
-                      "index_type": info.index_type if info else None,
-                      "recall": info.recall_at_k if info else None},
-        "counts": counts,
-        "config": {**asdict(config), "embedder": asdict(config.embedder)},
-        "timings_s": dict(timings),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-    }
-
-
 def retrieval_summary(results: dict, eval_key: str = "error_heldout_acc") -> dict | None:
     """What retrieval added beyond the failure's images: whether it was used and why, how many images it
     added, and DCD's fix against the failure-only fix on the failure's held-out part and on test."""
@@ -328,23 +225,3 @@ def retrieval_summary(results: dict, eval_key: str = "error_heldout_acc") -> dic
             if dcd.get(key) is not None and alone.get(key) is not None:
                 out[f"{key}_over_failure_only"] = round(dcd[key] - alone[key], 4)
     return out
-
-
-def run_pipeline(ws: Workspace, config: PipelineConfig, *, progress: Progress | None = None) -> dict:
-    """Run the loop for the ``error_sample`` split and return the report (also the content of ``--json``).
-    For a slice as the failure, see core.scanner.slice_loop.run_loop."""
-    progress = as_progress(progress)
-    t0, timings = time.perf_counter(), Timings()
-    counts = check_counts(ws, config, error_split=True)
-    request = config.selection_request(n_failure=counts["error_sample"], n_pool=counts["pool"])
-    n_stages = ((1 if config.classifier_id else 2) + 1 + finds_label_issues(ws, request)
-                + n_fix_stages(config))
-    progress.expect_stages(n_stages)  # stage names: Progress.stage
-    base_id, baseline = baseline_classifier(ws, config, timings, progress=progress.span(0.0, 0.28))
-    emb = embed_for_search(ws, config, base_id, ("error_sample", "pool"), timings, progress=progress.span(0.28, 0.4))
-    mid = find_label_issues_stage(ws, config, request, timings, progress=progress, start=0.4, end=0.5)
-    request = replace(request, embedder_id=emb["embedder_id"])
-    results = {"baseline": baseline}
-    selections = fix_each(ws, config, base_id, request, results, timings, progress=progress.span(mid, 1.0))
-    return loop_report(ws, config, base_id=base_id, emb=emb, request=request, selections=selections,
-                       results=results, counts=counts, timings=timings, t0=t0)

@@ -159,6 +159,12 @@ def check_label_issues_choice(value: str) -> None:
         raise ValueError(f"label_issues must be one of {LABEL_ISSUE_CHOICES}, got {value!r}")
 
 
+def drops_label_issues(label_issues: str, label_policy: str, *, named: bool) -> bool:
+    """Whether DCD's selection leaves out the pool's flagged label issues (:class:`SelectionRequest`'s
+    ``label_issues``), for a named failure or the ``error_sample`` split: known before the failure is found."""
+    return label_issues == "drop" or (label_issues == "auto" and named and label_policy != "teacher")
+
+
 @dataclass(frozen=True)
 class SelectionRequest:
     """What a strategy is asked for. ``budget``: most images (``random``: exactly that many); ``neighbours``:
@@ -202,9 +208,8 @@ class SelectionRequest:
                              "RUN:RANK, not both")
 
     def drops_label_issues(self) -> bool:
-        named = (self.from_slice or self.failure) not in (None, "error_sample")
-        return self.label_issues == "drop" or (self.label_issues == "auto" and named
-                                               and self.label_policy != "teacher")
+        return drops_label_issues(self.label_issues, self.label_policy,
+                                  named=(self.from_slice or self.failure) not in (None, "error_sample"))
 
     def target(self, ws: Workspace) -> Failure | None:
         """The failure this request retrieves for (None: the ``error_sample`` split, read as before)."""

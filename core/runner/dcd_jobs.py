@@ -355,7 +355,7 @@ def pipeline_options() -> tuple[Option, ...]:
 
 
 def _pipeline(ws: Workspace, opts: JobOptions, progress: Progress) -> dict[str, Any]:
-    from core.scanner.slice_loop import run_loop
+    from core.scanner.loop import run_loop
 
     return run_loop(ws, pipeline_config(opts), progress=progress)
 

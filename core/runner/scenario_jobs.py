@@ -68,7 +68,7 @@ def _demo_options() -> tuple[Option, ...]:
         Option("no_error_split", "flag", False, advanced=True,
                help="no error_sample and error_heldout splits, as most users' data has none: their images "
                     "join test, unmarked, and the loop finds the failure as a slice and fixes that "
-                    "(core.scanner.slice_loop)"),
+                    "(core.scanner.loop)"),
         # Unset so that the demo's own settings apply unless the user gives a value.
         *with_defaults(pipeline_options(), **{k: None for k in scenario_set}),
     )

@@ -22,7 +22,7 @@ from core.data.ingest import ingest_manifest
 from core.data.manifest import manifest_with_splits_as
 from core.dcd.pipeline import PipelineConfig
 from core.progress import Progress, as_progress
-from core.scanner.slice_loop import run_loop
+from core.scanner.loop import run_loop
 from core.scenarios.demos import (
     DATASETS,
     NONE_GIVEN,
@@ -46,7 +46,7 @@ class DemoRun:
     ``data_dir`` where the images are written (None: ``WORKSPACE/data``); ``corruption`` the cifar10
     demo's error distribution. ``error_split=False`` moves the ``error_sample`` and ``error_heldout`` images
     into test, unmarked, as most users' data comes: the loop then finds the failure as a slice
-    (core.scanner.slice_loop). ``ingest_only``: only generate and ingest the data. ``given``: the settings a
+    (core.scanner.loop). ``ingest_only``: only generate and ingest the data. ``given``: the settings a
     demo picks for itself that the user gave (None: not given; start from
     :data:`~core.scenarios.demos.NONE_GIVEN`, e.g. ``replace(NONE_GIVEN, epochs=2)``); ``loop``'s values of
     those settings are replaced by :func:`loop_config`.
@@ -94,7 +94,7 @@ def loop_config(run: DemoRun) -> PipelineConfig:
 
 def run_demo(ws: Workspace, run: DemoRun, *, progress: Progress | None = None) -> dict[str, Any]:
     """Generate ``run``'s scenario into the empty workspace ``ws``, ingest it and run the loop
-    (core.scanner.slice_loop.run_loop) with :func:`loop_config`; returns the loop's report with the scenario
+    (core.scanner.loop.run_loop) with :func:`loop_config`; returns the loop's report with the scenario
     under ``dataset`` (only ``{"ingest": ...}`` with ``run.ingest_only``). Missing assets raise
     :class:`~core.scenarios.demos.AssetsMissingError` before anything is written."""
     progress = as_progress(progress)
