@@ -63,3 +63,20 @@ def test_train_embed_predict_attribute_on_the_cpu_follow_the_one_choice(tmp_path
         assert recorded == {"device": "cpu", "name": device._cpu_model()}, name
         assert device.current_device() == torch.device("cpu")
     assert list((tmp_path / "ws" / "artifacts" / "trunk").glob("*/*.feats.npy"))  # the trunk path ran too
+
+
+def test_a_model_run_in_channels_last_under_inference_mode_trains_again_in_the_usual_layout() -> None:
+    """on_device lays the model out channels-last for the block and back after it, and even under
+    torch.inference_mode its parameters stay ordinary tensors: the fine-tuning after an evaluation can train."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x).detach()
+    with torch.inference_mode(), device.on_device(model):
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        inside = model(device.to_device(x))
+    assert torch.allclose(inside, before, atol=1e-5)
+    assert all(p.is_contiguous() and not p.is_inference() for p in model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -89,13 +89,17 @@ def to_device(x: torch.Tensor) -> torch.Tensor:
 
 
 def model_to_device(model: nn.Module) -> nn.Module:
-    """``model`` moved to the current device in :func:`memory_format` (in place; undone by :func:`model_back`)."""
-    return model.to(_current, memory_format=memory_format())
+    """``model`` moved to the current device in :func:`memory_format` (in place; undone by :func:`model_back`).
+    Its new parameters are ordinary tensors even when called under ``torch.inference_mode`` (inference tensors
+    could never train again)."""
+    with torch.inference_mode(False):
+        return model.to(_current, memory_format=memory_format())
 
 
 def model_back(model: nn.Module) -> nn.Module:
     """``model`` back on the CPU in the usual layout, as models are kept between runs (in place)."""
-    return model.to("cpu", memory_format=torch.contiguous_format)
+    with torch.inference_mode(False):
+        return model.to("cpu", memory_format=torch.contiguous_format)
 
 
 @lru_cache(maxsize=1)

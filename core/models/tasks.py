@@ -17,6 +17,7 @@ from torch import nn
 
 from core.data.images import to_tensor
 from core.data.model_input import DataConfig
+from core.models.device import memory_format
 from core.models.features import embedding_function
 from core.models.inference import run_model
 from core.progress import Progress
@@ -26,7 +27,7 @@ def _run(fn, pixels: np.ndarray, cfg: DataConfig, bf16: bool, device: str) -> np
     if device == "cpu":
         return run_model(fn, [pixels], len(pixels), cfg, bf16=bf16, progress=Progress(bars=False))
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        return fn(to_tensor(pixels, cfg).to(device)).float().cpu().numpy()
+        return fn(to_tensor(pixels, cfg).to(device, memory_format=memory_format())).float().cpu().numpy()
 
 
 @dataclass
@@ -42,7 +43,7 @@ class EmbedTask:
 
     def setup(self, device: str) -> None:
         self.device = device
-        self.model = self.model.to(device).eval()
+        self.model = self.model.to(device, memory_format=memory_format()).eval()  # as core.models.device runs it
         self._fn = embedding_function(self.model, self.layers)
 
     def __call__(self, pixels: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,7 +64,7 @@ class PredictTask:
 
     def setup(self, device: str) -> None:
         self.device = device
-        self.model = self.model.to(device).eval()
+        self.model = self.model.to(device, memory_format=memory_format()).eval()
 
     def __call__(self, pixels: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         logits = _run(self.model, pixels, self.cfg, self.bf16, self.device)
