@@ -21,13 +21,12 @@ import argparse
 import copy
 import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import wait_for_quiet, write_result
+from bench.common import best_of, wait_for_quiet, write_result
 from core.models.factory import create_model, default_data_config
 from core.models.inference import cpu_has_bf16
 from core.models.pretrained import DEFAULT_BACKBONE
@@ -39,12 +38,7 @@ LAYOUTS = {"usual": torch.contiguous_format, "channels_last": torch.channels_las
 
 def _best(fn, repeat: int = 3) -> float:
     fn()  # warm-up: oneDNN picks its kernels on the first call
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_of(fn, repeat)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
