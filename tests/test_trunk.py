@@ -159,12 +159,9 @@ def test_the_cache_turned_off_or_over_its_memory_budget_trains_on_pixels(tiny_ws
 
 
 def test_predictions_from_the_stored_trunk_agree_with_pixels(tiny_ws, monkeypatch) -> None:
-    """The trunk computed in fp32 (bf16 is chosen where it passes its check: tested below)."""
     from core.models.evaluation import predict
     from core.models.training import train_classifier
 
-    monkeypatch.setattr(trunk_module, "has_bf16", lambda: False)
-    monkeypatch.setattr(trunk_module, "_BF16", {})  # no decision of an earlier test's
     model_id = train_classifier(tiny_ws, arch=DEFAULT_BACKBONE, image_size=SIZE,
                                 config=replace(PRETRAINED_SCHEDULE, epochs=1, batch_size=32))
     assert list((tiny_ws.artifacts / "trunk").glob("*/*.feats.npy"))  # training stored the trunk's views
@@ -177,21 +174,3 @@ def test_predictions_from_the_stored_trunk_agree_with_pixels(tiny_ws, monkeypatc
                               [model_id])
     np.testing.assert_allclose(np.stack(probs_cached.probs), np.stack(probs_pixels.probs), atol=0.01)
     assert (cached.pred == on_pixels.loc[cached.index].pred).mean() >= 0.97
-
-
-def test_the_trunk_runs_in_bf16_only_where_its_predictions_agree_with_fp32(monkeypatch, capsys) -> None:
-    model, cfg = _backbone()
-    split = split_trunk(model, cfg)
-    x = torch.randn(32, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(trunk_module, "_BF16", {})
-    monkeypatch.setattr(trunk_module, "has_bf16", lambda: False)
-    assert trunk_module.trunk_in_bf16(split, x) is False  # no native bf16: fp32, nothing printed
-    monkeypatch.setattr(trunk_module, "has_bf16", lambda: True)
-    assert trunk_module.trunk_in_bf16(split, x[:8]) is False and not trunk_module._BF16  # too few images to judge
-    monkeypatch.setattr(trunk_module, "MIN_PRED_AGREEMENT", 1.01)  # no agreement is enough
-    assert trunk_module.trunk_in_bf16(split, x) is False and "fp32 (predictions" in capsys.readouterr().out
-    monkeypatch.setattr(trunk_module, "_BF16", {})
-    monkeypatch.setattr(trunk_module, "MIN_PRED_AGREEMENT", 0.0)
-    assert trunk_module.trunk_in_bf16(split, x) is True and "bf16 (predictions" in capsys.readouterr().out
-    assert trunk_module.trunk_in_bf16(split, x[:1]) is True  # decided once per trunk
-    assert split.rest.training  # the check left the rest's mode as it was

@@ -29,8 +29,8 @@ from torch import nn
 
 from core.data.images import fixed_view, pixels, to_tensor
 from core.data.model_input import DataConfig
-from core.models.device import current_device, on_device, to_device
-from core.models.inference import MIN_PRED_AGREEMENT, PrecisionCheck, choose_precision, has_bf16, predict_probs
+from core.models.device import on_device, to_device
+from core.models.inference import PrecisionCheck, choose_precision, predict_probs
 from core.progress import Progress, as_progress
 from core.store.files import atomic_path
 from core.store.workspace import Workspace
@@ -164,38 +164,6 @@ def _key(trunk: nn.Module, data_config: DataConfig) -> str:
     return h.hexdigest()[:24]
 
 
-#: Whether each trunk (by key) runs in bf16, decided once per process by :func:`trunk_in_bf16`.
-_BF16: dict[str, bool] = {}
-#: Fewest images the bf16 check compares on.
-MIN_BF16_CHECK = 16
-
-
-def trunk_in_bf16(split: TrunkSplit, sample: torch.Tensor) -> bool:
-    """Whether the trunk's outputs are computed in bf16 autocast (then stored in float16, as fp32's are): where
-    the device runs bf16 natively and the model's predictions from them agree with those from fp32 outputs on
-    ``sample`` (normalised images) at least as often as core.models.inference asks of bf16 inference
-    (:data:`MIN_PRED_AGREEMENT`). Decided once per trunk and process, and said."""
-    if split.key in _BF16:
-        return _BF16[split.key]
-    if not has_bf16() or len(sample) < MIN_BF16_CHECK:
-        return False  # not remembered: a larger sample may come
-    was_training = split.rest.training
-    split.rest.eval()
-    try:  # the trunk runs on the device (as it will), the rest where it is kept (the CPU): only its argmax counts
-        with torch.inference_mode():
-            x = to_device(sample)
-            ref = split.rest(split.trunk(x).to(torch.float16).cpu().float()).argmax(1)
-            with torch.autocast(current_device().type, dtype=torch.bfloat16):
-                low = split.trunk(x)
-            agree = float((split.rest(low.to(torch.float16).cpu().float()).argmax(1) == ref).float().mean())
-    finally:
-        split.rest.train(was_training)
-    _BF16[split.key] = agree >= MIN_PRED_AGREEMENT
-    print(f"frozen trunk: {'bf16' if _BF16[split.key] else 'fp32'} (predictions from bf16 outputs agree with fp32's "
-          f"on {agree:.1%} of {len(sample)} images)", flush=True)
-    return _BF16[split.key]
-
-
 class TrunkCache:
     """A trunk's outputs for the workspace's images, one float16 row per (image, view), stored as
     append-only chunk files under ``artifacts/trunk/<key>/``: ``<uuid>.feats.npy`` (images x views x C x H x
@@ -272,20 +240,18 @@ class TrunkCache:
         done = 0
         total = len(image_ids) * len(views)
         self.split.trunk.eval()
-        with on_device(self.split.trunk):
-            bf16 = trunk_in_bf16(self.split, to_tensor(px[:BATCH], data_config))
-            with torch.inference_mode(), torch.autocast(current_device().type, dtype=torch.bfloat16, enabled=bf16):
-                for start in range(0, len(image_ids), BATCH):
-                    x = to_tensor(px[start:start + BATCH], data_config)
-                    batch_ids = image_ids[start:start + BATCH]
-                    for col, view in enumerate(views):
-                        f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu()
-                        f = f.contiguous().numpy()
-                        if out is None:
-                            out = np.empty((len(image_ids), len(views), *f.shape[1:]), np.float16)
-                        out[start:start + len(f), col] = f
-                        done += len(f)
-                        progress.report(0.2 + 0.8 * done / total, f"frozen trunk {done}/{total} image views")
+        with torch.inference_mode(), on_device(self.split.trunk):
+            for start in range(0, len(image_ids), BATCH):
+                x = to_tensor(px[start:start + BATCH], data_config)
+                batch_ids = image_ids[start:start + BATCH]
+                for col, view in enumerate(views):
+                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu()
+                    f = f.contiguous().numpy()
+                    if out is None:
+                        out = np.empty((len(image_ids), len(views), *f.shape[1:]), np.float16)
+                    out[start:start + len(f), col] = f
+                    done += len(f)
+                    progress.report(0.2 + 0.8 * done / total, f"frozen trunk {done}/{total} image views")
         return out
 
     def _save(self, image_ids: list[int], views: list[int], feats: np.ndarray) -> None:
