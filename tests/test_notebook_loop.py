@@ -37,6 +37,12 @@ def _comparable(report: dict, root) -> dict:
     return json.loads(text)
 
 
+def _this_device_name() -> str:
+    from core.models.device import describe_device
+
+    return describe_device()["name"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("error_split", [True, False], ids=["error_sample", "slice_found"])
 def test_core_run_loop_gives_the_reports_of_jobs_pipeline(tmp_path, tiny_manifest, error_split) -> None:
@@ -50,20 +56,19 @@ def test_core_run_loop_gives_the_reports_of_jobs_pipeline(tmp_path, tiny_manifes
         manifest = tiny_manifest.with_name("no-error-split.csv")
         rows[~rows.split.isin(["error_sample", "error_heldout"])].to_csv(manifest, index=False)
     assert ingest.main(["--workspace", str(tmp_path / "ws"), "--manifest", str(manifest)]) == 0
-    job_ws = copy_workspace(tmp_path / "ws", tmp_path / "job-ws")
-    job_root = job_ws.root
-    job_ws.close()
+    job_root = copy_workspace(tmp_path / "ws", tmp_path / "job-ws").root
     assert pipeline.main(["--workspace", str(job_root), "--json", str(tmp_path / "job.json"), *ARGS]) == 0
     from_job = json.loads((tmp_path / "job.json").read_text())
+    assert from_job.pop("device") == {"device": "cpu", "name": _this_device_name()}  # a job says where it ran
 
     ws = core.Workspace.open(tmp_path / "ws")
-    # ARGS as a notebook writes them (the command line's training settings include its defaults of --seed and
-    # --added-share)
+    # ARGS as a notebook writes them (the command line's training settings include its defaults of --seed,
+    # --added-share and --added-mix)
     config = core.PipelineConfig(classifier=TINY_ARCH, image_size=24, finetune_epochs=2,
                                  train={"epochs": 3, "batch_size": 32, "seed": 0,
-                                        "added_share": PRETRAINED_SCHEDULE.added_share},
+                                        "added_share": PRETRAINED_SCHEDULE.added_share,
+                                        "added_mix": PRETRAINED_SCHEDULE.added_mix},
                                  embedder=core.EmbedderSpec("classifier"), retrieval="always", rest_of_pool="off")
     from_notebook = core.run_loop(ws, config)
-    ws.close()
     assert ("failure" in from_job) is (not error_split)  # without the split, the loop fixed a slice it found
     assert _comparable(from_notebook, tmp_path / "ws") == _comparable(from_job, job_root)
