@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "all":
-        res = do_all(args.work, args.n, args.dim, args.memory_gb, args.neighbours, args.neighbourseep)
+        res = do_all(args.work, args.n, args.dim, args.memory_gb, args.neighbours, args.keep)
     elif args.what == "build":
         res = do_build(args.work, args.n, args.dim, args.memory_gb)
     elif args.what == "truth":
