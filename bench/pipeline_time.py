@@ -7,7 +7,7 @@ failure-only fix, the fix check, dcd, random, all_pool) in a fresh workspace for
 - ``photos``: CIFAR-10 images as 224 px photos with a low-light failure (needs the real assets).
 
 Each run starts once the machine is quiet (bench.common.wait_for_quiet; else it is marked loaded) and is
-timed from outside (wall seconds, peak RSS of the job) beside the stage split the loop reports
+timed from outside, in a child process of its own (wall seconds, peak RSS of the job) beside the stage split the loop reports
 (``timings_s``). ``--pixels-too`` runs each scenario a second time with ``DCD_TRUNK_CACHE=0`` (every model
 on pixels) and reports the ratio.
 
@@ -19,37 +19,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import ROOT, wait_for_quiet, write_result
+from bench.common import run_child, wait_for_quiet, write_result
 
 SCENARIOS = ("waterbirds", "photos")
 
 
 def run_demo(dataset: str, assets: Path | None, *, pixels: bool = False) -> dict:
-    """One ``jobs.demo`` run in a fresh workspace: wall seconds, the loop's stage split, peak RSS, the load."""
+    """One ``jobs.demo`` run in a fresh workspace, in a child process of its own (bench._rss): wall seconds,
+    the loop's stage split, the child's peak RSS, the load."""
     quiet = wait_for_quiet()
     with tempfile.TemporaryDirectory(prefix=f"dcd-pipeline-{dataset}-") as tmp:
         out = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "jobs.demo", "--dataset", dataset, "--workspace", str(Path(tmp) / "ws"),
-               "--json", str(out), *(["--assets", str(assets)] if assets else [])]
-        env = {**os.environ, **({"DCD_TRUNK_CACHE": "0"} if pixels else {})}
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        run = run_child("bench._rss", ["jobs.demo", "--dataset", dataset, "--workspace", str(Path(tmp) / "ws"),
+                                       "--json", str(out), *(["--assets", str(assets)] if assets else [])],
+                        env={"DCD_TRUNK_CACHE": "0"} if pixels else None, timeout=7200, quiet=True)
         report = json.loads(out.read_text())
     methods = report.get("methods") or {}
-    return {"dataset": dataset, "pixels": pixels, "wall_seconds": wall, "quiet": quiet,
+    return {"dataset": dataset, "pixels": pixels, "wall_seconds": run["wall_seconds"], "quiet": quiet,
             "load_average_end": os.getloadavg()[0], "loop_seconds": report.get("total_seconds"),
-            "stages_s": report.get("timings_s"),
-            "children_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+            "stages_s": report.get("timings_s"), "peak_rss_bytes": run["peak_rss_bytes"],
             "accuracy": {m: {k: r.get(k) for k in ("test_acc", "error_heldout_acc", "failure_heldout_acc")
                              if r.get(k) is not None} for m, r in methods.items()}}
 
