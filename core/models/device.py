@@ -9,7 +9,7 @@ models, checkpoints and everything stored stay as on a CPU. On CUDA, batches com
 gives fp32's predictions (core.models.inference.choose_precision), and training uses TF32 matrix products.
 The Ray engine's actors pick their own device (core.engines.ray_data).
 
-On every device a model runs in **channels-last** memory order (:data:`MEMORY_FORMAT`: a batch of images is
+On every device a model runs in **channels-last** memory order (:func:`memory_format`: a batch of images is
 stored pixel by pixel, each pixel's channels together), the layout oneDNN's CPU convolutions and cuDNN's
 tensor cores are fastest in; models go back to the usual layout after the block, so checkpoints and
 everything stored are as before. Measured on an AMD EPYC (Zen 4, 2 threads; `python -m bench.compute`):

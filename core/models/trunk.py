@@ -245,8 +245,7 @@ class TrunkCache:
                 x = to_tensor(px[start:start + BATCH], data_config)
                 batch_ids = image_ids[start:start + BATCH]
                 for col, view in enumerate(views):
-                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu()
-                    f = f.contiguous().numpy()
+                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu().numpy()
                     if out is None:
                         out = np.empty((len(image_ids), len(views), *f.shape[1:]), np.float16)
                     out[start:start + len(f), col] = f
