@@ -171,8 +171,7 @@ def _find_slice(state: LoopState, progress: Progress) -> str:
     run, and its slice :func:`_auto_target` picks."""
     ws = state.ws
     t = time.perf_counter()
-    counts = split_counts(ws)
-    splits = tuple(s for s in ("train", "test", "error_heldout") if counts[s])
+    splits = tuple(s for s in ("train", "test", "error_heldout") if state.counts[s])
     if not has_attributions(ws, state.base_id, splits):
         attribute(ws, state.base_id, splits=splits, ray=state.config.ray, progress=progress.span(0.0, 0.7))
     run = find_slices(ws, state.base_id, config=SliceConfig(splits=splits, seed=state.config.seed),
