@@ -80,3 +80,27 @@ def test_a_model_run_in_channels_last_under_inference_mode_trains_again_in_the_u
         p.requires_grad_(True)
     model(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_fit_that_fails_leaves_the_model_in_the_usual_layout() -> None:
+    """fit lays the model out channels-last while it trains; a loss that raises half-way still hands the
+    model back as models are kept between runs (contiguous, on the CPU), so the caller can go on with it."""
+    import numpy as np
+
+    from core.data.model_input import DataConfig
+    from core.models.schedules import TrainConfig
+    from core.models.training import fit
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    images = np.random.default_rng(0).integers(0, 255, (8, 8, 8, 3), dtype=np.uint8)
+
+    def broken_loss(m, x, y, idx):
+        assert m[0].weight.is_contiguous(memory_format=torch.channels_last)  # the layout fit trains in
+        raise RuntimeError("loss failed")
+
+    with pytest.raises(RuntimeError, match="loss failed"):
+        fit(model, images, np.zeros(8, np.int64), DataConfig(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), TrainConfig(epochs=1, batch_size=4),
+            loss_fn=broken_loss)
+    assert model[0].weight.is_contiguous() and model[0].weight.device.type == "cpu"
+    assert not model[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -184,6 +184,7 @@ def fix_each(ws: Workspace, config: PipelineConfig, base_id: str, request: Selec
                                               rest_of_pool=request.rest_of_pool,
                                               index_memory_gb=request.index_memory_gb, progress=span)
                     timings.step("validate_retrieval", t)
+                    t = time.perf_counter()  # retrain_dcd counts the fix alone, not the check before it
                 else:
                     choice = RetrievalChoice(True, "not checked: --retrieval always uses retrieval as found")
                 print(f"retrieval: {choice.reason}", flush=True)

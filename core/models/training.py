@@ -149,38 +149,40 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
 
     loss_fn = loss_fn or default_loss
     model_to_device(model)
-    y_all = y_all.to(current_device())
-    model.train()
-    for module in frozen:  # frozen stages keep their (pretrained) BatchNorm statistics
-        module.eval()
-    step = 0
-    for epoch in range(config.epochs):
-        order = (torch.randperm(n_images, generator=gen)[:per_epoch] if weights is None
-                 else torch.multinomial(weights, per_epoch, replacement=True, generator=gen))
-        running = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            y = y_all[idx.to(y_all.device)]
-            if trunk is not None:
-                logits = trunk.split.rest(to_device(trunk.batch(idx, gen, config.augment)))
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            else:
-                x = to_tensor(images[idx.numpy()], data_config)
-                if config.augment:
-                    x = augment(x, gen)
-                loss = loss_fn(model, to_device(x), y, idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            running += loss.item()
-            progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
-        print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
-    model.eval()
-    model_back(model)  # models are kept on the CPU between runs (core.models.device)
+    try:
+        y_all = y_all.to(current_device())
+        model.train()
+        for module in frozen:  # frozen stages keep their (pretrained) BatchNorm statistics
+            module.eval()
+        step = 0
+        for epoch in range(config.epochs):
+            order = (torch.randperm(n_images, generator=gen)[:per_epoch] if weights is None
+                     else torch.multinomial(weights, per_epoch, replacement=True, generator=gen))
+            running = 0.0
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                y = y_all[idx.to(y_all.device)]
+                if trunk is not None:
+                    logits = trunk.split.rest(to_device(trunk.batch(idx, gen, config.augment)))
+                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                else:
+                    x = to_tensor(images[idx.numpy()], data_config)
+                    if config.augment:
+                        x = augment(x, gen)
+                    loss = loss_fn(model, to_device(x), y, idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                running += loss.item()
+                progress.report(step / total, f"epoch {epoch + 1}/{config.epochs} loss {running / (b + 1):.3f}")
+            print(f"epoch {epoch + 1}/{config.epochs} loss {running / steps_per_epoch:.4f}", flush=True)
+    finally:
+        model.eval()
+        model_back(model)  # models are kept on the CPU between runs, also after a failed fit (core.models.device)
     for param in model.parameters():
         param.requires_grad_(True)
     return model
