@@ -45,6 +45,31 @@ def test_the_check_judges_every_failure_image_once_and_ships_what_won(ws_copy):
     assert f"{right} with the failure's images alone" in choice.reason
 
 
+def test_the_check_judges_in_fp32_even_where_bf16_would_be_chosen(ws_copy, monkeypatch):
+    """The check is decided by a few images either way: its probabilities are fp32's, even on a device where
+    the precision check would pick bf16 for the same model (forced here)."""
+    from core.data.images import pixels
+    from core.dcd.fine_tune import FineTuned
+    from core.dcd.fix_choice import p_right
+    from core.models import trunk
+    from core.models.catalog import get_model, load_classifier
+    from core.models.inference import PrecisionCheck, predict_probs
+
+    ws, report = ws_copy
+    base = report["methods"]["baseline"]["model_id"]
+    model, data_config = load_classifier(ws, base)
+    tuned = FineTuned(model, data_config, get_model(ws, base), {"finetune": {"trainable_stages": None}})
+    monkeypatch.setattr(trunk, "choose_precision", lambda *a, allow_bf16=True, **k: PrecisionCheck(
+        allow_bf16, "forced by the test"))
+    failure = _failure(ws)
+    paths = ws.df("SELECT path FROM images WHERE split = 'error_sample' ORDER BY image_id").path.tolist()
+    fp32 = predict_probs(model, pixels(ws, paths, data_config.image_size), data_config)
+    labels = failure.label.to_numpy()
+    right = fp32[np.arange(len(labels)), labels]
+    expected = np.where(fp32.argmax(1) == labels, right, -right)
+    assert np.array_equal(p_right(ws, tuned, failure.image_id.tolist(), labels), expected)
+
+
 def test_debug_train_is_the_failure_first_then_confidently_labelled_pool_images(tiny_pipeline_workspace):
     ws_dir, report_path = tiny_pipeline_workspace
     report = json.loads(report_path.read_text())

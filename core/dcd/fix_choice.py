@@ -72,8 +72,10 @@ def p_right(ws: Workspace, tuned: FineTuned, image_ids: Sequence[int], labels: S
     """A fine-tuned model's probability of the right class on each of ``image_ids``."""
     paths = ws.df("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                   [[int(i) for i in image_ids]]).set_index("image_id").path.loc[list(image_ids)]
+    # fp32 always: the check is decided by a few images either way, which bf16's rounding must not tip
+    # (a handful of images, so it costs nothing).
     probs, _ = classifier_probs(ws, tuned.model, tuned.data_config, list(image_ids), paths.tolist(),
-                                trainable_stages=tuned.trainable_stages)
+                                trainable_stages=tuned.trainable_stages, allow_bf16=False)
     labels = np.asarray(labels, np.int64)
     right = probs[np.arange(len(labels)), labels]
     return np.where(probs.argmax(1) == labels, right, -right)  # the sign says whether the argmax is right
