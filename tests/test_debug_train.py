@@ -5,6 +5,7 @@ retrieval bought (core.app.retrieval_note)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -173,4 +174,7 @@ def test_the_note_says_what_retrieval_added_or_that_the_failure_only_fix_stood_i
     assert alone not in notes  # used: the failure-only fix is only the reference, not DCD's fix
     assert notes[dcd].startswith(f"Retrieval added {params['n_retrieved']:,} pool images to the failure's "
                                  f"{params['n_failure']:,} labelled images: on the failure ")
-    assert "with the failure's images alone; on test " in notes[dcd] and "95% interval" in notes[dcd]
+    assert "with the failure's images alone; on test " in notes[dcd]
+    # each change with its interval and what that interval says (story.verdict): gain, loss or within noise
+    assert len(re.findall(r"95% interval [-+][\d.]+ to [-+][\d.]+: (?:a gain|a loss|within noise)\)",
+                          notes[dcd])) == 2

@@ -18,6 +18,9 @@ import pandas as pd
 
 from core.store.workspace import Workspace
 
+#: How a change's verdict reads in the sentence.
+_VERDICT_WORDS = {"gain": "a gain", "regression": "a loss", "within noise": "within noise"}
+
 
 def _params(ws: Workspace, selection_id: object) -> dict:
     if not isinstance(selection_id, str) or not selection_id:  # a model without a selection reads as NaN
@@ -44,8 +47,9 @@ def _models(ws: Workspace, model_ids: Sequence[str]) -> pd.DataFrame:
 
 
 def _change(ws: Workspace, new: str, ref: str, eval_set: str) -> str | None:
-    """'78.4% against 73.1% (+5.3 points, 95% interval +1.2 to +9.3)' on ``eval_set``, or None."""
-    from core.app.story import newcombe_interval
+    """'78.4% against 73.1% (+5.3 points, 95% interval +1.2 to +9.3: a gain)' on ``eval_set``, or None; the
+    verdict (core.app.story.verdict) says whether the change stands out of the noise of this many images."""
+    from core.app.story import newcombe_interval, verdict
 
     m = ws.df("SELECT model_id, value, n FROM metrics WHERE model_id IN (?, ?) AND eval_set = ? "
               "AND metric = 'accuracy'", [new, ref, eval_set]).set_index("model_id")
@@ -54,7 +58,7 @@ def _change(ws: Workspace, new: str, ref: str, eval_set: str) -> str | None:
     (a, n_a), (b, n_b) = (m.loc[new, ["value", "n"]], m.loc[ref, ["value", "n"]])
     lo, hi = newcombe_interval(a * n_a, n_a, b * n_b, n_b)
     return (f"{a:.1%} against {b:.1%} ({100 * (a - b):+.1f} points, 95% interval {100 * lo:+.1f} to "
-            f"{100 * hi:+.1f})")
+            f"{100 * hi:+.1f}: {_VERDICT_WORDS.get(verdict(lo, hi), 'no interval')})")
 
 
 def retrieval_notes(ws: Workspace, model_ids: Sequence[str]) -> dict[str, str]:

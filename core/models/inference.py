@@ -19,6 +19,7 @@ from core.data.images import as_model_input
 from core.data.model_input import DataConfig
 from core.models.device import current_device, on_device, on_gpu, to_device
 from core.models.features import embedding_function, features
+from core.models.memory import forward_in_micro_batches
 from core.progress import Progress, as_progress
 
 MIN_PRED_AGREEMENT = 0.99
@@ -45,7 +46,7 @@ def _forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bf16: 
     """``fn`` on a CPU batch, run on the current device (core.models.device), its output back on the CPU."""
     device = current_device()
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return fn(to_device(x)).float().cpu()
+        return forward_in_micro_batches(fn, to_device(x)).float().cpu()
 
 
 def run_model(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[np.ndarray | torch.Tensor],

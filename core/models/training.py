@@ -31,6 +31,7 @@ from core.models.config import ModelError
 from core.models.device import current_device, model_back, model_to_device, to_device
 from core.models.factory import create_model, default_data_config, load_checkpoint, model_from_checkpoint
 from core.models.features import feature_dim
+from core.models.memory import tune_allocator
 from core.models.pretrained import resolve
 from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedules are used through here too)
     FINETUNE_EPOCH_CAP,
@@ -125,6 +126,7 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
     if n_images == 0:
         raise ValueError("no training images")
     _set_threads()
+    tune_allocator()  # the batches' activations reuse freed memory instead of fresh pages (core.models.memory)
     progress = as_progress(progress)
     gen = torch.Generator().manual_seed(config.seed)
     y_all = torch.tensor(np.asarray(labels, dtype=np.int64))

@@ -31,6 +31,7 @@ from core.data.images import fixed_view, pixels, to_tensor
 from core.data.model_input import DataConfig
 from core.models.device import on_device, to_device
 from core.models.inference import PrecisionCheck, choose_precision, predict_probs
+from core.models.memory import forward_in_micro_batches
 from core.progress import Progress, as_progress
 from core.store.files import atomic_path
 from core.store.workspace import Workspace
@@ -245,7 +246,8 @@ class TrunkCache:
                 x = to_tensor(px[start:start + BATCH], data_config)
                 batch_ids = image_ids[start:start + BATCH]
                 for col, view in enumerate(views):
-                    f = self.split.trunk(to_device(fixed_view(x, batch_ids, view))).to(torch.float16).cpu().numpy()
+                    f = forward_in_micro_batches(self.split.trunk, to_device(fixed_view(x, batch_ids, view)))
+                    f = f.to(torch.float16).cpu().numpy()
                     if out is None:
                         out = np.empty((len(image_ids), len(views), *f.shape[1:]), np.float16)
                     out[start:start + len(f), col] = f

@@ -22,6 +22,7 @@ from typing import Any
 
 from core.models.checkpoints import allow_pickle
 from core.models.device import DeviceError, describe_device, use_device
+from core.models.memory import tune_allocator
 from core.progress import Progress, StageLine
 from core.runner.command_line import JobCommand, parse_args
 from core.runner.jobspec import JobSpec
@@ -64,6 +65,7 @@ def main(name: str, argv: Sequence[str] | None = None, *,
     except DeviceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    tune_allocator()  # freed activations are reused, not faulted in afresh (core.models.memory)
     before = _folder_entries(Path(command.workspace)) if spec.creates_workspace else None
     try:
         ws = (Workspace.create(command.workspace, exist_ok=True) if spec.creates_workspace

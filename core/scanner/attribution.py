@@ -60,14 +60,14 @@ class AttributionConfig:
     """How attributions are computed.
 
     method: one of ``METHODS``. target: ``label`` (the image's label, else the prediction) or ``pred``.
-    heatmap_size: side of the stored square map. batch_size: images per batch. ig_steps: integration
-    steps of Integrated Gradients. allow_bf16: try bf16 autocast (kept only if it agrees with fp32).
-    """
+    heatmap_size: side of the stored square map. batch_size: images per batch (16: a batch's activations at
+    128 px stay within what the allocator reuses, core.models.memory). ig_steps: integration steps of
+    Integrated Gradients. allow_bf16: try bf16 autocast (kept only if it agrees with fp32)."""
 
     method: str = "gradcam"
     target: str = "label"
     heatmap_size: int = 7
-    batch_size: int = 64
+    batch_size: int = 16
     ig_steps: int = 16
     allow_bf16: bool = True
 
