@@ -24,6 +24,8 @@ def speed_keys(raw: dict) -> dict[str, Any]:
         r[f"forward_{key}_images_per_s"] = row["channels_last_images_per_s"]
         r[f"forward_{key}_share_of_peak"] = row["channels_last_share_of_peak"]
         r[f"forward_{key}_channels_last_speedup"] = row["speedup_channels_last"]
+        if "speedup_micro_batches" in row:
+            r[f"forward_{key}_micro_batches_speedup"] = row["speedup_micro_batches"]
     for key, row in (c.get("train") or {}).items():
         r[f"train_step_{key}_channels_last_speedup"] = row["speedup_channels_last"]
     r["share_of_peak_above_1"] = sorted(k for k, v in r.items() if k.endswith("share_of_peak") and v and v > 1) or None
@@ -59,6 +61,12 @@ def speed_sections(raw: dict) -> list[str]:
             L.append(f"| {size} px | {precision} | {row['gflop_per_image']:.3f} | {row['usual_images_per_s']:.0f} | "
                      f"{row['channels_last_images_per_s']:.0f} | {row['speedup_channels_last']:.2f}x | "
                      f"{share:.1%}{' (**above 1: a measurement error**)' if share > 1 else ''} |")
+        micro = {k: v for k, v in (c.get("forward") or {}).items() if "speedup_micro_batches" in v}
+        if micro:
+            L += ["", "Each forward above runs as the product runs it: in micro-batches, the allocator tuned "
+                  "(core.models.memory). The whole batch in one pass instead (fp32, channels-last): "
+                  + "; ".join(f"{k.split('_')[0]} px {v['whole_batch_images_per_s']:.0f} img/s (micro-batches "
+                              f"{v['speedup_micro_batches']:.2f}x faster)" for k, v in micro.items()) + "."]
         L += ["", "Training steps (batch " + str(c.get("batch")) + "), usual -> channels-last: "
               + "; ".join(f"{k}: {v['usual_s']:.3f} -> {v['channels_last_s']:.3f} s ({v['speedup_channels_last']:.2f}x)"
                           for k, v in (c.get("train") or {}).items()) + ".",

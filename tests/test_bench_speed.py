@@ -43,6 +43,10 @@ def test_the_report_states_the_share_of_the_peak_and_flags_an_impossible_one() -
     assert r["pipeline_waterbirds_seconds"] == 300.0 and r["pipeline_waterbirds_loaded"] is True
     text = markdown(_raw(0.3), r)
     assert "30.0%" in text and "CPU flags: avx2" in text and "**loaded**" in text
+    micro = _raw(0.3)
+    micro["compute"]["forward"]["224_fp32"].update(whole_batch_images_per_s=20.0, speedup_micro_batches=3.0)
+    assert flatten(micro)["forward_224_fp32_micro_batches_speedup"] == 3.0
+    assert "224 px 20 img/s (micro-batches 3.00x faster)" in markdown(micro, flatten(micro))
     bad = _raw(1.2)
     r = flatten(bad)
     assert r["share_of_peak_above_1"] == ["forward_224_fp32_share_of_peak"]
