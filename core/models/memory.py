@@ -70,7 +70,7 @@ def micro_batches(x: torch.Tensor) -> Iterator[torch.Tensor]:
 def forward_in_micro_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``fn(x)`` for an inference batch: on the CPU slice by slice (:func:`micro_batches`, with the allocator
     tuned), on a GPU in one pass."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or len(x) == 0:
         return fn(x)
     tune_allocator()
     return torch.cat([fn(part) for part in micro_batches(x)])
