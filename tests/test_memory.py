@@ -3,9 +3,9 @@ inference batches run in micro-batches with the same outputs and a fraction of t
 
 from __future__ import annotations
 
-import ctypes.util
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +15,7 @@ import torch
 
 from core.models import memory
 
-glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or "libc" not in str(ctypes.util.find_library("c")),
-                                reason="the allocator tuning is glibc's mallopt")
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's mallopt")
 
 
 def _net() -> torch.nn.Module:
