@@ -88,12 +88,13 @@ def flatten(raw: dict) -> dict:
     i10 = raw.get("index10m") or {}
     r["select_10m_seconds"] = _get(i10, "select", "cold_seconds")
     r["select_10m_warm_seconds"] = _get(i10, "select", "warm_seconds")
+    r["select_10m_cold_disk_seconds"] = _get(i10, "select_cold_disk", "cold_seconds")
     r["select_10m_recall_at_50"] = _get(i10, "select", "recall_at_k")
     r["index_build_10m_seconds"] = _get(i10, "build", "seconds")
     r["index_10m_type"] = _get(i10, "build", "index_type")
     r["index_10m_memory_gb"] = i10.get("memory_gb")
     budget = i10.get("budget_bytes")
-    peaks = {s: _get(i10, s, "peak_rss_bytes") for s in ("build", "select")}
+    peaks = {s: _get(i10, s, "peak_rss_bytes") for s in ("build", "select", "select_cold_disk")}
     for s, peak in peaks.items():
         r[f"index_10m_{s}_peak_rss_over_budget"] = peak / budget if peak and budget else None
     known = [v for v in peaks.values() if v]
@@ -299,6 +300,7 @@ def markdown(raw: dict, r: dict) -> str:
     L += ["", "## 6. A pool beyond memory", ""]
     if i10:
         b, t, s = i10.get("build") or {}, i10.get("truth") or {}, i10.get("select") or {}
+        cd = i10.get("select_cold_disk") or {}
         L += [f"{i10.get('n', 0):,} x {i10.get('dim')} float32 ({_f((i10.get('raw_vector_bytes') or 0) / GIB, '{:.1f}')} "
               f"GiB raw), generated in chunks (`bench.scale.ClusteredVectors`, a seed per chunk) and fed to "
               f"`core.dcd.index_build.build_from_chunks` under a {i10.get('memory_gb')} GB budget (no DuckDB at "
@@ -312,6 +314,8 @@ def markdown(raw: dict, r: dict) -> str:
               f"| {s.get('n_queries')} queries x {s.get('neighbours', s.get('k'))} neighbours, fresh process: `load_index` + `search` + merge | "
               f"{_f(s.get('cold_seconds'))} s (load {_f(s.get('load_seconds'))} s; again in the process "
               f"{_f(s.get('warm_seconds'))} s) |",
+              f"| the same with the index's files dropped from the page cache first (every re-ranked candidate a "
+              f"random read from disk) | {_f(cd.get('cold_seconds'))} s (load {_f(cd.get('load_seconds'))} s) |",
               f"| recall@{s.get('neighbours', s.get('k'))} vs exact (streamed brute force, {_f(t.get('seconds'), '{:.0f}')} s) | "
               f"{_f(s.get('recall_at_k'))} |",
               f"| select peak RSS | {_f((s.get('peak_rss_bytes') or 0) / GIB, '{:.2f}')} GiB = "
