@@ -3,7 +3,7 @@
 Runs ``python -m jobs.demo`` (generate, ingest, then the loop with its defaults: train, evaluate, embed, the
 failure-only fix, the fix check, dcd, random, all_pool) in a fresh workspace for each scenario:
 
-- ``waterbirds``: ``make run``'s small demo (generated images, no assets needed);
+- ``waterbirds``: ``make run``'s small demo (``--size small``; generated images, no assets needed);
 - ``photos``: CIFAR-10 images as 224 px photos with a low-light failure (needs the real assets).
 
 Each run starts once the machine is quiet (bench.common.wait_for_quiet; else it is marked loaded) and is
@@ -33,7 +33,8 @@ def run_demo(dataset: str, assets: Path | None, *, pixels: bool = False) -> dict
     quiet = wait_for_quiet()
     with tempfile.TemporaryDirectory(prefix=f"dcd-pipeline-{dataset}-") as tmp:
         out = Path(tmp) / "report.json"
-        run = run_child("bench._rss", ["jobs.demo", "--dataset", dataset, "--workspace", str(Path(tmp) / "ws"),
+        size = ["--size", "small"] if dataset == "waterbirds" else []  # make run's demo; the photos at full size
+        run = run_child("bench._rss", ["jobs.demo", "--dataset", dataset, *size, "--workspace", str(Path(tmp) / "ws"),
                                        "--json", str(out), *(["--assets", str(assets)] if assets else [])],
                         env={"DCD_TRUNK_CACHE": "0"} if pixels else None, timeout=7200, quiet=True)
         report = json.loads(out.read_text())

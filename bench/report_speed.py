@@ -76,7 +76,8 @@ def speed_sections(raw: dict) -> list[str]:
     L += ["", "## 9. The whole loop's wall time", ""]
     if not runs:
         return L + ["Not run (`python -m bench.run --only pipeline`; the photos scenario needs the real assets)."]
-    L += ["`python -m jobs.demo --dataset NAME` in a fresh workspace (generate, ingest, train, evaluate, embed, "
+    L += ["`python -m jobs.demo --dataset NAME` (waterbirds with `--size small`: `make run`'s demo; photos at full "
+          "size) in a fresh workspace (generate, ingest, train, evaluate, embed, "
           "the failure-only fix, the fix check, dcd, random, all_pool), timed from outside, started on a quiet "
           "machine; the stage split is the loop's own (`timings_s`).", "",
           "| scenario | wall s | load at start | stages (s) | accuracy (held-out / test) |", "|---|---|---|---|---|"]
