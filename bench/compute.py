@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                      if "whole_batch_images_per_s" in row else ""), flush=True)
     freeze_early_stages(backbone, 2)
     cut = split_trunk(backbone, default_data_config(backbone, 128))
-    with torch.inference_mode():
-        stored = cut.trunk(torch.randn(BATCH, 3, 128, 128)).clone()
+    with torch.no_grad():  # not inference_mode: its tensors cannot be saved for the backward pass below
+        stored = cut.trunk(torch.randn(BATCH, 3, 128, 128))
     for name, (model, x) in {"last_stages_128": (cut.rest, stored),
                              "cifar_resnet20_32": (create_model("cifar_resnet20", num_classes=10),
                                                    torch.randn(BATCH, 3, 32, 32))}.items():
