@@ -13,7 +13,7 @@ image (``iter_model_inputs`` alone) is set against the forward's: ``forward / (f
 ratio reachable when the bare forward already keeps every core busy. The bf16 speed-up alternates fp32
 and bf16 forwards the same way (median ratio, CPU-time ratio, load).
 
-    python -m bench.embed [--assets DIR] [--n-images 256] [--batch-size 64] [--rounds 2]
+    python -m bench.embed [--assets DIR] [--n-images 1024] [--batch-size 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -83,11 +83,15 @@ def make_workspace(root: Path, paths: list[Path]):
 
 
 def bare_forward(model, x: torch.Tensor, n_batches: int, bf16: bool) -> None:
+    """The forward alone, on a pre-made batch, run as the embed job runs it: in micro-batches with the
+    allocator tuned (core.models.memory; the whole batch in one pass is up to 2x slower at 224 px, which
+    made the job look faster than its own forward)."""
     from core.models.features import features
+    from core.models.memory import forward_in_micro_batches
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for _ in range(n_batches):
-            features(model, x).float()
+            forward_in_micro_batches(lambda part: features(model, part), x).float()
 
 
 def _own_running() -> int:
@@ -177,10 +181,11 @@ def bench_arch(ws, key: str, arch: str, n: int, batch_size: int, rounds: int, pa
     bare runs either side, in wall and CPU time, with the load of each run; plus decode's CPU cost alone."""
     from core.data.images import iter_model_inputs, to_tensor
     from core.dcd.embed import EmbedderSpec, embed_split_images
+    from core.models.device import model_to_device
     from core.models.factory import create_model, default_data_config
     from core.models.inference import cpu_has_bf16
 
-    model = create_model(arch, num_classes=0).eval()
+    model = model_to_device(create_model(arch, num_classes=0).eval())  # weights laid out as the job lays them
     cfg = default_data_config(model)
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (batch_size, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
@@ -299,9 +304,9 @@ def bench_overlap(paths: list[Path], arch: str, *, weights: str | None = None) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--assets", type=Path, default=None)
-    p.add_argument("--n-images", type=int, default=256)
+    p.add_argument("--n-images", type=int, default=1024, help="images per run (runs of a few seconds vary by 10%%)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=2, help="real embed runs per model, alternating with bare runs")
+    p.add_argument("--rounds", type=int, default=3, help="real embed runs per model, alternating with bare runs")
     p.add_argument("--bf16-rounds", type=int, default=4, help="fp32/bf16 alternations")
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--overlap-images", type=int, default=192, help="images for the bf16/fp32 kNN overlap")
