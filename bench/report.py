@@ -89,6 +89,7 @@ def flatten(raw: dict) -> dict:
     r["select_10m_seconds"] = _get(i10, "select", "cold_seconds")
     r["select_10m_warm_seconds"] = _get(i10, "select", "warm_seconds")
     r["select_10m_cold_disk_seconds"] = _get(i10, "select_cold_disk", "cold_seconds")
+    r["select_10m_loaded"] = _get(i10, "select", "quiet", "loaded")
     r["select_10m_recall_at_50"] = _get(i10, "select", "recall_at_k")
     r["index_build_10m_seconds"] = _get(i10, "build", "seconds")
     r["index_10m_type"] = _get(i10, "build", "index_type")
@@ -313,7 +314,8 @@ def markdown(raw: dict, r: dict) -> str:
               f"{_f(r.get('index_10m_build_peak_rss_over_budget'), '{:.2f}')}x the budget |",
               f"| {s.get('n_queries')} queries x {s.get('neighbours', s.get('k'))} neighbours, fresh process: `load_index` + `search` + merge | "
               f"{_f(s.get('cold_seconds'))} s (load {_f(s.get('load_seconds'))} s; again in the process "
-              f"{_f(s.get('warm_seconds'))} s) |",
+              f"{_f(s.get('warm_seconds'))} s; load average {_f((s.get('load_average') or [None])[0], '{:.2f}')}"
+              f"{' **loaded**' if (s.get('quiet') or {}).get('loaded') else ''}) |",
               f"| the same with the index's files dropped from the page cache first (every re-ranked candidate a "
               f"random read from disk) | {_f(cd.get('cold_seconds'))} s (load {_f(cd.get('load_seconds'))} s) |",
               f"| recall@{s.get('neighbours', s.get('k'))} vs exact (streamed brute force, {_f(t.get('seconds'), '{:.0f}')} s) | "

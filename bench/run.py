@@ -152,7 +152,7 @@ def _keep_earlier(raw: dict, earlier_path: Path, not_run: list[str]) -> None:
 def _memory(root: Path, work: Path, assets: Path | None, scale: dict) -> dict:
     """Benchmark 5: peak RSS of the real job CLIs, each in its own process (``bench._rss``).
 
-    - select: ``jobs.select --method dcd`` on the 1M workspace (its index built by benchmark 2);
+    - select: ``jobs.select --method dcd --label-policy weak`` on the 1M workspace (its index built by benchmark 2);
     - embed at 1M: the write phase (``store_embedding_files`` of 1M staged vectors, the scale build's store
       step): the only part of the embed job whose memory could grow with the pool, the rest streams one
       8,192-image part at a time; plus the whole ``jobs.embed`` CLI on a small JPEG workspace (fixed cost);
@@ -163,7 +163,9 @@ def _memory(root: Path, work: Path, assets: Path | None, scale: dict) -> dict:
     out: dict = {"embed_store_1m": scale.get("store")}
     out["select_job"] = run_child("bench._rss", ["jobs.select", "--workspace", str(root), "--method", "dcd",
                                                  "--embedder-id", EMBEDDER_ID, "--neighbours", "50", "--budget", "5000",
-                                                 "--name", "bench-memory"])
+                                                 # weak labels: the synthetic workspace has vectors, no classifier
+                                                 # to fine-tune the default's teacher from
+                                                 "--label-policy", "weak", "--name", "bench-memory"])
     out["slices_job"] = run_child("bench._rss", ["jobs.slices", "--workspace", str(root), "--splits", "test",
                                                  "--slices", "8", "--no-mosaics"])
     out["slices_job"]["n_images"] = 10_000
