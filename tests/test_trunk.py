@@ -58,11 +58,64 @@ def test_the_cut_model_is_the_frozen_prefix_and_gives_the_models_outputs() -> No
     assert split_trunk(other, cfg).key != split.key
 
 
-@pytest.mark.parametrize("arch, stages", [(DEFAULT_BACKBONE, None), ("cifar_resnet20", 1), ("vit_tiny_patch16_224", 2)])
+@pytest.mark.parametrize("arch, stages", [(DEFAULT_BACKBONE, None), ("cifar_resnet20", None),
+                                         ("vit_tiny_patch16_224", 2)])
 def test_models_with_no_frozen_chain_are_not_cut(arch, stages) -> None:
     model = create_model(arch, num_classes=2)
     freeze_early_stages(model, stages)
     assert split_trunk(model, default_data_config(model, 32 if "vit" not in arch else 224)) is None
+
+
+def test_a_cifar_resnet_is_cut_after_its_frozen_stages() -> None:
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=2)
+    cfg = default_data_config(model, SIZE)
+    frozen = freeze_early_stages(model, 1)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"layer3", "linear"}
+    assert frozen and all(not p.requires_grad for m in frozen for p in m.parameters(recurse=False))
+    split = split_trunk(model, cfg)
+    assert split is not None
+    assert {id(p) for p in split.rest.parameters()} == {id(p) for p in model.layer3.parameters()}  # + the head
+    model.eval()
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(split.rest(split.trunk(x)), model(x), atol=1e-4, rtol=1e-4)
+        assert split.trunk(x).shape == (3, 32, SIZE // 2, SIZE // 2)  # layer2's output
+    # 0 stages: the head alone trains, on the stored output of the whole chain
+    freeze_early_stages(model, 0)
+    head_only = split_trunk(model, cfg)
+    assert head_only is not None and not list(head_only.rest.parameters())
+    with torch.no_grad():
+        assert head_only.trunk(x).shape == (3, 64, SIZE // 4, SIZE // 4)
+        torch.testing.assert_close(head_only.rest(head_only.trunk(x)), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_classifier_from_scratch_trains_whole_and_its_fine_tunings_only_the_last_stage(tiny_ws) -> None:
+    from core.dcd.debug_train import failure_items
+    from core.dcd.fine_tune import fine_tune
+    from core.models.catalog import load_classifier
+    from core.models.schedules import SCRATCH_SCHEDULE, schedule_of
+    from core.models.training import train_classifier
+
+    torch.manual_seed(0)
+    init = create_model("cifar_resnet20", num_classes=2).state_dict()
+    config = replace(SCRATCH_SCHEDULE, epochs=1, batch_size=32, trainable_stages=1)
+    base_id = train_classifier(tiny_ws, arch="cifar_resnet20", image_size=SIZE, config=config)
+    base, _ = load_classifier(tiny_ws, base_id)
+    trained = base.state_dict()
+    assert not torch.equal(trained["conv1.weight"], init["conv1.weight"])  # the first training is whole
+    assert not torch.equal(trained["layer1.0.conv1.weight"], init["layer1.0.conv1.weight"])
+    assert schedule_of(tiny_ws, base_id).trainable_stages == 1  # recorded for the lineage
+    assert not list((tiny_ws.artifacts / "trunk").glob("*/*.feats.npy"))  # nothing frozen, nothing stored
+    fails = images_df(tiny_ws, ["test"]).head(6)
+    tuned = fine_tune(tiny_ws, base_model_id=base_id, selection_id=None,
+                      items=failure_items(fails.image_id.to_numpy(), fails.label.to_numpy()))
+    assert tuned.trainable_stages == 1
+    assert list((tiny_ws.artifacts / "trunk").glob("*/*.feats.npy"))  # the frozen stages ran once, stored
+    after = tuned.model.state_dict()
+    for name, before in trained.items():
+        same = torch.equal(after[name], before)
+        assert same == (not name.startswith(("layer3", "linear"))), name
 
 
 def test_each_image_and_view_is_computed_once_and_read_back_in_order(tiny_ws) -> None:

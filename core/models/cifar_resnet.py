@@ -131,6 +131,14 @@ class CifarResNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups like timm's ResNet: the stem, then each stage (``coarse``) or each block."""
+        return dict(stem=r"^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    def get_classifier(self) -> nn.Module:
+        """The head (timm's name for it)."""
+        return self.linear
+
     @property
     def last_block(self) -> nn.Module:
         """The last conv block (target layer for Grad-CAM)."""

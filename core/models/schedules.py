@@ -46,7 +46,9 @@ class TrainConfig:
     # the classifier sees that class, not how often it answers it); "batch" takes it of the whole batch.
     added_mix: str = ADDED_MIX
     # Train only the last this many stages (timm's coarse parameter groups) and the head; the earlier
-    # stages stay frozen, BatchNorm statistics included. None trains the whole network.
+    # stages stay frozen, BatchNorm statistics included. None trains the whole network. A network trained
+    # from scratch trains whole the first time (random stages are not worth freezing) and follows this in
+    # the fine-tunings of its lineage, whose frozen stages then run once per image (core.models.trunk).
     trainable_stages: int | None = None
     # A new classifier on pretrained weights: fit its new head on the frozen features first (a linear
     # probe), then fine-tune (LP-FT, Kumar et al. 2022: the random head's early gradients do not distort
@@ -79,6 +81,17 @@ def default_schedule(pretrained: bool) -> TrainConfig:
 
 def default_image_size(pretrained: bool) -> int:
     return PRETRAINED_IMAGE_SIZE if pretrained else SCRATCH_IMAGE_SIZE
+
+
+def parse_trainable_stages(value: str | int) -> int | None:
+    """``--trainable-stages`` as given (a number of stages, 0 for the head alone, or 'all') as
+    TrainConfig.trainable_stages."""
+    text = str(value).strip().lower()
+    if text in ("all", "none"):
+        return None
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"--trainable-stages takes a number of stages (0: the head alone) or 'all', got {value!r}")
 
 
 def with_overrides(base: TrainConfig, overrides: Mapping[str, Any] | None) -> TrainConfig:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,14 +257,17 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
         require_split(train, "train", "to train the classifier")
         if train["label"].isna().any():
             raise ValueError("some train images have no label")
-        trunk = frozen_trunk(ws, model, data_config, config, train.image_id.tolist(), train.path.tolist(),
+        # From scratch the whole network trains (random stages are not worth freezing); the schedule's
+        # trainable_stages is recorded and applies to the fine-tunings of its lineage.
+        first = config if resolved.pretrained else replace(config, trainable_stages=None)
+        trunk = frozen_trunk(ws, model, data_config, first, train.image_id.tolist(), train.path.tolist(),
                              progress=progress.span(0, 0.2))
         px = None if trunk is not None else pixels(ws, train.path.tolist(), data_config.image_size,
                                                     progress=progress.span(0, 0.1))
         if config.probe_first and resolved.pretrained:
             fit_linear_head(model, px, train.label.to_numpy(), data_config, trunk=trunk,
                             progress=progress.span(0.1, 0.2))
-        fit(model, px, train.label.to_numpy(), data_config, config, trunk=trunk, progress=progress.span(0.2, 1.0))
+        fit(model, px, train.label.to_numpy(), data_config, first, trunk=trunk, progress=progress.span(0.2, 1.0))
     ckpt = save_verified(model, ws, model_id, arch=arch, num_classes=num_classes, data_config=data_config)
     register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
                    checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),

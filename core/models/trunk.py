@@ -1,8 +1,8 @@
 """The frozen trunk of a classifier, computed once per image and view, and the trainable rest run on it.
 
-A classifier trained with ``trainable_stages`` (the pretrained default trains only its last 2 stages and
-head) keeps its early stages frozen, BatchNorm statistics included: their output for an image is the same in
-every epoch, every fine-tuning of its lineage (the DCD arms, the fix check's folds) and every evaluation.
+A classifier trained with ``trainable_stages`` keeps its early stages frozen, BatchNorm statistics included
+(the pretrained default trains only its last 2 stages and head; make run's demo, a network trained whole from
+scratch, retrains only its head in every fix: ``0``): their output for an image is the same in every epoch, every fine-tuning of its lineage (the DCD arms, the fix check's folds) and every evaluation.
 :func:`split_trunk` cuts such a model into its **trunk** (the frozen prefix) and its **rest**, checked to
 give the model's own outputs; :class:`TrunkCache` keeps the trunk's outputs in the workspace's artifacts
 (``artifacts/trunk/<key>/``, float16, keyed by the trunk's weights, the input resolution and normalisation),
@@ -97,7 +97,8 @@ class _Sequence(nn.Module):
 def _stages(model: nn.Module) -> tuple[list[nn.Module], Callable[[torch.Tensor, bool], torch.Tensor]] | None:
     """The model's forward pass as a list of modules run in order, then a tail (the head, with ``pre_logits``):
     for the families whose ``forward_features`` is a plain chain (timm's EfficientNet / MobileNet and
-    ResNet); None for the others, which train and evaluate on pixels."""
+    ResNet, the CIFAR ResNets of core.models.cifar_resnet); None for the others, which train and evaluate on
+    pixels."""
     name = type(model).__name__
     if name in ("EfficientNet", "MobileNetV3") and hasattr(model, "blocks"):
         chain = [model.conv_stem, model.bn1, *model.blocks]
@@ -106,6 +107,8 @@ def _stages(model: nn.Module) -> tuple[list[nn.Module], Callable[[torch.Tensor, 
     elif name == "ResNet" and hasattr(model, "layer4"):
         chain = [model.conv1, model.bn1, model.act1, model.maxpool,
                  model.layer1, model.layer2, model.layer3, model.layer4]
+    elif name == "CifarResNet":
+        chain = [model.conv1, model.bn1, nn.ReLU(), model.layer1, model.layer2, model.layer3]
     else:
         return None
     return chain, lambda x, pre_logits=False: model.forward_head(x, pre_logits=pre_logits)
@@ -136,7 +139,7 @@ def split_trunk(model: nn.Module, data_config: DataConfig) -> TrunkSplit | None:
         if any(p.requires_grad for p in params):
             break
         n_frozen += 1
-    if n_frozen == 0 or n_frozen == len(chain):
+    if n_frozen == 0:
         return None
     trunk = _Sequence(chain[:n_frozen]).eval()
     rest = _Sequence(chain[n_frozen:], head)
