@@ -85,6 +85,13 @@ def test_a_demo_picks_its_settings_where_the_user_gave_none():
     mine = loop_config(_demo(size="small", classifier="resnet18", epochs=2, embedder_layers="multiscale"))
     assert (mine.classifier, mine.train["epochs"], mine.embedder.layers) == ("resnet18", 2, "multiscale")
     assert mine.train["lr"] == picked.lr  # what the user left unset is still the demo's
+    # The quick demo retrains its head alone; the user's --trainable-stages wins; CIFAR-10's stays whole
+    assert config.train["trainable_stages"] == 0
+    assert loop_config(_demo(size="small", trainable_stages="all")).train["trainable_stages"] is None
+    assert loop_config(_demo(size="small", trainable_stages="2")).train["trainable_stages"] == 2
+    assert loop_config(_demo(size="small", trainable_stages="0")).train["trainable_stages"] == 0  # the head alone
+    with pytest.raises(ValueError, match="number of stages"):
+        loop_config(_demo(size="small", trainable_stages="-1"))
     photos = loop_config(_demo(dataset="photos", size="small"))  # the demo picks nothing: the pipeline's defaults
     assert photos == pipeline_config(get_job("pipeline").settings())
 
@@ -97,6 +104,7 @@ def test_a_demos_weights_come_from_the_assets_folder_unless_the_user_gave_some(t
     config = loop_config(_demo(dataset="cifar10", size="small", assets=str(tmp_path)))
     assert config.classifier_weights == str(tmp_path / picked.weights["classifier_weights"])
     assert config.embedder.weights == str(tmp_path / picked.weights["embedder_weights"])
+    assert config.train["trainable_stages"] is None  # its pretrained CIFAR ResNet is fine-tuned whole
     mine = loop_config(_demo(dataset="cifar10", size="small", assets=str(tmp_path), classifier_weights="my.pth"))
     assert mine.classifier_weights == "my.pth"
     with pytest.raises(ValueError, match="unknown demo dataset"):

@@ -14,6 +14,7 @@ from typing import Any
 from core.dcd.embed import EmbedderSpec
 from core.dcd.pipeline import PipelineConfig
 from core.engines.ray_data import RayConfig
+from core.models.schedules import parse_trainable_stages
 from core.runner.jobspec import JobOptions
 from core.scanner.attribution import AttributionConfig
 
@@ -29,14 +30,8 @@ def train_overrides(options: JobOptions) -> dict[str, Any]:
     given["added_share"] = options.added_share or None  # 0: sample train and selection alike
     if options.added_mix:
         given["added_mix"] = options.added_mix
-    stages = options.trainable_stages
-    if stages is not None:
-        if str(stages).strip().lower() in ("all", "none"):
-            given["trainable_stages"] = None
-        elif str(stages).strip().isdigit() and int(stages) > 0:
-            given["trainable_stages"] = int(stages)
-        else:
-            raise ValueError(f"--trainable-stages takes a positive number or 'all', got {stages!r}")
+    if options.trainable_stages is not None:
+        given["trainable_stages"] = parse_trainable_stages(options.trainable_stages)
     return given
 
 

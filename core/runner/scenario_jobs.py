@@ -22,7 +22,7 @@ def demo_run(opts: JobOptions) -> DemoRun:
     settings with those the user left unset (None) for the demo to pick."""
     given = DemoSettings(classifier=opts.classifier, image_size=opts.image_size, epochs=opts.epochs, lr=opts.lr,
                          finetune_epochs=opts.finetune_epochs, embedder=opts.embedder,
-                         embedder_layers=opts.embedder_layers)
+                         embedder_layers=opts.embedder_layers, trainable_stages=opts.trainable_stages)
     return DemoRun(dataset=opts.dataset, size=opts.size, assets=opts.assets, data_dir=opts.data_dir,
                    corruption=opts.corruption, error_split=not opts.no_error_split, ingest_only=opts.no_pipeline,
                    loop=pipeline_config(opts), given=given)

@@ -21,6 +21,7 @@ from typing import Any
 from core.data.ingest import ingest_manifest
 from core.data.manifest import manifest_with_splits_as
 from core.dcd.pipeline import PipelineConfig
+from core.models.schedules import parse_trainable_stages
 from core.progress import Progress, as_progress
 from core.scanner.loop import run_loop
 from core.scenarios.demos import (
@@ -81,6 +82,8 @@ def loop_config(run: DemoRun) -> PipelineConfig:
     weights = {key: str(require_asset(assets, rel)) for key, rel in chosen.weights.items()}
     train = {**loop.train, **{key: value for key, value in (("epochs", chosen.epochs), ("lr", chosen.lr))
                               if value is not None}}
+    if chosen.trainable_stages is not None:
+        train["trainable_stages"] = parse_trainable_stages(chosen.trainable_stages)
     embedder = replace(loop.embedder, arch=chosen.embedder or loop.embedder.arch,
                        layers=chosen.embedder_layers or loop.embedder.layers,
                        weights=loop.embedder.weights or weights.get("embedder_weights"))
