@@ -2,7 +2,8 @@
 
 A classifier trained with ``trainable_stages`` keeps its early stages frozen, BatchNorm statistics included
 (the pretrained default trains only its last 2 stages and head; make run's demo, a network trained whole from
-scratch, retrains only its head in every fix: ``0``): their output for an image is the same in every epoch, every fine-tuning of its lineage (the DCD arms, the fix check's folds) and every evaluation.
+scratch, retrains only its head in every fix: ``0``): their output for an image is the same in every epoch,
+every fine-tuning of its lineage (the DCD arms, the fix check's folds) and every evaluation.
 :func:`split_trunk` cuts such a model into its **trunk** (the frozen prefix) and its **rest**, checked to
 give the model's own outputs; :class:`TrunkCache` keeps the trunk's outputs in the workspace's artifacts
 (``artifacts/trunk/<key>/``, float16, keyed by the trunk's weights, the input resolution and normalisation),
