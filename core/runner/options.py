@@ -125,8 +125,8 @@ def train_options() -> tuple[Option, ...]:
                help="epochs to fine-tune on train + selection (default: half of the classifier's epochs, at least 3)"),
         Option("trainable_stages", "text", group=g, advanced=True,
                help=f"train only the last N stages and the head (0: the head alone), or 'all' "
-                    f"({both('trainable_stages')}; "
-                    f"None: all); a classifier from scratch trains whole, its fine-tunings only the last N"),
+                    f"({both('trainable_stages')}; None: all); a classifier from scratch trains whole, "
+                    f"its fine-tunings only the last N"),
         Option("added_share", "float", P.added_share, group=g, advanced=True,
                help=f"share of every fine-tuning batch drawn from the added selection ({P.added_share}); "
                     f"0 samples train and selection alike"),

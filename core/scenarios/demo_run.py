@@ -75,8 +75,8 @@ class DemoRun:
 
 def loop_config(run: DemoRun) -> PipelineConfig:
     """The loop's config for ``run``: each setting a demo picks (classifier, image size, epochs, learning rate,
-    fine-tuning epochs, trainable stages, embedder and its layers) is the user's where given, else the demo's, else the
-    pipeline's default; the demo's weight files (under the assets folder) apply where the loop has none."""
+    fine-tuning epochs, trainable stages, embedder and its layers) is the user's where given, else the demo's,
+    else the pipeline's default; the demo's weight files (under the assets folder) apply where the loop has none."""
     chosen = demo_settings(run.dataset, run.size).with_given(run.given)
     loop, assets = run.loop, run.assets_folder()
     weights = {key: str(require_asset(assets, rel)) for key, rel in chosen.weights.items()}
