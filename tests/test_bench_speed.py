@@ -68,3 +68,15 @@ def test_the_10m_select_is_reported_from_the_page_cache_and_from_a_cold_disk() -
     assert r["select_10m_cold_disk_seconds"] == 14.0
     assert r["index_10m_peak_rss_over_budget"] == 1.5  # the cold run's peak counts against the budget too
     assert "dropped from the page cache first" in markdown(raw, r) and "14.000 s" in markdown(raw, r)
+
+
+def test_the_bf16_speedup_is_judged_only_on_a_cpu_with_native_bf16() -> None:
+    def raw(native: bool) -> dict:
+        return {"machine": {"cpu": "test CPU", "bf16_native": native},
+                "embed": {"bf16_vit_s16": {"speedup": 0.1}}}
+
+    with_bf16 = flatten(raw(True))["targets"]["bf16_speedup_vit_s16"]["met"]
+    without = flatten(raw(False))["targets"]["bf16_speedup_vit_s16"]["met"]
+    assert with_bf16 is False  # 0.1x where the CPU has bf16 is a miss
+    assert without.startswith("not applicable: no native bf16")
+    assert "| `bf16_speedup_vit_s16` | 0.100 | >= 1.8 | not applicable" in markdown(raw(False), flatten(raw(False)))
