@@ -80,3 +80,17 @@ def test_the_bf16_speedup_is_judged_only_on_a_cpu_with_native_bf16() -> None:
     assert with_bf16 is False  # 0.1x where the CPU has bf16 is a miss
     assert without.startswith("not applicable: no native bf16")
     assert "| `bf16_speedup_vit_s16` | 0.100 | >= 1.8 | not applicable" in markdown(raw(False), flatten(raw(False)))
+
+
+def test_a_figure_its_run_marked_loaded_is_shown_but_not_counted() -> None:
+    def raw(loaded: bool) -> dict:
+        arch = {"arch": "vit_small_patch16_224", "batch_size": 64, "efficiency": 0.99, "loaded": loaded,
+                "loaded_why": "a wall ratio above 1" if loaded else "", "rounds": []}
+        return {"machine": {"cpu": "test CPU"}, "embed": {"archs": {"vit_s16": arch}}}
+
+    assert flatten(raw(False))["targets"]["embed_efficiency_vit_s16"]["met"] is True
+    r = flatten(raw(True))
+    assert r["targets"]["embed_efficiency_vit_s16"]["met"] == "loaded: not counted"
+    text = markdown(raw(True), r)
+    assert "| `embed_efficiency_vit_s16` | 0.990 | >= 0.95 | loaded: not counted |" in text
+    assert "not counted against the target: vit_small_patch16_224 (a wall ratio above 1)" in text
