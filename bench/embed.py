@@ -94,15 +94,37 @@ def bare_forward(model, x: torch.Tensor, n_batches: int, bf16: bool) -> None:
             forward_in_micro_batches(lambda part: features(model, part), x).float()
 
 
-def _own_running() -> int:
-    """Threads of this process in the running state now (from /proc; 0 where it cannot be read)."""
+def _running_threads(pid: int | str) -> int:
+    """Threads of process ``pid`` in the running state now (from /proc; 0 where it cannot be read)."""
     n = 0
-    for stat in Path("/proc/self/task").glob("*/stat"):
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
         try:
             n += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
         except (OSError, IndexError):
             continue
     return n
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, at any depth (from /proc's parent ids)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _own_running(tree: bool = False) -> int:
+    """Running threads of this process, and with ``tree`` of every process it started (a Ray runtime's)."""
+    return _running_threads("self") + (sum(_running_threads(p) for p in _descendants(os.getpid())) if tree else 0)
 
 
 def _system_running() -> int | None:
@@ -115,16 +137,17 @@ def _system_running() -> int | None:
 
 class LoadProbe:
     """Samples the machine's load while a run goes on: the runnable threads of *other* processes (system
-    runnable minus this process's), every ``period`` s, and the 1-min load average at the end."""
+    runnable minus this process's, and with ``tree`` minus those of the processes it started), every
+    ``period`` s, and the 1-min load average at the end."""
 
-    def __init__(self, period: float = 0.2) -> None:
-        self.period, self.samples, self.own = period, [], []
+    def __init__(self, period: float = 0.2, *, tree: bool = False) -> None:
+        self.period, self.tree, self.samples, self.own = period, tree, [], []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            system, own = _system_running(), _own_running()
+            system, own = _system_running(), _own_running(self.tree)
             if system is not None:
                 self.samples.append(max(0, system - own))
                 self.own.append(own)

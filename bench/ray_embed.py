@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import write_result
+from bench.embed import LoadProbe, loaded_verdict, make_jpegs, make_workspace
 
 
 def _run(ws, arch: str, n: int, batch_size: int, ray_config) -> dict:
@@ -34,11 +35,13 @@ def _run(ws, arch: str, n: int, batch_size: int, ray_config) -> dict:
         con.execute("UPDATE images SET split = CASE WHEN image_id IN (SELECT unnest(?::BIGINT[])) THEN 'pool' "
                     "ELSE 'test' END", [ids])
     c = time.process_time()
-    summary = embed_split_images(ws, EmbedderSpec(arch=arch), splits=["pool"], batch_size=batch_size,
-                                 ray=ray_config)
+    # the load of other processes: this one's and the Ray runtime's it started are the system under test
+    with LoadProbe(period=1.0, tree=True) as probe:
+        summary = embed_split_images(ws, EmbedderSpec(arch=arch), splits=["pool"], batch_size=batch_size,
+                                     ray=ray_config)
     secs = summary["seconds"]["embed"] + summary["seconds"]["store"]
     return {"n": n, "seconds": secs, "driver_cpu_seconds": time.process_time() - c,
-            "precision": summary["precision"], "load_average": os.getloadavg()[0],
+            "precision": summary["precision"], **probe.summary(),
             "seconds_to_first_result": summary.get("seconds_to_first_result")}
 
 
@@ -51,7 +54,6 @@ def _marginal(small: dict, large: dict) -> float:
 def bench(arch: str, small: int, large: int, rounds: int, batch_size: int, assets: Path | None) -> dict:
     import ray
 
-    from bench.embed import make_jpegs, make_workspace
     from core.engines.ray_data import RayConfig
 
     out: dict = {"arch": arch, "small": small, "large": large, "batch_size": batch_size, "rounds": []}
@@ -89,7 +91,11 @@ def bench(arch: str, small: int, large: int, rounds: int, batch_size: int, asset
                ray_fixed_seconds=best[f"ray_{large}"]["seconds"] - large / on_ray if on_ray > 0 else float("nan"))
     out["precision"] = out["rounds"][-1]["runs"][f"local_{large}"]["precision"]
     out["load_average"] = float(np.mean([x["load_average"] for x in out["rounds"]]))
-    out["loaded"] = out["load_average"] > (os.cpu_count() or 1)
+    # loaded only by other processes' work: Ray's own daemons and workers count as its cost, not as load
+    verdict = loaded_verdict([], [run for x in out["rounds"] for run in x["runs"].values()],
+                             above_one_is_suspect=False)
+    out.update(loaded=verdict["loaded"], loaded_why=verdict["loaded_why"],
+               other_runnable=verdict["other_runnable"])
     return out
 
 

@@ -318,7 +318,10 @@ def markdown(raw: dict, r: dict) -> str:
               f"| Ray's fixed cost per job (runtime already up) | {_f(ray.get('ray_fixed_seconds'), '{:.1f}')} s |",
               f"| starting a local runtime (`ray.init`) | {_f(ray.get('ray_init_seconds'), '{:.1f}')} s |",
               f"| load average during the runs | {_f(ray.get('load_average'), '{:.1f}')}"
-              + (" (**loaded**: above the core count)" if ray.get("loaded") else "") + " |"]
+              + (f"; other processes' runnable threads {_f(ray.get('other_runnable'), '{:.1f}')} (Ray's own "
+                 f"excluded)" if ray.get("other_runnable") is not None else "")
+              + (f" (**loaded**: {ray.get('loaded_why') or 'above the core count'})" if ray.get("loaded") else "")
+              + " |"]
     i10 = raw.get("index10m") or {}
     L += ["", "## 6. A pool beyond memory", ""]
     if i10:

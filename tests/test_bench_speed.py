@@ -3,10 +3,15 @@ does, and a share of the peak above 1 (impossible) is flagged in the report."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
-from bench import common
+from bench import common, embed
 from bench.compute import forward_flops
 from bench.report import flatten, markdown
 
@@ -94,3 +99,17 @@ def test_a_figure_its_run_marked_loaded_is_shown_but_not_counted() -> None:
     text = markdown(raw(True), r)
     assert "| `embed_efficiency_vit_s16` | 0.990 | >= 0.95 | loaded: not counted |" in text
     assert "not counted against the target: vit_small_patch16_224 (a wall ratio above 1)" in text
+
+
+def test_the_load_probe_counts_the_processes_a_run_started_as_its_own() -> None:
+    # a Ray runtime's daemons and workers are children of the benchmark: their work is the run's, not load
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert child.pid in embed._descendants(os.getpid())
+        extra = [embed._own_running(tree=True) - embed._own_running() for _ in range(5)]
+        assert max(extra) >= 1  # the busy child is always runnable
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in embed._descendants(os.getpid())
