@@ -130,6 +130,8 @@ def machine() -> dict[str, Any]:
     import numpy
     import torch
 
+    from core.models.inference import cpu_has_bf16
+
     flags = ""
     try:
         flags = open("/proc/cpuinfo").read()
@@ -140,7 +142,7 @@ def machine() -> dict[str, Any]:
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / GIB, 1),
             "cpu_flags": [f for f in wanted if f in present],
-            "bf16_native": "avx512_bf16" in flags or "amx_bf16" in flags,
+            "bf16_native": cpu_has_bf16(),  # the product's own rule for choosing bf16 on a CPU
             "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
             "duckdb": duckdb.__version__, "numpy": numpy.__version__,
             "torch_threads": torch.get_num_threads(),
