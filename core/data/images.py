@@ -40,7 +40,7 @@ INPUT_THREADS = 2  # decode threads of iter_model_inputs (a forward pass runs be
 INPUT_NICE = 0  # steps below the forward pass's priority (a lower one starved decode under load here)
 
 __all__ = ["MAX_IMAGE_PIXELS", "ImageTooLargeError", "to_rgb", "resize_rgb", "load_rgb", "iter_decoded",
-           "iter_model_inputs", "decode_all", "as_model_input", "to_tensor", "augment", "flip_and_shift", "fixed_view", "thumbnail", "pixels"]
+           "iter_model_inputs", "decode_all", "as_model_input", "to_tensor", "augment", "flip_and_shift", "fixed_view", "fixed_views", "thumbnail", "pixels"]
 
 
 def resize_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -265,14 +265,20 @@ def fixed_view(x: torch.Tensor, image_ids: Sequence[int], view: int) -> torch.Te
     model's frozen part can be run on it once (core.models.trunk). View 0 is the image as it is, 1 its mirror
     image, and each later view a shift (mirrored in odd views) drawn from the image's id and the view's
     number: the flips and shifts :func:`augment` draws at random."""
+    return fixed_views(x, image_ids, [view] * len(x))
+
+
+def fixed_views(x: torch.Tensor, image_ids: Sequence[int], views: Sequence[int]) -> torch.Tensor:
+    """Each image of ``x`` in its own view (``views[i]`` of image ``image_ids[i]``, as :func:`fixed_view`)."""
     n, _, h, _ = x.shape
+    if len(image_ids) != n or len(views) != n:
+        raise ValueError(f"{n} images, {len(image_ids)} image ids and {len(views)} views")
     pad = _shift_pad(h)
-    flip = torch.full((n,), view % 2 == 1)
-    if view < 2:
-        shift = torch.full((n, 2), pad)
-    else:
-        shift = torch.from_numpy(np.array([np.random.default_rng([int(i), view]).integers(0, 2 * pad + 1, 2)
-                                          for i in image_ids]))
+    views = [int(v) for v in views]
+    flip = torch.tensor([v % 2 == 1 for v in views], dtype=torch.bool)
+    shift = torch.from_numpy(np.array([np.random.default_rng([int(i), v]).integers(0, 2 * pad + 1, 2) if v >= 2
+                                       else (pad, pad) for i, v in zip(image_ids, views)], dtype=np.int64)
+                             .reshape(n, 2))
     return flip_and_shift(x, flip, shift[:, 0], shift[:, 1])
 
 

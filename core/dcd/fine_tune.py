@@ -126,7 +126,7 @@ def fine_tune(ws: Workspace, *, base_model_id: str, selection_id: str | None, co
                                 df.label.to_numpy() if cfg.added_mix == "class" else None)
     fit(model, px, df.label.to_numpy(), data_config, cfg, loss_fn=loss_fn,
         samples_per_epoch=FINETUNE_EPOCH_CAP * n_train or None, sample_weights=weights, trunk=trunk,
-        progress=progress.span(0.1, 1.0))
+        image_ids=df.image_id.tolist(), progress=progress.span(0.1, 1.0))
     return FineTuned(model, data_config, base,
                      {"selection_id": selection_id, "data_config": data_config.to_dict(),
                       "train": asdict(config), "finetune": asdict(cfg), "n_train": len(df),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data.images import augment, pixels, to_tensor
+from core.data.images import augment, fixed_views, pixels, to_tensor
 from core.data.label_decisions import apply_label_decisions
 from core.data.model_input import DataConfig
 from core.data.splits import images_df, require_split
@@ -45,7 +45,7 @@ from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedule
     schedule_of,
 )
 from core.models.softmax_head import fit_head
-from core.models.trunk import CachedTrunk, cached_trunk, freeze_early_stages
+from core.models.trunk import CachedTrunk, cached_trunk, draw_views, freeze_early_stages, trains_on_views
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
@@ -106,11 +106,13 @@ def _set_threads() -> None:
 def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_config: DataConfig,
         config: TrainConfig, *, loss_fn: LossFn | None = None, samples_per_epoch: int | None = None,
         sample_weights: np.ndarray | None = None, trunk: CachedTrunk | None = None,
-        progress: Progress | None = None) -> nn.Module:
+        image_ids: Sequence[int] | None = None, progress: Progress | None = None) -> nn.Module:
     """Train ``model`` in place on uint8 ``images`` (N x H x W x 3) with integer ``labels``.
 
     With ``trunk`` (:func:`frozen_trunk`: the frozen stages' stored outputs for the same rows), ``images``
-    is not needed: each step runs only the trainable rest on a random stored view of each image.
+    is not needed: each step runs only the trainable rest on a random stored view of each image. A model with
+    such frozen stages trains on the same views on pixels too (core.models.trunk.trains_on_views), drawn
+    the same way from the images' ``image_ids`` (one per row): the cache never changes what is learnt.
 
     ``samples_per_epoch`` caps how many images an epoch visits (a fresh random subset each epoch), so that
     a huge added set (e.g. the whole pool) costs no more than a fixed compute budget. ``sample_weights``
@@ -140,6 +142,13 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
     total = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
     frozen = freeze_early_stages(model, config.trainable_stages)
+    on_views = trunk is None and config.augment and trains_on_views(model)
+    if on_views and (image_ids is None or len(image_ids) != n_images):
+        for param in model.parameters():
+            param.requires_grad_(True)
+        raise ValueError("a model with frozen stages trains on its images' fixed views: give fit one image id "
+                         "per training image (image_ids)")
+    ids_all = np.asarray(image_ids, dtype=np.int64) if on_views else None
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -171,7 +180,9 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
                     loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 else:
                     x = to_tensor(images[idx.numpy()], data_config)
-                    if config.augment:
+                    if on_views:
+                        x = fixed_views(x, ids_all[idx.numpy()], draw_views(len(idx), gen))
+                    elif config.augment:
                         x = augment(x, gen)
                     loss = loss_fn(model, to_device(x), y, idx)
                 opt.zero_grad(set_to_none=True)
@@ -267,7 +278,8 @@ def train_classifier(ws: Workspace, *, arch: str, weights: str | None = None, hu
         if config.probe_first and resolved.pretrained:
             fit_linear_head(model, px, train.label.to_numpy(), data_config, trunk=trunk,
                             progress=progress.span(0.1, 0.2))
-        fit(model, px, train.label.to_numpy(), data_config, first, trunk=trunk, progress=progress.span(0.2, 1.0))
+        fit(model, px, train.label.to_numpy(), data_config, first, trunk=trunk, image_ids=train.image_id.tolist(),
+            progress=progress.span(0.2, 1.0))
     ckpt = save_verified(model, ws, model_id, arch=arch, num_classes=num_classes, data_config=data_config)
     register_model(ws, model_id=model_id, role="classifier", arch=arch, method="baseline",
                    checkpoint=str(ckpt), num_classes=num_classes, embed_dim=feature_dim(model),

@@ -12,8 +12,10 @@ shifts training draws), and computes only what it lacks.
 
 Training (core.models.training.fit) then draws a random stored view of each image instead of augmenting its
 pixels, and evaluation runs only the rest. ``$DCD_TRUNK_CACHE=0`` turns the cache off (the whole network on
-pixels, as for ``trainable_stages=None``); ``$DCD_TRUNK_CACHE_MEMORY`` (bytes) bounds the features one
-training run holds in memory (default :data:`MEMORY_BUDGET`); above it, training runs on pixels.
+pixels); ``$DCD_TRUNK_CACHE_MEMORY`` (bytes) bounds the features one training run holds in memory (default
+:data:`MEMORY_BUDGET`); above it, training runs on pixels. On pixels such a model trains on the very views the
+cache would hold, drawn the same way (:func:`trains_on_views`): the cache changes the time a run takes, not
+what it learns.
 """
 
 from __future__ import annotations
@@ -131,23 +133,40 @@ def split_trunk(model: nn.Module, data_config: DataConfig) -> TrunkSplit | None:
     core.models.training.freeze_early_stages), or None where there is none, the family is not a plain chain,
     or the cut model does not give the model's own outputs."""
     found = _stages(model)
-    if found is None:
-        return None
-    chain, head = found
-    n_frozen = 0
-    for module in chain:
-        params = list(module.parameters())
-        if any(p.requires_grad for p in params):
-            break
-        n_frozen += 1
+    n_frozen = _frozen_prefix(found[0]) if found is not None else 0
     if n_frozen == 0:
         return None
+    chain, head = found
     trunk = _Sequence(chain[:n_frozen]).eval()
     rest = _Sequence(chain[n_frozen:], head)
     rest_features = _Sequence(chain[n_frozen:], lambda x: head(x, pre_logits=True))
     if not _same_outputs(model, trunk, rest, data_config):
         return None
     return TrunkSplit(trunk, rest, rest_features, _key(trunk, data_config))
+
+
+def _frozen_prefix(chain: Sequence[nn.Module]) -> int:
+    """How many modules at the start of ``chain`` have no trainable parameter."""
+    n_frozen = 0
+    for module in chain:
+        if any(p.requires_grad for p in module.parameters()):
+            break
+        n_frozen += 1
+    return n_frozen
+
+
+def trains_on_views(model: nn.Module) -> bool:
+    """Whether ``model`` (its early stages already frozen) trains on its images' fixed views
+    (core.data.images.fixed_views) rather than on random flips and shifts: a model :func:`split_trunk` can
+    cut, whether or not its trunk's outputs are cached."""
+    found = _stages(model)
+    return found is not None and _frozen_prefix(found[0]) > 0
+
+
+def draw_views(n: int, generator: torch.Generator, views: int = TRAIN_VIEWS) -> torch.Tensor:
+    """The view each of ``n`` training images is shown in this step: the one draw the cached and the pixel
+    path share."""
+    return torch.randint(0, views, (n,), generator=generator)
 
 
 def _same_outputs(model: nn.Module, trunk: nn.Module, rest: nn.Module, data_config: DataConfig) -> bool:
@@ -288,7 +307,7 @@ class CachedTrunk:
         """The rows' features, each in a view drawn at random (view 0, the image as it is, without augmentation)."""
         rows_np = rows.numpy()
         if augment:
-            view = torch.randint(0, self.views, (len(rows_np),), generator=generator).numpy()
+            view = draw_views(len(rows_np), generator, self.views).numpy()
         else:
             view = np.zeros(len(rows_np), np.int64)
         return torch.from_numpy(self.features[rows_np, view].astype(np.float32))
