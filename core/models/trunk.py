@@ -157,8 +157,8 @@ def _frozen_prefix(chain: Sequence[nn.Module]) -> int:
 
 def trains_on_views(model: nn.Module) -> bool:
     """Whether ``model`` (its early stages already frozen) trains on its images' fixed views
-    (core.data.images.fixed_views) rather than on random flips and shifts: a model :func:`split_trunk` can
-    cut, whether or not its trunk's outputs are cached."""
+    (core.data.images.fixed_views) rather than on random flips and shifts: a model of a family
+    :func:`split_trunk` cuts, with a frozen first stage, whether or not its trunk's outputs are cached."""
     found = _stages(model)
     return found is not None and _frozen_prefix(found[0]) > 0
 
