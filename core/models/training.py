@@ -45,7 +45,14 @@ from core.models.schedules import (  # noqa: F401  (TrainConfig and the schedule
     schedule_of,
 )
 from core.models.softmax_head import fit_head
-from core.models.trunk import CachedTrunk, cached_trunk, draw_views, freeze_early_stages, trains_on_views
+from core.models.trunk import (
+    CachedTrunk,
+    cached_trunk,
+    draw_views,
+    freeze_early_stages,
+    trains_on_views,
+    unfreeze,
+)
 from core.progress import Progress, as_progress
 from core.store.workspace import Workspace
 
@@ -144,8 +151,7 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
     frozen = freeze_early_stages(model, config.trainable_stages)
     on_views = trunk is None and config.augment and trains_on_views(model)
     if on_views and (image_ids is None or len(image_ids) != n_images):
-        for param in model.parameters():
-            param.requires_grad_(True)
+        unfreeze(model)
         raise ValueError("a model with frozen stages trains on its images' fixed views: give fit one image id "
                          "per training image (image_ids)")
     ids_all = np.asarray(image_ids, dtype=np.int64) if on_views else None
@@ -196,8 +202,7 @@ def fit(model: nn.Module, images: np.ndarray | None, labels: np.ndarray, data_co
     finally:
         model.eval()
         model_back(model)  # models are kept on the CPU between runs, also after a failed fit (core.models.device)
-    for param in model.parameters():
-        param.requires_grad_(True)
+    unfreeze(model)
     return model
 
 

@@ -82,6 +82,12 @@ def freeze_early_stages(model: nn.Module, trainable_stages: int | None) -> list[
             and not any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
+def unfreeze(model: nn.Module) -> None:
+    """Undo :func:`freeze_early_stages`: every parameter trainable again (as a model is kept between runs)."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+
 
 class _Sequence(nn.Module):
     """Modules run one after the other, then ``tail`` (a callable over the model, not a submodule)."""
@@ -345,8 +351,7 @@ def trunk_probs(ws: Workspace, model: nn.Module, data_config: DataConfig, traina
     try:
         split = split_trunk(model, data_config)
     finally:
-        for param in model.parameters():
-            param.requires_grad_(True)
+        unfreeze(model)
     if split is None:
         return None
     progress = as_progress(progress)
